@@ -1,0 +1,51 @@
+# ringtrain: every command in the README is a target here. Each one does the setup it needs
+# (idempotently, with visible progress) so a fresh clone needs nothing but `make run` / `make test`.
+
+SHELL := /bin/bash
+TORCH_VENV ?= $(or $(RINGTRAIN_TORCH_VENV),$(HOME)/.cache/ringtrain/torch-2.11.0)
+MNIST_DIR ?= $(or $(RINGTRAIN_MNIST_DIR),$(HOME)/.cache/ringtrain/data/mnist_png)
+MNIST_IDX ?= $(RINGTRAIN_MNIST_IDX)
+RUN_DIR ?= runs/lesson7-resnet
+CARGO ?= cargo
+
+# tch (torch-sys) finds libtorch through the venv's python; see scripts/setup-torch.sh.
+export VIRTUAL_ENV := $(TORCH_VENV)
+export LIBTORCH_USE_PYTORCH := 1
+export PATH := $(TORCH_VENV)/bin:$(PATH)
+
+BIN := target/release
+.PHONY: run test bench build setup data lint clean-runs
+
+setup: $(TORCH_VENV)/.ringtrain-ok
+$(TORCH_VENV)/.ringtrain-ok: scripts/setup-torch.sh
+	RINGTRAIN_TORCH_VENV=$(TORCH_VENV) ./scripts/setup-torch.sh >/dev/null
+	touch $@
+
+build: setup
+	$(CARGO) build --release --bins
+
+# The lesson-7 recipe on real MNIST: ResNet-ish, 12 epochs, max_lr 0.05, batch 128.
+run: build data
+	$(BIN)/ringtrain-worker train --data $(MNIST_DIR) --model resnet --epochs 12 \
+		--max-lr 0.05 --batch-size 128 --run-dir $(RUN_DIR)
+
+# MNIST in the fast.ai mnist_png layout: imported from idx files when RINGTRAIN_MNIST_IDX
+# names a folder of them, downloaded from fast.ai otherwise. Skipped when already there.
+data: build
+	@if [ -d "$(MNIST_DIR)/training" ] && [ -d "$(MNIST_DIR)/testing" ]; then \
+		echo "data: MNIST already in $(MNIST_DIR)"; \
+	elif [ -n "$(MNIST_IDX)" ]; then \
+		$(BIN)/ringtrain data fetch mnist --from-idx "$(MNIST_IDX)" --dest "$(MNIST_DIR)"; \
+	else \
+		$(BIN)/ringtrain data fetch mnist --dest "$(MNIST_DIR)"; \
+	fi
+
+test: setup
+	$(CARGO) build --release --bins
+	$(CARGO) test --release --workspace
+
+bench: build data
+	MNIST_DIR=$(MNIST_DIR) TORCH_VENV=$(TORCH_VENV) ./bench/run.sh
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,59 @@
+//! Errors of dataset scanning, decoding and caching. Every variant names the path at fault.
+
+use std::path::PathBuf;
+
+/// What can be wrong with an image-folder dataset.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+pub enum DataError {
+    /// The dataset root does not exist or is not a folder.
+    #[error("dataset folder {path} does not exist or is not a folder")]
+    MissingRoot { path: PathBuf },
+    /// A split folder (`training/`, `testing/`) is missing.
+    #[error("split folder {path} is missing (expected ROOT/<split>/<class>/*.png)")]
+    MissingSplit { path: PathBuf },
+    /// A split folder has no class subfolders.
+    #[error("split folder {dir} has no class subfolders")]
+    NoClasses { dir: PathBuf },
+    /// A class folder holds no usable image.
+    #[error("class folder {dir} holds no images")]
+    EmptyClass { dir: PathBuf },
+    /// The validation split has a class that the training split lacks.
+    #[error("class folder {dir} has no counterpart in the training split (classes: {known})")]
+    UnknownClass { dir: PathBuf, known: String },
+    /// A file sits directly in a split folder, so it has no label.
+    #[error("{path} is not inside a class folder, so it has no label")]
+    Unlabelled { path: PathBuf },
+    /// A folder inside a class folder (nested classes are not supported).
+    #[error("{path} is a folder inside a class folder; expected only .png files")]
+    NestedFolder { path: PathBuf },
+    /// A file that is not a PNG by its name.
+    #[error("{path} is not a .png image")]
+    NotPng { path: PathBuf },
+    /// A PNG that cannot be decoded (corrupt, truncated, not really a PNG).
+    #[error("cannot decode {path}: {reason}")]
+    CorruptImage { path: PathBuf, reason: String },
+    /// An image whose size differs from the dataset's image size.
+    #[error("{path} is {got_w}x{got_h} pixels, expected {want_w}x{want_h}")]
+    WrongSize { path: PathBuf, got_w: u32, got_h: u32, want_w: u32, want_h: u32 },
+    /// A filesystem error while reading the dataset or its cache.
+    #[error("cannot read {path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+    /// A decoded-image cache file that is corrupt or from another dataset.
+    #[error("decoded-image cache {path} is unusable: {reason}")]
+    BadCache { path: PathBuf, reason: String },
+    /// Too many images for the label or index types.
+    #[error("dataset too large: {what}")]
+    TooLarge { what: String },
+}
+
+impl DataError {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, err: &std::io::Error) -> Self {
+        DataError::Io { path: path.into(), reason: err.to_string() }
+    }
+
+    /// True for problems confined to one file, which `skip_bad` may skip.
+    pub fn is_per_file(&self) -> bool {
+        matches!(self, DataError::NotPng { .. } | DataError::CorruptImage { .. } | DataError::WrongSize { .. })
+    }
+}

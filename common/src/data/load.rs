@@ -1,0 +1,121 @@
+//! Loading a whole dataset: scan, then decoded pixels from the cache or from the PNGs.
+//!
+//! Tests: the worker's and the `tests/` crate's data tests exercise this end to end.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+
+use super::cache::{read_cache, write_cache, CacheContents};
+use super::scan::to_hex;
+use super::{decode_split, scan_dataset, DataError, DecodedSplit, ScanOptions, Skipped};
+
+/// How to load a dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadOptions {
+    /// Folder layout and `skip_bad`.
+    pub scan: ScanOptions,
+    /// Expected image size `(width, height)`; other sizes are [`DataError::WrongSize`].
+    pub image_size: (u32, u32),
+    /// Where decoded pixels are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Show a progress bar on stderr while decoding.
+    pub progress: bool,
+}
+
+/// A loaded dataset: class names, decoded pixels of both splits and what was skipped.
+#[derive(Debug, Clone)]
+pub struct LoadedDataset {
+    /// Class names, sorted.
+    pub classes: Vec<String>,
+    /// Training images.
+    pub train: DecodedSplit,
+    /// Validation images.
+    pub valid: DecodedSplit,
+    /// Files left out because of `skip_bad` (scan and decode), with reasons.
+    pub skipped: Vec<Skipped>,
+    /// Fingerprint of the file list (see [`super::DatasetIndex::fingerprint`]).
+    pub fingerprint: String,
+    /// True when pixels came from the cache.
+    pub from_cache: bool,
+}
+
+fn bar(len: u64, what: &str, enabled: bool) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} images ({per_sec}, eta {eta})") {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Scans `root` and returns decoded pixels, from the cache when it matches the files on disk.
+pub fn load_dataset(root: &Path, opts: &LoadOptions) -> Result<LoadedDataset, DataError> {
+    let started = Instant::now();
+    let index = scan_dataset(root, &opts.scan)?;
+    let fingerprint = index.fingerprint();
+    let key = {
+        let mut h = Sha256::new();
+        h.update(fingerprint.as_bytes());
+        h.update(format!("|{}x{}|skip_bad={}", opts.image_size.0, opts.image_size.1, opts.scan.skip_bad));
+        to_hex(&h.finalize())
+    };
+    let cache_path = opts.cache_dir.as_ref().map(|d| d.join(format!("{}.rtc", &key[..32])));
+    if let Some(path) = &cache_path {
+        if path.exists() {
+            match read_cache(path, &key) {
+                Ok(c) => {
+                    tracing::info!(cache = %path.display(), train = c.train.len(), valid = c.valid.len(),
+                        ms = started.elapsed().as_millis() as u64, "decoded images loaded from cache");
+                    return Ok(LoadedDataset {
+                        classes: c.classes,
+                        train: c.train,
+                        valid: c.valid,
+                        skipped: c.skipped,
+                        fingerprint,
+                        from_cache: true,
+                    });
+                }
+                Err(err) => tracing::warn!(%err, "ignoring decoded-image cache; decoding again"),
+            }
+        }
+    }
+    let mut skipped = index.skipped.clone();
+    let pb = bar(index.train.len() as u64, "decode train", opts.progress);
+    let (train, s) = decode_split(&index.train, opts.image_size, opts.scan.skip_bad, Some(&pb))?;
+    pb.finish_and_clear();
+    skipped.extend(s);
+    let pb = bar(index.valid.len() as u64, "decode valid", opts.progress);
+    let (valid, s) = decode_split(&index.valid, opts.image_size, opts.scan.skip_bad, Some(&pb))?;
+    pb.finish_and_clear();
+    skipped.extend(s);
+    for class in 0..index.classes.len() as u32 {
+        // skip_bad may have emptied a class entirely; that changes the label space, so refuse.
+        if !train.labels.contains(&class) {
+            let dir = root.join(&opts.scan.train_dir).join(&index.classes[class as usize]);
+            return Err(DataError::EmptyClass { dir });
+        }
+    }
+    tracing::info!(train = train.len(), valid = valid.len(), skipped = skipped.len(),
+        ms = started.elapsed().as_millis() as u64, "decoded images");
+    let contents = CacheContents { key, classes: index.classes, train, valid, skipped };
+    if let Some(path) = &cache_path {
+        // A cache that cannot be written only costs time next start; say so and go on.
+        if let Err(err) = write_cache(path, &contents) {
+            tracing::warn!(%err, "could not write the decoded-image cache");
+        }
+    }
+    Ok(LoadedDataset {
+        classes: contents.classes,
+        train: contents.train,
+        valid: contents.valid,
+        skipped: contents.skipped,
+        fingerprint,
+        from_cache: false,
+    })
+}

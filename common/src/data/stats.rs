@@ -1,0 +1,81 @@
+//! Pixel statistics for normalisation, kept as exact integer sums so that shards can be added.
+//!
+//! Tests: `tests` module at the bottom.
+
+use serde::{Deserialize, Serialize};
+
+/// Sums over `u8` pixels of one channel; mergeable across shards without rounding error.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PixelStats {
+    /// Sum of pixel values (0..=255).
+    pub sum: u64,
+    /// Sum of squared pixel values.
+    pub sum_sq: u64,
+    /// Number of pixels.
+    pub count: u64,
+}
+
+impl PixelStats {
+    /// Statistics of a pixel buffer.
+    pub fn of(pixels: &[u8]) -> Self {
+        // Per-chunk u64 accumulation; u64 cannot overflow below 2^64 / 255^2 ≈ 2.8e14 pixels.
+        let mut hist = [0u64; 256];
+        for &p in pixels {
+            hist[p as usize] += 1;
+        }
+        let mut s = Self::default();
+        for (v, &n) in hist.iter().enumerate() {
+            let v = v as u64;
+            s.sum += v * n;
+            s.sum_sq += v * v * n;
+            s.count += n;
+        }
+        s
+    }
+
+    /// The statistics of the union of two pixel sets.
+    pub fn merge(self, other: Self) -> Self {
+        Self { sum: self.sum + other.sum, sum_sq: self.sum_sq + other.sum_sq, count: self.count + other.count }
+    }
+
+    /// Mean on the `[0, 1]` scale (pixel / 255).
+    pub fn mean(&self) -> f64 {
+        if self.count == 0 {
+            return 0.0;
+        }
+        self.sum as f64 / self.count as f64 / 255.0
+    }
+
+    /// Population standard deviation on the `[0, 1]` scale; 1.0 for a constant or empty set so
+    /// that normalising never divides by zero.
+    pub fn std(&self) -> f64 {
+        if self.count == 0 {
+            return 1.0;
+        }
+        let n = self.count as f64;
+        let var = (self.sum_sq as f64 / n - (self.sum as f64 / n).powi(2)).max(0.0);
+        let std = var.sqrt() / 255.0;
+        if std > 0.0 {
+            std
+        } else {
+            1.0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_std_and_merge() {
+        let a = PixelStats::of(&[0, 255]);
+        assert_eq!(a.mean(), 0.5);
+        assert!((a.std() - 0.5).abs() < 1e-12);
+        let b = PixelStats::of(&[255, 255]);
+        let m = a.merge(b);
+        assert_eq!(m, PixelStats::of(&[0, 255, 255, 255]));
+        assert!((m.mean() - 0.75).abs() < 1e-12);
+        assert_eq!(PixelStats::of(&[7, 7]).std(), 1.0);
+    }
+}

@@ -1,0 +1,17 @@
+//! ringtrain-common: the pure logic both sides of a ringtrain run need.
+//!
+//! Owns the wire types (`pb`), the one-cycle schedule, dataset scanning/decoding/caching and the
+//! MNIST fetch/import paths. Never links libtorch and never needs a tokio runtime: everything
+//! here is testable with plain slices and files.
+
+pub mod data;
+pub mod fetch;
+pub mod plot;
+pub mod rng;
+pub mod schedule;
+
+/// Generated protobuf types, fenced in one module (package `ringtrain.v1`).
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("ringtrain.v1");
+}

@@ -1,0 +1,154 @@
+//! Command-line interface of `ringtrain-worker` (clap derive). Every flag also reads a
+//! `RINGTRAIN_*` environment variable; flags win over the environment, which wins over defaults.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use ringtrain_common::data::ScanOptions;
+
+use crate::config::{default_cache_dir, TrainConfig};
+use crate::model::Arch;
+
+#[derive(Debug, Parser)]
+#[command(name = "ringtrain-worker", version, about = "ringtrain worker: trains the fast.ai lesson-7 MNIST models with libtorch")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train standalone (world size 1) on an image-folder dataset.
+    Train(TrainArgs),
+    /// Scan and decode a dataset into the decoded-image cache, so later starts skip decoding.
+    Cache {
+        /// Dataset root.
+        #[arg(long, env = "RINGTRAIN_DATA")]
+        data: PathBuf,
+        /// Decoded-image cache folder [default: $RINGTRAIN_CACHE_DIR or ~/.cache/ringtrain/decoded].
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+        /// Skip (and count) bad files instead of failing.
+        #[arg(long, env = "RINGTRAIN_SKIP_BAD")]
+        skip_bad: bool,
+        /// Name of the training split folder.
+        #[arg(long, default_value = "training", env = "RINGTRAIN_TRAIN_DIR")]
+        train_dir: String,
+        /// Name of the validation split folder.
+        #[arg(long, default_value = "testing", env = "RINGTRAIN_VALID_DIR")]
+        valid_dir: String,
+    },
+    /// Print the layer table of a model, like fastai's `learn.summary()`.
+    Summary {
+        /// Network: basic, resnet or dense.
+        #[arg(long, default_value = "resnet", env = "RINGTRAIN_MODEL")]
+        model: Arch,
+        /// Number of classes.
+        #[arg(long, default_value_t = 10)]
+        classes: i64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Dataset root: ROOT/<train-dir>/<class>/*.png and ROOT/<valid-dir>/<class>/*.png.
+    #[arg(long, env = "RINGTRAIN_DATA")]
+    pub data: PathBuf,
+    /// Network: basic, resnet or dense.
+    #[arg(long, default_value = "resnet", env = "RINGTRAIN_MODEL")]
+    pub model: Arch,
+    /// Epochs [default: 12 for resnet/dense, 3 for basic, as in the lesson].
+    #[arg(long, env = "RINGTRAIN_EPOCHS")]
+    pub epochs: Option<u32>,
+    /// Peak learning rate of the one-cycle schedule [default: 0.05, 0.1 for basic].
+    #[arg(long, env = "RINGTRAIN_MAX_LR")]
+    pub max_lr: Option<f64>,
+    /// Batch size.
+    #[arg(long, default_value_t = 128, env = "RINGTRAIN_BATCH_SIZE")]
+    pub batch_size: usize,
+    /// Validation batch size (speed only; results do not depend on it).
+    #[arg(long, default_value_t = 1024, env = "RINGTRAIN_VALID_BATCH_SIZE")]
+    pub valid_batch_size: usize,
+    /// Seed for initialisation, shuffling and augmentation.
+    #[arg(long, default_value_t = 42, env = "RINGTRAIN_SEED")]
+    pub seed: u64,
+    /// libtorch intra-op threads [default: all cores].
+    #[arg(long, env = "RINGTRAIN_THREADS")]
+    pub threads: Option<usize>,
+    /// Run folder for metrics, plots and weights [default: runs/<model>-<unix time>].
+    #[arg(long, env = "RINGTRAIN_RUN_DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// Decoded-image cache folder [default: $RINGTRAIN_CACHE_DIR or ~/.cache/ringtrain/decoded].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Decode the PNGs every time; write no cache.
+    #[arg(long, env = "RINGTRAIN_NO_CACHE")]
+    pub no_cache: bool,
+    /// Skip (and count) corrupt, wrong-size and non-PNG files instead of failing.
+    #[arg(long, env = "RINGTRAIN_SKIP_BAD")]
+    pub skip_bad: bool,
+    /// Name of the training split folder.
+    #[arg(long, default_value = "training", env = "RINGTRAIN_TRAIN_DIR")]
+    pub train_dir: String,
+    /// Name of the validation split folder.
+    #[arg(long, default_value = "testing", env = "RINGTRAIN_VALID_DIR")]
+    pub valid_dir: String,
+    /// Decoupled weight decay (fastai `wd`), applied to every parameter.
+    #[arg(long, default_value_t = 1e-2, env = "RINGTRAIN_WD")]
+    pub wd: f64,
+    /// Fraction of steps spent warming the learning rate up.
+    #[arg(long, default_value_t = 0.3, env = "RINGTRAIN_PCT_START")]
+    pub pct_start: f64,
+    /// Start learning rate = max_lr / div_factor.
+    #[arg(long, default_value_t = 25.0, env = "RINGTRAIN_DIV_FACTOR")]
+    pub div_factor: f64,
+    /// Final learning rate = max_lr / (div_factor * final_div_factor).
+    #[arg(long, default_value_t = 1e4, env = "RINGTRAIN_FINAL_DIV_FACTOR")]
+    pub final_div_factor: f64,
+    /// Adam beta1 at the start/end and at the peak learning rate.
+    #[arg(long, num_args = 2, value_delimiter = ',', default_values_t = [0.95, 0.85], env = "RINGTRAIN_MOMS")]
+    pub moms: Vec<f64>,
+    /// Adam beta2.
+    #[arg(long, default_value_t = 0.99, env = "RINGTRAIN_BETA2")]
+    pub beta2: f64,
+    /// Adam epsilon.
+    #[arg(long, default_value_t = 1e-8, env = "RINGTRAIN_EPS")]
+    pub eps: f64,
+    /// No progress bars (the table and logs still print).
+    #[arg(long, env = "RINGTRAIN_NO_PROGRESS")]
+    pub no_progress: bool,
+}
+
+impl TrainArgs {
+    /// The typed configuration (not yet validated).
+    pub fn into_config(self) -> TrainConfig {
+        let mut cfg = TrainConfig::lesson(self.data, self.model);
+        cfg.scan = ScanOptions { train_dir: self.train_dir, valid_dir: self.valid_dir, skip_bad: self.skip_bad };
+        if let Some(e) = self.epochs {
+            cfg.epochs = e;
+        }
+        if let Some(lr) = self.max_lr {
+            cfg.schedule.max_lr = lr;
+        }
+        cfg.batch_size = self.batch_size;
+        cfg.valid_batch_size = self.valid_batch_size;
+        cfg.seed = self.seed;
+        cfg.threads = self.threads;
+        cfg.schedule.pct_start = self.pct_start;
+        cfg.schedule.div_factor = self.div_factor;
+        cfg.schedule.final_div_factor = self.final_div_factor;
+        if let [a, b] = self.moms[..] {
+            cfg.schedule.moms = (a, b);
+        }
+        cfg.adam.beta2 = self.beta2;
+        cfg.adam.eps = self.eps;
+        cfg.adam.weight_decay = self.wd;
+        cfg.run_dir = self.run_dir.unwrap_or_else(|| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            PathBuf::from(format!("runs/{}-{now}", self.model))
+        });
+        cfg.cache_dir = if self.no_cache { None } else { self.cache_dir.or_else(default_cache_dir) };
+        cfg.progress = !self.no_progress;
+        cfg
+    }
+}

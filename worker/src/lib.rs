@@ -1,0 +1,66 @@
+//! ringtrain-worker: one training replica. The only crate that links libtorch.
+//!
+//! Owns data tensors and augmentation (`data`), the lesson-7 models (`model`), the flat parameter
+//! layout (`flat`), Adam (`optim`), the collective interface (`collective`) and the training loop
+//! (`train`). Scanning, decoding and the schedule come from `ringtrain-common`.
+
+pub mod cli;
+pub mod collective;
+pub mod config;
+pub mod data;
+pub mod flat;
+pub mod model;
+pub mod optim;
+pub mod train;
+
+use std::io::IsTerminal;
+
+use cli::{Cli, Command};
+
+/// Runs a parsed command line; the binary's `main` only parses and sets up logging.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Summary { model, classes } => {
+            let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+            let m = model::Model::new(&vs.root(), model, classes);
+            let rows = model::summary::rows(&m, 28, 28);
+            print!("{}", model::summary::render(&m, &rows));
+        }
+        Command::Cache { data, cache_dir, skip_bad, train_dir, valid_dir } => {
+            let cache_dir = cache_dir.or_else(config::default_cache_dir);
+            let opts = ringtrain_common::data::LoadOptions {
+                scan: ringtrain_common::data::ScanOptions { train_dir, valid_dir, skip_bad },
+                image_size: (28, 28),
+                cache_dir: cache_dir.clone(),
+                progress: std::io::stderr().is_terminal(),
+            };
+            let ds = ringtrain_common::data::load_dataset(&data, &opts)?;
+            println!(
+                "{}: {} training and {} validation images in {} classes, {} skipped; {} {}",
+                data.display(),
+                ds.train.len(),
+                ds.valid.len(),
+                ds.classes.len(),
+                ds.skipped.len(),
+                if ds.from_cache { "already cached in" } else { "cached in" },
+                cache_dir.map_or_else(|| "(no cache folder)".into(), |d| d.display().to_string())
+            );
+        }
+        Command::Train(args) => {
+            let mut cfg = args.into_config();
+            // Progress bars only make sense on a terminal; logs and the table always print.
+            cfg.progress &= std::io::stderr().is_terminal();
+            tracing::info!(config = %serde_json::to_string(&cfg)?, "effective configuration");
+            let summary = train::train(&cfg, &mut collective::Solo)?;
+            println!(
+                "accuracy {:.4} ({} of {} validation images) | {:.0} train images/s | run folder {}",
+                summary.final_accuracy,
+                (summary.final_accuracy * summary.valid_images as f64).round() as u64,
+                summary.valid_images,
+                summary.train_images_per_s,
+                summary.run_dir.display()
+            );
+        }
+    }
+    Ok(())
+}

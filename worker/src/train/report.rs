@@ -1,0 +1,219 @@
+//! What a run shows and leaves behind: the lesson's epoch table on stdout, and in the run folder
+//! `metrics.jsonl` (one line per epoch), `steps.csv` (lr, beta1 and loss per step) and
+//! `plots/{loss,lr,accuracy}.svg`.
+//!
+//! Tests: the worker's end-to-end tests in `tests/` read these files.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use ringtrain_common::plot::{line_chart, Series};
+use serde::Serialize;
+
+use super::TrainError;
+
+/// One row of the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct EpochRow {
+    pub epoch: u32,
+    /// fastai's smoothed training loss (exponential moving average, beta 0.98, debiased) at the
+    /// end of the epoch, exactly what the lesson's table prints.
+    pub train_loss: f64,
+    /// Mean cross-entropy over every validation image.
+    pub valid_loss: f64,
+    /// Correct / total over every validation image.
+    pub accuracy: f64,
+    pub valid_correct: u64,
+    pub valid_count: u64,
+    /// Wall seconds of the epoch, validation included (the table's `time`).
+    pub seconds: f64,
+    /// Wall seconds spent in training steps only.
+    pub train_seconds: f64,
+    /// Training images per second over the training steps.
+    pub train_images_per_s: f64,
+    /// Learning rate of the epoch's last step.
+    pub lr: f64,
+}
+
+const COLUMNS: [&str; 5] = ["epoch", "train_loss", "valid_loss", "accuracy", "time"];
+
+fn width(name: &str) -> usize {
+    name.len().max(9) + 2
+}
+
+/// The header line (fastai v1 text progress style).
+pub fn header() -> String {
+    COLUMNS.iter().map(|c| format!("{c:<w$}", w = width(c))).collect::<String>().trim_end().to_string()
+}
+
+/// `mm:ss`, as fastai formats epoch times.
+pub fn mmss(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    format!("{:02}:{:02}", s / 60, s % 60)
+}
+
+/// One table line.
+pub fn row(r: &EpochRow) -> String {
+    let cells = [
+        r.epoch.to_string(),
+        format!("{:.6}", r.train_loss),
+        format!("{:.6}", r.valid_loss),
+        format!("{:.6}", r.accuracy),
+        mmss(r.seconds),
+    ];
+    cells
+        .iter()
+        .zip(COLUMNS)
+        .map(|(v, c)| format!("{v:<w$}", w = width(c)))
+        .collect::<String>()
+        .trim_end()
+        .to_string()
+}
+
+/// Writer of the run folder's metric files.
+#[derive(Debug)]
+pub struct RunFiles {
+    dir: PathBuf,
+    metrics: File,
+    steps: BufWriter<File>,
+    pub rows: Vec<EpochRow>,
+    pub step_points: Vec<(u64, f64, f64, f64)>,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
+    move |e| TrainError::Io { path: path.to_path_buf(), reason: e.to_string() }
+}
+
+impl RunFiles {
+    /// Creates (truncating) the metric files in `dir`.
+    pub fn create(dir: &Path) -> Result<Self, TrainError> {
+        std::fs::create_dir_all(dir.join("plots")).map_err(io(dir))?;
+        let mpath = dir.join("metrics.jsonl");
+        let metrics = OpenOptions::new().create(true).write(true).truncate(true).open(&mpath).map_err(io(&mpath))?;
+        let spath = dir.join("steps.csv");
+        let mut steps = BufWriter::new(File::create(&spath).map_err(io(&spath))?);
+        writeln!(steps, "step,epoch,lr,beta1,loss").map_err(io(&spath))?;
+        Ok(Self { dir: dir.to_path_buf(), metrics, steps, rows: Vec::new(), step_points: Vec::new() })
+    }
+
+    /// Records one training step.
+    pub fn step(&mut self, step: u64, epoch: u32, lr: f64, beta1: f64, loss: f64) -> Result<(), TrainError> {
+        let path = self.dir.join("steps.csv");
+        writeln!(self.steps, "{step},{epoch},{lr:e},{beta1},{loss}").map_err(io(&path))?;
+        self.step_points.push((step, lr, beta1, loss));
+        Ok(())
+    }
+
+    /// Records one epoch (appends to metrics.jsonl and redraws the plots).
+    pub fn epoch(&mut self, r: EpochRow) -> Result<(), TrainError> {
+        let mpath = self.dir.join("metrics.jsonl");
+        let line = serde_json::to_string(&r).map_err(|e| TrainError::Io { path: mpath.clone(), reason: e.to_string() })?;
+        writeln!(self.metrics, "{line}").map_err(io(&mpath))?;
+        self.steps.flush().map_err(io(&self.dir.join("steps.csv")))?;
+        self.rows.push(r);
+        self.plots()
+    }
+
+    fn plots(&self) -> Result<(), TrainError> {
+        let steps_per_epoch = self.step_points.len() as f64 / self.rows.len().max(1) as f64;
+        let raw = Series { name: "train (per step)".into(), points: self.step_points.iter().map(|p| (p.0 as f64, p.3)).collect() };
+        let valid = Series {
+            name: "valid (per epoch)".into(),
+            points: self.rows.iter().map(|r| ((f64::from(r.epoch) + 1.0) * steps_per_epoch, r.valid_loss)).collect(),
+        };
+        let smooth = Series {
+            name: "train (smoothed, end of epoch)".into(),
+            points: self.rows.iter().map(|r| ((f64::from(r.epoch) + 1.0) * steps_per_epoch, r.train_loss)).collect(),
+        };
+        let plots = [
+            ("loss.svg", line_chart("Loss", "step", "cross-entropy", &[raw, smooth, valid])),
+            (
+                "lr.svg",
+                line_chart(
+                    "One-cycle schedule",
+                    "step",
+                    "value",
+                    &[
+                        Series { name: "lr".into(), points: self.step_points.iter().map(|p| (p.0 as f64, p.1)).collect() },
+                        Series { name: "beta1 / 10".into(), points: self.step_points.iter().map(|p| (p.0 as f64, p.2 / 10.0)).collect() },
+                    ],
+                ),
+            ),
+            (
+                "accuracy.svg",
+                line_chart(
+                    "Validation accuracy",
+                    "epoch",
+                    "accuracy",
+                    &[Series { name: "accuracy".into(), points: self.rows.iter().map(|r| (f64::from(r.epoch), r.accuracy)).collect() }],
+                ),
+            ),
+        ];
+        for (name, svg) in plots {
+            let path = self.dir.join("plots").join(name);
+            std::fs::write(&path, svg).map_err(io(&path))?;
+        }
+        Ok(())
+    }
+}
+
+/// fastai's `SmoothenValue`: debiased exponential moving average.
+#[derive(Debug, Clone)]
+pub struct Smoothener {
+    beta: f64,
+    n: i32,
+    avg: f64,
+}
+
+impl Smoothener {
+    pub fn new(beta: f64) -> Self {
+        Self { beta, n: 0, avg: 0.0 }
+    }
+
+    /// Adds a value and returns the smoothed value.
+    pub fn add(&mut self, v: f64) -> f64 {
+        self.n += 1;
+        self.avg = self.beta * self.avg + (1.0 - self.beta) * v;
+        self.value()
+    }
+
+    pub fn value(&self) -> f64 {
+        if self.n == 0 {
+            return f64::NAN;
+        }
+        self.avg / (1.0 - self.beta.powi(self.n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_layout() {
+        assert_eq!(header(), "epoch      train_loss  valid_loss  accuracy   time");
+        let r = EpochRow {
+            epoch: 0,
+            train_loss: 0.2,
+            valid_loss: 0.1,
+            accuracy: 0.99,
+            valid_correct: 99,
+            valid_count: 100,
+            seconds: 75.4,
+            train_seconds: 70.0,
+            train_images_per_s: 1.0,
+            lr: 0.1,
+        };
+        assert_eq!(row(&r), "0          0.200000    0.100000    0.990000   01:15");
+    }
+
+    #[test]
+    fn smoothener_is_debiased() {
+        let mut s = Smoothener::new(0.98);
+        assert!((s.add(2.0) - 2.0).abs() < 1e-12);
+        assert!((s.add(2.0) - 2.0).abs() < 1e-12);
+        let v = s.add(0.0);
+        assert!(v < 2.0 && v > 1.0);
+    }
+}
