@@ -24,7 +24,9 @@ fn escape(s: &str) -> String {
 fn fmt_tick(v: f64) -> String {
     if v == 0.0 {
         "0".into()
-    } else if v.abs() >= 1000.0 || v.abs() < 0.01 {
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() < 0.01 {
         format!("{v:.1e}")
     } else {
         format!("{v:.3}").trim_end_matches('0').trim_end_matches('.').to_string()
@@ -58,7 +60,7 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n",
+         <text x=\"{}\" y=\"18\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n",
         W / 2.0,
         escape(title)
     );
@@ -96,10 +98,13 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
         } else {
             svg += &format!("<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>\n", pts.join(" "));
         }
+        // Legend above the plot area, one entry per series, so it never hides a line.
         svg += &format!(
-            "<text x=\"{}\" y=\"{}\" fill=\"{color}\" text-anchor=\"end\">{}</text>\n",
-            W - RIGHT - 8.0,
-            TOP + 16.0 + 16.0 * i as f64,
+            "<rect x=\"{:.1}\" y=\"{}\" width=\"10\" height=\"3\" fill=\"{color}\"/><text x=\"{:.1}\" y=\"{}\" fill=\"#333\">{}</text>\n",
+            LEFT + 200.0 * i as f64,
+            TOP - 10.0,
+            LEFT + 14.0 + 200.0 * i as f64,
+            TOP - 6.0,
             escape(&s.name)
         );
     }

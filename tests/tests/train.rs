@@ -52,7 +52,7 @@ fn learns_a_slice_of_real_mnist() {
     assert_eq!(metrics.lines().count(), 1);
     let steps = std::fs::read_to_string(run_dir.join("steps.csv")).unwrap();
     assert_eq!(steps.lines().count(), 1 + 15);
-    for plot in ["loss.svg", "lr.svg", "accuracy.svg"] {
+    for plot in ["loss.svg", "lr.svg", "beta1.svg", "accuracy.svg"] {
         let svg = std::fs::read_to_string(run_dir.join("plots").join(plot)).unwrap();
         assert!(svg.contains("<polyline") || svg.contains("<circle"), "{plot} is empty");
     }

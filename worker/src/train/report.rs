@@ -1,6 +1,6 @@
 //! What a run shows and leaves behind: the lesson's epoch table on stdout, and in the run folder
 //! `metrics.jsonl` (one line per epoch), `steps.csv` (lr, beta1 and loss per step) and
-//! `plots/{loss,lr,accuracy}.svg`.
+//! `plots/{loss,lr,beta1,accuracy}.svg`.
 //!
 //! Tests: the worker's end-to-end tests in `tests/` read these files.
 
@@ -117,29 +117,20 @@ impl RunFiles {
 
     fn plots(&self) -> Result<(), TrainError> {
         let steps_per_epoch = self.step_points.len() as f64 / self.rows.len().max(1) as f64;
-        let raw = Series { name: "train (per step)".into(), points: self.step_points.iter().map(|p| (p.0 as f64, p.3)).collect() };
+        let mut sm = Smoothener::new(0.98);
+        let smoothed = Series {
+            name: "train (smoothed)".into(),
+            points: self.step_points.iter().map(|p| (p.0 as f64, sm.add(p.3))).collect(),
+        };
         let valid = Series {
-            name: "valid (per epoch)".into(),
+            name: "valid".into(),
             points: self.rows.iter().map(|r| ((f64::from(r.epoch) + 1.0) * steps_per_epoch, r.valid_loss)).collect(),
         };
-        let smooth = Series {
-            name: "train (smoothed, end of epoch)".into(),
-            points: self.rows.iter().map(|r| ((f64::from(r.epoch) + 1.0) * steps_per_epoch, r.train_loss)).collect(),
-        };
+        let by_step = |f: fn(&(u64, f64, f64, f64)) -> f64| self.step_points.iter().map(|p| (p.0 as f64, f(p))).collect();
         let plots = [
-            ("loss.svg", line_chart("Loss", "step", "cross-entropy", &[raw, smooth, valid])),
-            (
-                "lr.svg",
-                line_chart(
-                    "One-cycle schedule",
-                    "step",
-                    "value",
-                    &[
-                        Series { name: "lr".into(), points: self.step_points.iter().map(|p| (p.0 as f64, p.1)).collect() },
-                        Series { name: "beta1 / 10".into(), points: self.step_points.iter().map(|p| (p.0 as f64, p.2 / 10.0)).collect() },
-                    ],
-                ),
-            ),
+            ("loss.svg", line_chart("Loss", "step", "cross-entropy", &[smoothed, valid])),
+            ("lr.svg", line_chart("Learning rate (one-cycle)", "step", "lr", &[Series { name: "lr".into(), points: by_step(|p| p.1) }])),
+            ("beta1.svg", line_chart("Adam beta1 (one-cycle momentum)", "step", "beta1", &[Series { name: "beta1".into(), points: by_step(|p| p.2) }])),
             (
                 "accuracy.svg",
                 line_chart(
