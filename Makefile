@@ -6,6 +6,7 @@ TORCH_VENV ?= $(or $(RINGTRAIN_TORCH_VENV),$(HOME)/.cache/ringtrain/torch-2.11.0
 MNIST_DIR ?= $(or $(RINGTRAIN_MNIST_DIR),$(HOME)/.cache/ringtrain/data/mnist_png)
 MNIST_IDX ?= $(RINGTRAIN_MNIST_IDX)
 RUN_DIR ?= runs/lesson7-resnet
+WORKERS ?= 2
 CARGO ?= cargo
 
 # tch (torch-sys) finds libtorch through the venv's python; see scripts/setup-torch.sh.
@@ -14,7 +15,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(TORCH_VENV)/bin:$(PATH)
 
 BIN := target/release
-.PHONY: run test bench build setup data lint clean-runs
+.PHONY: run run-single test bench build setup data clean-runs
 
 setup: $(TORCH_VENV)/.ringtrain-ok
 $(TORCH_VENV)/.ringtrain-ok: scripts/setup-torch.sh
@@ -24,10 +25,16 @@ $(TORCH_VENV)/.ringtrain-ok: scripts/setup-torch.sh
 build: setup
 	$(CARGO) build --release --bins
 
-# The lesson-7 recipe on real MNIST: ResNet-ish, 12 epochs, max_lr 0.05, batch 128.
+# The lesson-7 recipe on real MNIST: ResNet-ish, 12 epochs, max_lr 0.05, global batch 128,
+# on $(WORKERS) local worker processes (coordinator in-process, ring all-reduce between them).
 run: build data
-	$(BIN)/ringtrain-worker train --data $(MNIST_DIR) --model resnet --epochs 12 \
+	$(BIN)/ringtrain launch --data $(MNIST_DIR) --workers $(WORKERS) --model resnet --epochs 12 \
 		--max-lr 0.05 --batch-size 128 --run-dir $(RUN_DIR)
+
+# The same recipe in one standalone process (no coordinator).
+run-single: build data
+	$(BIN)/ringtrain-worker train --data $(MNIST_DIR) --model resnet --epochs 12 \
+		--max-lr 0.05 --batch-size 128 --run-dir $(RUN_DIR)-single
 
 # MNIST in the fast.ai mnist_png layout: imported from idx files when RINGTRAIN_MNIST_IDX
 # names a folder of them, downloaded from fast.ai otherwise. Skipped when already there.
@@ -45,6 +52,7 @@ test: setup
 	$(CARGO) test --release --workspace
 
 bench: build data
+	$(CARGO) build --release -p ringtrain-worker --example ringbench
 	MNIST_DIR=$(MNIST_DIR) TORCH_VENV=$(TORCH_VENV) ./bench/run.sh
 
 clean-runs:

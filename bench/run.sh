@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# `make bench`: ringtrain-worker against the single-process PyTorch 2.11 reference
-# (bench/torch_ref.py), same model, recipe, data and thread count, measured in the same run.
+# `make bench`: ringtrain against the PyTorch 2.11 references, same model, recipe, data and
+# threads, measured in the same run:
+#   1. ringtrain-worker (1 process, BENCH_THREADS threads) vs bench/torch_ref.py
+#   2. ringtrain launch --workers 2 (1 thread each) vs torchrun bench/ddp_ref.py (2 ranks, gloo)
+#   3. the ring all-reduce between 2 processes: 41,132 floats (the ResNet-ish gradient), 64 MB
 #
 # Prints a table with ratios and writes target/bench/results.json. Knobs (environment):
 #   BENCH_MODEL (resnet)  BENCH_EPOCHS (1)  BENCH_THREADS (2)  BENCH_REPEATS (2, best of)
@@ -34,7 +37,15 @@ for i in $(seq 1 "$REPEATS"); do
   echo "bench: PyTorch reference run $i/$REPEATS" >&2
   "$PY" bench/torch_ref.py --idx "$MNIST_IDX" --model "$MODEL" --epochs "$EPOCHS" --threads "$THREADS" \
     --warmup-steps 0 --json "$OUT/torch-$i.json" > "$OUT/torch-$i.log" 2>&1
+  echo "bench: ringtrain launch --workers 2, run $i/$REPEATS" >&2
+  target/release/ringtrain launch --data "$MNIST_DIR" --workers 2 --threads-per-worker 1 --model "$MODEL" \
+    --epochs "$EPOCHS" --run-dir "$OUT/launch-$i" > "$OUT/launch-$i.log" 2>&1
+  echo "bench: torchrun DDP (gloo) reference, run $i/$REPEATS" >&2
+  "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 bench/ddp_ref.py --idx "$MNIST_IDX" \
+    --model "$MODEL" --epochs "$EPOCHS" --threads 1 --json "$OUT/ddp-$i.json" > "$OUT/ddp-$i.log" 2>&1
 done
+echo "bench: ring all-reduce between 2 processes" >&2
+target/release/examples/ringbench > "$OUT/ring.json"
 
 "$PY" - "$OUT" "$REPEATS" "$MODEL" "$EPOCHS" "$THREADS" <<'PYEOF'
 import json, sys, platform, os
@@ -46,6 +57,12 @@ for i in range(1, repeats + 1):
     s["startup_to_first_step_s"] = s["first_step_unix"] - start
     rt.append(s)
     ref.append(json.load(open(f"{out}/torch-{i}.json")))
+launch = [json.load(open(f"{out}/launch-{i}/summary.json")) for i in range(1, repeats + 1)]
+ddp = [json.load(open(f"{out}/ddp-{i}.json")) for i in range(1, repeats + 1)]
+ring = json.load(open(f"{out}/ring.json"))
+best_launch = max(launch, key=lambda s: s["train_images_per_s"])
+best_ddp = max(ddp, key=lambda s: s["train_images_per_s"])
+ratio2 = best_launch["train_images_per_s"] / best_ddp["train_images_per_s"]
 best_rt = max(rt, key=lambda s: s["train_images_per_s"])
 best_ref = max(ref, key=lambda s: s["train_images_per_s"])
 startup = min(s["startup_to_first_step_s"] for s in rt)
@@ -55,13 +72,20 @@ rows = [
     ("train images/s", f"{best_rt['train_images_per_s']:.0f}", f"{best_ref['train_images_per_s']:.0f}", f"{ratio:.2f}x"),
     ("valid accuracy", f"{best_rt['final_accuracy']:.4f}", f"{best_ref['valid_accuracy']:.4f}", ""),
     ("start-up to first step (warm cache)", f"{startup:.2f} s", "", "target < 2 s"),
+    ("2 workers: train images/s", f"{best_launch['train_images_per_s']:.0f}", f"{best_ddp['train_images_per_s']:.0f}",
+     f"{ratio2:.2f}x"),
+    ("2 workers: seconds per epoch (training)", f"{60000 / best_launch['train_images_per_s']:.1f}",
+     f"{sum(best_ddp['epoch_seconds']) / len(best_ddp['epoch_seconds']):.1f}", ""),
+    ("ring all-reduce, 41,132 floats", f"{ring['grad_us_median']:.0f} us", "", ""),
+    ("ring all-reduce, 64 MB", f"{ring['big_ms_median']:.0f} ms", "", f"{ring['big_gbps']:.2f} GB/s"),
 ]
 print(f"\n{model}, {epochs} epoch(s), {threads} threads, {os.cpu_count()} cores ({cpu}), best of {repeats}")
-print(f"{'':38} {'ringtrain':>12} {'PyTorch ref':>12} {'ratio':>8}")
+print(f"{'':42} {'ringtrain':>12} {'PyTorch ref':>12} {'ratio':>12}")
 for r in rows:
-    print(f"{r[0]:38} {r[1]:>12} {r[2]:>12} {r[3]:>8}")
+    print(f"{r[0]:42} {r[1]:>12} {r[2]:>12} {r[3]:>12}")
 json.dump({"model": model, "epochs": int(epochs), "threads": int(threads), "cpu": cpu,
-           "ringtrain": rt, "torch_ref": ref, "throughput_ratio": ratio, "startup_s": startup},
+           "ringtrain": rt, "torch_ref": ref, "throughput_ratio": ratio, "startup_s": startup,
+           "launch": launch, "ddp_ref": ddp, "launch_vs_ddp_ratio": ratio2, "ring": ring},
           open(f"{out}/results.json", "w"), indent=2)
 print(f"\nfull results: {out}/results.json")
 PYEOF

@@ -6,7 +6,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // SAFETY-ish: build scripts are single-threaded; prost-build reads PROTOC from the environment.
     unsafe { std::env::set_var("PROTOC", protoc) };
-    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("..").join("proto");
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?)
+        .join("..")
+        .join("proto");
+    // The folder too: adding a .proto file must re-run this script.
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("ringtrain/v1").display()
+    );
     let mut files = Vec::new();
     for entry in std::fs::read_dir(root.join("ringtrain/v1"))? {
         let path = entry?.path();

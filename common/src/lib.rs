@@ -7,8 +7,10 @@
 pub mod data;
 pub mod fetch;
 pub mod plot;
+pub mod report;
 pub mod rng;
 pub mod schedule;
+pub mod shard;
 
 /// Generated protobuf types, fenced in one module (package `ringtrain.v1`).
 pub mod pb {

@@ -15,10 +15,14 @@ const LEFT: f64 = 70.0;
 const RIGHT: f64 = 20.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 50.0;
-const COLORS: [&str; 6] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"];
+const COLORS: [&str; 6] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+];
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn fmt_tick(v: f64) -> String {
@@ -29,14 +33,20 @@ fn fmt_tick(v: f64) -> String {
     } else if v.abs() < 0.01 {
         format!("{v:.1e}")
     } else {
-        format!("{v:.3}").trim_end_matches('0').trim_end_matches('.').to_string()
+        format!("{v:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
     }
 }
 
 /// An SVG document plotting `series` against a shared x axis.
 pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> String {
     let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
-    let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().filter(finite).copied()).collect();
+    let all: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.points.iter().filter(finite).copied())
+        .collect();
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for (x, y) in &all {
         x0 = x0.min(*x);
@@ -75,7 +85,12 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
             fmt_tick(fy),
             y = sy(fy)
         );
-        svg += &format!("<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n", sx(fx), H - BOTTOM + 18.0, fmt_tick(fx));
+        svg += &format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
+            sx(fx),
+            H - BOTTOM + 18.0,
+            fmt_tick(fx)
+        );
     }
     svg += &format!(
         "<rect x=\"{LEFT}\" y=\"{TOP}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#333\"/>\n\
@@ -91,12 +106,20 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
     );
     for (i, s) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let pts: Vec<String> = s.points.iter().filter(finite).map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y))).collect();
+        let pts: Vec<String> = s
+            .points
+            .iter()
+            .filter(finite)
+            .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
+            .collect();
         if pts.len() == 1 {
             let (x, y) = pts[0].split_once(',').unwrap_or(("0", "0"));
             svg += &format!("<circle cx=\"{x}\" cy=\"{y}\" r=\"3\" fill=\"{color}\"/>\n");
         } else {
-            svg += &format!("<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>\n", pts.join(" "));
+            svg += &format!(
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>\n",
+                pts.join(" ")
+            );
         }
         // Legend above the plot area, one entry per series, so it never hides a line.
         svg += &format!(
@@ -118,8 +141,14 @@ mod tests {
     #[test]
     fn draws_each_series_and_escapes_text() {
         let s = vec![
-            Series { name: "train <smoothed>".into(), points: vec![(0.0, 2.0), (1.0, 1.0), (2.0, f64::NAN)] },
-            Series { name: "valid".into(), points: vec![(2.0, 0.5)] },
+            Series {
+                name: "train <smoothed>".into(),
+                points: vec![(0.0, 2.0), (1.0, 1.0), (2.0, f64::NAN)],
+            },
+            Series {
+                name: "valid".into(),
+                points: vec![(2.0, 0.5)],
+            },
         ];
         let svg = line_chart("loss & accuracy", "step", "loss", &s);
         assert!(svg.starts_with("<svg"));
@@ -131,7 +160,15 @@ mod tests {
 
     #[test]
     fn empty_and_flat_series_do_not_divide_by_zero() {
-        let svg = line_chart("t", "x", "y", &[Series { name: "c".into(), points: vec![(1.0, 3.0), (1.0, 3.0)] }]);
+        let svg = line_chart(
+            "t",
+            "x",
+            "y",
+            &[Series {
+                name: "c".into(),
+                points: vec![(1.0, 3.0), (1.0, 3.0)],
+            }],
+        );
         assert!(!svg.contains("NaN") && !svg.contains("inf"));
         let svg = line_chart("t", "x", "y", &[]);
         assert!(svg.ends_with("</svg>\n"));

@@ -88,10 +88,30 @@ mod tests {
 
     #[test]
     fn same_keys_same_numbers_different_keys_differ() {
-        let a: Vec<u64> = (0..8).map({ let mut s = Stream::new(42, &[1, 2]); move |_| s.next_u64() }).collect();
-        let b: Vec<u64> = (0..8).map({ let mut s = Stream::new(42, &[1, 2]); move |_| s.next_u64() }).collect();
-        let c: Vec<u64> = (0..8).map({ let mut s = Stream::new(42, &[2, 1]); move |_| s.next_u64() }).collect();
-        let d: Vec<u64> = (0..8).map({ let mut s = Stream::new(43, &[1, 2]); move |_| s.next_u64() }).collect();
+        let a: Vec<u64> = (0..8)
+            .map({
+                let mut s = Stream::new(42, &[1, 2]);
+                move |_| s.next_u64()
+            })
+            .collect();
+        let b: Vec<u64> = (0..8)
+            .map({
+                let mut s = Stream::new(42, &[1, 2]);
+                move |_| s.next_u64()
+            })
+            .collect();
+        let c: Vec<u64> = (0..8)
+            .map({
+                let mut s = Stream::new(42, &[2, 1]);
+                move |_| s.next_u64()
+            })
+            .collect();
+        let d: Vec<u64> = (0..8)
+            .map({
+                let mut s = Stream::new(43, &[1, 2]);
+                move |_| s.next_u64()
+            })
+            .collect();
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, d);

@@ -1,17 +1,19 @@
 //! `ringtrain`: the user CLI of ringtrain.
 //!
-//! Thin on purpose: parse the command line, set up tracing, call the subcommand's module, turn an
-//! error into one message on stderr and a non-zero exit code. Each subcommand lives in its own
-//! module (`data_cmd.rs` for `ringtrain data ...`); add `serve` / `launch` the same way.
+//! Thin on purpose: parse the command line, set up tracing, call the subcommand (the library's
+//! `serve` / `launch`, or `data_cmd.rs`), print the final line, turn an error into one message
+//! on stderr and a non-zero exit code.
 //!
 //! Logs go to stderr (`RUST_LOG` filters, default `info`; `RINGTRAIN_LOG_FORMAT=json` for
-//! clusters); results meant for people or scripts go to stdout.
+//! clusters); results meant for people or scripts (the table, the final line) go to stdout.
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use ringtrain_coordinator::cli::{LaunchArgs, ServeArgs};
+use ringtrain_coordinator::RunOutcome;
 use tracing_subscriber::EnvFilter;
 
 mod data_cmd;
@@ -28,13 +30,22 @@ struct Cli {
 enum Command {
     /// Get and prepare datasets.
     Data(data_cmd::DataArgs),
+    /// Coordinate one run: wait for workers, hand out ranks and shards, print the table.
+    ///
+    /// Exits 0 when the run finished, 1 when it failed (or on Ctrl-C).
+    Serve(ServeArgs),
+    /// Run the coordinator and N local workers (ringtrain-worker processes) in one command.
+    ///
+    /// Worker logs go to RUN_DIR/logs/worker-<i>.log. Exits 0 when the run finished.
+    Launch(LaunchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             // The one place errors are handled: the whole chain, once, for the person at the terminal.
             eprintln!("ringtrain: error: {e:#}");
@@ -43,13 +54,56 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// Ok(true) when the command succeeded, Ok(false) when the run it coordinated failed.
+fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
         Command::Data(args) => {
             let what = args.describe();
-            data_cmd::run(args).with_context(|| what)
+            data_cmd::run(args).with_context(|| what)?;
+            Ok(true)
+        }
+        Command::Serve(args) => {
+            let config = args.load()?;
+            let listen = config.listen.clone();
+            let outcome = runtime()?.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(&listen)
+                    .await
+                    .with_context(|| format!("listening on {listen}"))?;
+                ringtrain_coordinator::serve(listener, config, ctrl_c())
+                    .await
+                    .context("serving the run")
+            })?;
+            Ok(report(&outcome))
+        }
+        Command::Launch(args) => {
+            let config = args.run.load()?;
+            let opts = args.options();
+            let outcome = runtime()?
+                .block_on(ringtrain_coordinator::launch(config, opts, ctrl_c()))
+                .context("launching the run")?;
+            Ok(report(&outcome))
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ringtrain")
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Resolves on Ctrl-C; never, if the handler cannot be installed (the run still ends normally).
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn report(outcome: &RunOutcome) -> bool {
+    println!("{}", outcome.final_line());
+    outcome.succeeded()
 }
 
 /// stderr subscriber: `RUST_LOG` filter (default `info`), JSON lines when `RINGTRAIN_LOG_FORMAT=json`.

@@ -41,51 +41,35 @@ pub fn log_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// Writes an 8-bit grayscale PNG.
+/// Writes an 8-bit grayscale PNG (creating its folder).
 pub fn write_png(path: &Path, w: u32, h: u32, pixels: &[u8]) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut enc = png::Encoder::new(file, w, h);
-    enc.set_color(png::ColorType::Grayscale);
-    enc.set_depth(png::BitDepth::Eight);
-    enc.write_header()?.write_image_data(pixels)?;
-    Ok(())
-}
-
-/// Reads an idx file (optionally gzipped): returns (dims, data).
-pub fn read_idx(path: &Path) -> anyhow::Result<(Vec<usize>, Vec<u8>)> {
-    use std::io::Read;
-    let raw = std::fs::read(path)?;
-    let mut data = Vec::new();
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut data)?;
-    } else {
-        data = raw;
-    }
-    anyhow::ensure!(data.len() >= 4 && data[0] == 0 && data[1] == 0 && data[2] == 8, "{}: not idx u8", path.display());
-    let ndim = data[3] as usize;
-    let mut dims = Vec::new();
-    for i in 0..ndim {
-        let b = &data[4 + 4 * i..8 + 4 * i];
-        dims.push(u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
-    }
-    let body = data[4 + 4 * ndim..].to_vec();
-    anyhow::ensure!(body.len() == dims.iter().product::<usize>(), "{}: truncated", path.display());
-    Ok((dims, body))
+    Ok(ringtrain_common::fetch::write_png(path, w, h, pixels)?)
 }
 
 /// A slice of real MNIST in the `mnist_png` layout: the first `n_train` training and `n_valid`
 /// testing images of `../shared/data/mnist`, as `dest/{training,testing}/<digit>/<index>.png`.
 pub fn mnist_slice(dest: &Path, n_train: usize, n_valid: usize) -> anyhow::Result<()> {
+    use ringtrain_common::fetch::{locate_idx, read_images, read_labels};
     let idx = shared_mnist_idx();
     for (split, prefix, n) in [("training", "train", n_train), ("testing", "t10k", n_valid)] {
-        let (_, images) = read_idx(&idx.join(format!("{prefix}-images-idx3-ubyte.gz")))?;
-        let (_, labels) = read_idx(&idx.join(format!("{prefix}-labels-idx1-ubyte.gz")))?;
-        for i in 0..n {
-            let path = dest.join(split).join(labels[i].to_string()).join(format!("{i}.png"));
-            write_png(&path, 28, 28, &images[i * 784..(i + 1) * 784])?;
+        let images = read_images(&locate_idx(&idx, &format!("{prefix}-images-idx3-ubyte"))?)?;
+        let labels = read_labels(&locate_idx(&idx, &format!("{prefix}-labels-idx1-ubyte"))?)?;
+        for (i, label) in labels.iter().take(n).enumerate() {
+            let pixels = images
+                .image(i)
+                .ok_or_else(|| anyhow::anyhow!("image {i} missing"))?;
+            write_png(
+                &dest
+                    .join(split)
+                    .join(label.to_string())
+                    .join(format!("{i}.png")),
+                28,
+                28,
+                pixels,
+            )?;
         }
     }
     Ok(())
@@ -104,7 +88,15 @@ pub fn synthetic_folder(dest: &Path, classes: usize, per_class: usize) -> anyhow
                         px[y * 28 + x] = 200 + ((i * 7 + x) % 50) as u8;
                     }
                 }
-                write_png(&dest.join(split).join(format!("c{c}")).join(format!("{i:04}.png")), 28, 28, &px)?;
+                write_png(
+                    &dest
+                        .join(split)
+                        .join(format!("c{c}"))
+                        .join(format!("{i:04}.png")),
+                    28,
+                    28,
+                    &px,
+                )?;
             }
         }
     }
@@ -128,11 +120,21 @@ impl Output {
 
 /// Runs `bin` with `args` and a private cache folder, saving stdout/stderr under
 /// `target/test-logs/<log>/`. Kills the process after `timeout` so a test can never hang.
-pub fn run(bin_name: &str, args: &[&str], log: &str, envs: &[(&str, &str)], timeout: std::time::Duration) -> anyhow::Result<Output> {
+pub fn run(
+    bin_name: &str,
+    args: &[&str],
+    log: &str,
+    envs: &[(&str, &str)],
+    timeout: std::time::Duration,
+) -> anyhow::Result<Output> {
     use std::process::{Command, Stdio};
     let dir = log_dir(log);
     let mut cmd = Command::new(bin(bin_name));
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).env("NO_COLOR", "1");
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("NO_COLOR", "1");
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -157,7 +159,10 @@ pub fn run(bin_name: &str, args: &[&str], log: &str, envs: &[(&str, &str)], time
         if start.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
-            anyhow::bail!("{bin_name} {args:?} did not finish within {timeout:?}; logs in {}", dir.display());
+            anyhow::bail!(
+                "{bin_name} {args:?} did not finish within {timeout:?}; logs in {}",
+                dir.display()
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     };

@@ -9,11 +9,30 @@ use ringtrain_tests::{run, synthetic_folder, write_png, Output};
 fn train(data: &Path, tmp: &Path, extra: &[&str], log: &str) -> Output {
     let run_dir = tmp.join("run");
     let mut args = vec![
-        "train", "--data", data.to_str().unwrap(), "--run-dir", run_dir.to_str().unwrap(), "--no-cache",
-        "--model", "basic", "--epochs", "1", "--batch-size", "8", "--threads", "1",
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+        "--no-cache",
+        "--model",
+        "basic",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
     ];
     args.extend_from_slice(extra);
-    run("ringtrain-worker", &args, log, &[], Duration::from_secs(300)).unwrap()
+    run(
+        "ringtrain-worker",
+        &args,
+        log,
+        &[],
+        Duration::from_secs(300),
+    )
+    .unwrap()
 }
 
 fn dataset() -> (tempfile::TempDir, PathBuf) {
@@ -27,14 +46,28 @@ fn dataset() -> (tempfile::TempDir, PathBuf) {
 fn fails_then_skips(data: &Path, tmp: &Path, bad: &Path, log: &str, what: &str) {
     let out = train(data, tmp, &[], &format!("{log}-strict"));
     assert!(!out.success(), "{log}: must fail");
-    assert!(out.stderr.contains(&bad.display().to_string()), "{log}: error must name {}:\n{}", bad.display(), out.stderr);
-    assert!(out.stderr.contains(what), "{log}: error must say '{what}':\n{}", out.stderr);
+    assert!(
+        out.stderr.contains(&bad.display().to_string()),
+        "{log}: error must name {}:\n{}",
+        bad.display(),
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(what),
+        "{log}: error must say '{what}':\n{}",
+        out.stderr
+    );
     let out = train(data, tmp, &["--skip-bad"], &format!("{log}-skip"));
     assert!(out.success(), "{log} with --skip-bad:\n{}", out.stderr);
     assert!(out.stderr.contains("skipped 1 bad file"), "{}", out.stderr);
     let record = std::fs::read_to_string(tmp.join("run/run.json")).unwrap();
-    assert!(record.contains(&bad.display().to_string()), "run.json lists the skipped file");
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.join("run/summary.json")).unwrap()).unwrap();
+    assert!(
+        record.contains(&bad.display().to_string()),
+        "run.json lists the skipped file"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.join("run/summary.json")).unwrap())
+            .unwrap();
     assert_eq!(summary["skipped"], 1);
 }
 
@@ -60,7 +93,13 @@ fn wrong_size() {
     let (tmp, data) = dataset();
     let bad = data.join("training/c0/0002.png");
     write_png(&bad, 32, 28, &[7; 32 * 28]).unwrap();
-    fails_then_skips(&data, tmp.path(), &bad, "bad-size", "is 32x28 pixels, expected 28x28");
+    fails_then_skips(
+        &data,
+        tmp.path(),
+        &bad,
+        "bad-size",
+        "is 32x28 pixels, expected 28x28",
+    );
 }
 
 #[test]
@@ -68,7 +107,13 @@ fn non_image_file() {
     let (tmp, data) = dataset();
     let bad = data.join("training/c2/notes.txt");
     std::fs::write(&bad, "hello").unwrap();
-    fails_then_skips(&data, tmp.path(), &bad, "bad-non-image", "is not a .png image");
+    fails_then_skips(
+        &data,
+        tmp.path(),
+        &bad,
+        "bad-non-image",
+        "is not a .png image",
+    );
 }
 
 /// Structural problems are errors even with --skip-bad.
@@ -76,8 +121,17 @@ fn always_fails(data: &Path, tmp: &Path, names: &Path, what: &str, log: &str) {
     for extra in [&[][..], &["--skip-bad"][..]] {
         let out = train(data, tmp, extra, log);
         assert!(!out.success(), "{log} {extra:?} must fail");
-        assert!(out.stderr.contains(&names.display().to_string()), "{log}: must name {}:\n{}", names.display(), out.stderr);
-        assert!(out.stderr.contains(what), "{log}: must say '{what}':\n{}", out.stderr);
+        assert!(
+            out.stderr.contains(&names.display().to_string()),
+            "{log}: must name {}:\n{}",
+            names.display(),
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains(what),
+            "{log}: must say '{what}':\n{}",
+            out.stderr
+        );
     }
 }
 
@@ -86,7 +140,13 @@ fn empty_class_folder() {
     let (tmp, data) = dataset();
     let empty = data.join("training/c9");
     std::fs::create_dir_all(&empty).unwrap();
-    always_fails(&data, tmp.path(), &empty, "holds no images", "bad-empty-class");
+    always_fails(
+        &data,
+        tmp.path(),
+        &empty,
+        "holds no images",
+        "bad-empty-class",
+    );
 }
 
 #[test]
@@ -94,19 +154,37 @@ fn class_in_testing_not_in_training() {
     let (tmp, data) = dataset();
     let extra = data.join("testing/c7");
     write_png(&extra.join("0.png"), 28, 28, &[0; 784]).unwrap();
-    always_fails(&data, tmp.path(), &extra, "no counterpart in the training split", "bad-unknown-class");
+    always_fails(
+        &data,
+        tmp.path(),
+        &extra,
+        "no counterpart in the training split",
+        "bad-unknown-class",
+    );
 }
 
 #[test]
 fn missing_split_folder() {
     let (tmp, data) = dataset();
     std::fs::remove_dir_all(data.join("testing")).unwrap();
-    always_fails(&data, tmp.path(), &data.join("testing"), "is missing", "bad-missing-split");
+    always_fails(
+        &data,
+        tmp.path(),
+        &data.join("testing"),
+        "is missing",
+        "bad-missing-split",
+    );
 }
 
 #[test]
 fn missing_dataset_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let nowhere = tmp.path().join("nowhere");
-    always_fails(&nowhere, tmp.path(), &nowhere, "does not exist", "bad-missing-root");
+    always_fails(
+        &nowhere,
+        tmp.path(),
+        &nowhere,
+        "does not exist",
+        "bad-missing-root",
+    );
 }

@@ -17,13 +17,31 @@ fn main() {
     let steps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20);
     tch::set_num_threads(threads);
     let n = 128 * (steps + 5);
-    let split = DecodedSplit { height: 28, width: 28, pixels: (0..n * 784).map(|i| (i % 251) as u8).collect(), labels: (0..n as u32).map(|i| i % 10).collect() };
-    let ts = TrainSet::new(&split, Normalize { mean: 0.13, std: 0.31 }, Device::Cpu);
-    let plan = ts.plan_epoch(1, 0, 128);
+    let split = DecodedSplit {
+        height: 28,
+        width: 28,
+        pixels: (0..n * 784).map(|i| (i % 251) as u8).collect(),
+        labels: (0..n as u32).map(|i| i % 10).collect(),
+    };
+    let ts = TrainSet::new(
+        &split,
+        Normalize {
+            mean: 0.13,
+            std: 0.31,
+        },
+        Device::Cpu,
+    );
+    let plan = ts.plan_epoch(1, 0, 0, 128);
     let vs = VarStore::new(Device::Cpu);
     let model = Model::new(&vs.root(), Arch::Resnet, 10);
     let mut flat = FlatParams::new(&vs, || {
-        model.forward_t(&Tensor::zeros([2, 1, 28, 28], (Kind::Float, Device::Cpu)), false).sum(Kind::Float).backward();
+        model
+            .forward_t(
+                &Tensor::zeros([2, 1, 28, 28], (Kind::Float, Device::Cpu)),
+                false,
+            )
+            .sum(Kind::Float)
+            .backward();
     })
     .unwrap();
     let mut adam = Adam::new(&flat.params, AdamConfig::default());

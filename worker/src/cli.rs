@@ -10,10 +10,67 @@ use crate::config::{default_cache_dir, TrainConfig};
 use crate::model::Arch;
 
 #[derive(Debug, Parser)]
-#[command(name = "ringtrain-worker", version, about = "ringtrain worker: trains the fast.ai lesson-7 MNIST models with libtorch")]
+#[command(
+    name = "ringtrain-worker",
+    version,
+    about = "ringtrain worker: trains the fast.ai lesson-7 MNIST models with libtorch",
+    long_about = "ringtrain worker: trains the fast.ai lesson-7 MNIST models with libtorch.\n\n\
+        With --coordinator URL it joins a distributed run (the coordinator decides everything);\n\
+        the subcommands train standalone, evaluate, or inspect models.",
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub join: JoinArgs,
+}
+
+/// Joining a distributed run: `ringtrain-worker --coordinator URL --data DIR`.
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// Coordinator URL, e.g. http://127.0.0.1:29400.
+    #[arg(long, env = "RINGTRAIN_COORDINATOR")]
+    pub coordinator: Option<String>,
+    /// Dataset root as this worker sees it (must hold the same files as the coordinator's).
+    #[arg(long = "data", env = "RINGTRAIN_WORKER_DATA")]
+    pub data: Option<PathBuf>,
+    /// Unique id of this worker; ranks follow the sorted ids [default: <hostname>-<pid>].
+    #[arg(long, env = "RINGTRAIN_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// libtorch intra-op threads [default: all cores].
+    #[arg(long, env = "RINGTRAIN_THREADS")]
+    pub threads: Option<usize>,
+    /// Address to accept the ring predecessor on.
+    #[arg(long, default_value = "0.0.0.0:0", env = "RINGTRAIN_COLLECTIVE_LISTEN")]
+    pub collective_listen: std::net::SocketAddr,
+    /// Host name or IP peers use to reach this worker [default: the listen IP, 127.0.0.1 if unspecified].
+    #[arg(long, env = "RINGTRAIN_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
+    /// Decoded-image cache folder [default: $RINGTRAIN_CACHE_DIR or ~/.cache/ringtrain/decoded].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Decode this worker's shard every time; write no cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Refuse to join a run of another model.
+    #[arg(long)]
+    pub model: Option<Arch>,
+    /// Refuse to join another run.
+    #[arg(long, env = "RINGTRAIN_RUN_ID")]
+    pub run_id: Option<String>,
+    /// How long to keep trying to reach the coordinator, seconds.
+    #[arg(long, default_value_t = 600.0)]
+    pub connect_timeout_s: f64,
+    /// Name of the training split folder.
+    #[arg(long, default_value = "training")]
+    pub train_dir: String,
+    /// Name of the validation split folder.
+    #[arg(long, default_value = "testing")]
+    pub valid_dir: String,
+    /// Protocol version to announce (tests use it to check that a mismatch is refused).
+    #[arg(long, hide = true)]
+    pub protocol_version: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -36,6 +93,21 @@ pub enum Command {
         train_dir: String,
         /// Name of the validation split folder.
         #[arg(long, default_value = "testing", env = "RINGTRAIN_VALID_DIR")]
+        valid_dir: String,
+    },
+    /// Accuracy and loss of a finished run's weights on a dataset's validation split (one process).
+    Eval {
+        /// Run folder with run.json (model, classes, normalisation) and final.safetensors.
+        #[arg(long)]
+        run_dir: PathBuf,
+        /// Dataset root.
+        #[arg(long)]
+        data: PathBuf,
+        /// Weights file [default: RUN_DIR/final.safetensors].
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Name of the validation split folder.
+        #[arg(long, default_value = "testing")]
         valid_dir: String,
     },
     /// Print the layer table of a model, like fastai's `learn.summary()`.
@@ -123,7 +195,11 @@ impl TrainArgs {
     /// The typed configuration (not yet validated).
     pub fn into_config(self) -> TrainConfig {
         let mut cfg = TrainConfig::lesson(self.data, self.model);
-        cfg.scan = ScanOptions { train_dir: self.train_dir, valid_dir: self.valid_dir, skip_bad: self.skip_bad };
+        cfg.scan = ScanOptions {
+            train_dir: self.train_dir,
+            valid_dir: self.valid_dir,
+            skip_bad: self.skip_bad,
+        };
         if let Some(e) = self.epochs {
             cfg.epochs = e;
         }
@@ -144,10 +220,16 @@ impl TrainArgs {
         cfg.adam.eps = self.eps;
         cfg.adam.weight_decay = self.wd;
         cfg.run_dir = self.run_dir.unwrap_or_else(|| {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
             PathBuf::from(format!("runs/{}-{now}", self.model))
         });
-        cfg.cache_dir = if self.no_cache { None } else { self.cache_dir.or_else(default_cache_dir) };
+        cfg.cache_dir = if self.no_cache {
+            None
+        } else {
+            self.cache_dir.or_else(default_cache_dir)
+        };
         cfg.progress = !self.no_progress;
         cfg
     }

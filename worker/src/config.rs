@@ -64,7 +64,11 @@ pub enum ConfigError {
     ZeroThreads,
     /// Adam hyper-parameter out of range.
     #[error("{field} must be {rule}, got {value}")]
-    Adam { field: &'static str, rule: &'static str, value: f64 },
+    Adam {
+        field: &'static str,
+        rule: &'static str,
+        value: f64,
+    },
     /// One-cycle schedule parameter out of range.
     #[error("schedule: {0}")]
     Schedule(String),
@@ -76,7 +80,11 @@ pub enum ConfigError {
 impl TrainConfig {
     /// The lesson's recipe for `arch` on `data` (ResNet-ish: 12 epochs at 0.05; plain: 3 at 0.1).
     pub fn lesson(data: PathBuf, arch: Arch) -> Self {
-        let (epochs, max_lr) = if arch == Arch::Basic { (3, 0.1) } else { (12, 0.05) };
+        let (epochs, max_lr) = if arch == Arch::Basic {
+            (3, 0.1)
+        } else {
+            (12, 0.05)
+        };
         Self {
             data,
             scan: ScanOptions::default(),
@@ -114,22 +122,39 @@ impl TrainConfig {
         }
         let a = &self.adam;
         if !(a.beta2 >= 0.0 && a.beta2 < 1.0) {
-            return Err(ConfigError::Adam { field: "beta2", rule: "in [0, 1)", value: a.beta2 });
+            return Err(ConfigError::Adam {
+                field: "beta2",
+                rule: "in [0, 1)",
+                value: a.beta2,
+            });
         }
         if !(a.eps > 0.0 && a.eps.is_finite()) {
-            return Err(ConfigError::Adam { field: "eps", rule: "positive", value: a.eps });
+            return Err(ConfigError::Adam {
+                field: "eps",
+                rule: "positive",
+                value: a.eps,
+            });
         }
         if !(a.weight_decay >= 0.0 && a.weight_decay.is_finite()) {
-            return Err(ConfigError::Adam { field: "wd", rule: "non-negative", value: a.weight_decay });
+            return Err(ConfigError::Adam {
+                field: "wd",
+                rule: "non-negative",
+                value: a.weight_decay,
+            });
         }
-        self.schedule.clone().init().map_err(|e| ConfigError::Schedule(e.to_string()))?;
+        self.schedule
+            .init()
+            .map_err(|e| ConfigError::Schedule(e.to_string()))?;
         Ok(())
     }
 
     /// Training steps per epoch for `images` training images (last partial batch dropped).
     pub fn steps_per_epoch(&self, images: usize) -> Result<usize, ConfigError> {
         if images < self.batch_size {
-            return Err(ConfigError::BatchLargerThanData { batch_size: self.batch_size, images });
+            return Err(ConfigError::BatchLargerThanData {
+                batch_size: self.batch_size,
+                images,
+            });
         }
         Ok(images / self.batch_size)
     }
@@ -156,20 +181,48 @@ mod tests {
         ok().validate().unwrap();
         let basic = TrainConfig::lesson("d".into(), Arch::Basic);
         assert_eq!((basic.epochs, basic.schedule.max_lr), (3, 0.1));
-        assert_eq!((ok().epochs, ok().schedule.max_lr, ok().batch_size), (12, 0.05, 128));
+        assert_eq!(
+            (ok().epochs, ok().schedule.max_lr, ok().batch_size),
+            (12, 0.05, 128)
+        );
     }
 
     #[test]
     fn each_rule() {
-        let cases: Vec<(Box<dyn Fn(&mut TrainConfig)>, ConfigError)> = vec![
+        type Mutation = Box<dyn Fn(&mut TrainConfig)>;
+        let cases: Vec<(Mutation, ConfigError)> = vec![
             (Box::new(|c| c.epochs = 0), ConfigError::NoEpochs),
             (Box::new(|c| c.batch_size = 0), ConfigError::ZeroBatch),
-            (Box::new(|c| c.valid_batch_size = 0), ConfigError::ZeroValidBatch),
+            (
+                Box::new(|c| c.valid_batch_size = 0),
+                ConfigError::ZeroValidBatch,
+            ),
             (Box::new(|c| c.image_size = 32), ConfigError::ImageSize(32)),
             (Box::new(|c| c.threads = Some(0)), ConfigError::ZeroThreads),
-            (Box::new(|c| c.adam.beta2 = 1.0), ConfigError::Adam { field: "beta2", rule: "in [0, 1)", value: 1.0 }),
-            (Box::new(|c| c.adam.eps = 0.0), ConfigError::Adam { field: "eps", rule: "positive", value: 0.0 }),
-            (Box::new(|c| c.adam.weight_decay = -1.0), ConfigError::Adam { field: "wd", rule: "non-negative", value: -1.0 }),
+            (
+                Box::new(|c| c.adam.beta2 = 1.0),
+                ConfigError::Adam {
+                    field: "beta2",
+                    rule: "in [0, 1)",
+                    value: 1.0,
+                },
+            ),
+            (
+                Box::new(|c| c.adam.eps = 0.0),
+                ConfigError::Adam {
+                    field: "eps",
+                    rule: "positive",
+                    value: 0.0,
+                },
+            ),
+            (
+                Box::new(|c| c.adam.weight_decay = -1.0),
+                ConfigError::Adam {
+                    field: "wd",
+                    rule: "non-negative",
+                    value: -1.0,
+                },
+            ),
         ];
         for (mutate, want) in cases {
             let mut c = ok();
@@ -184,6 +237,12 @@ mod tests {
     #[test]
     fn batch_larger_than_data() {
         assert_eq!(ok().steps_per_epoch(60_000), Ok(468));
-        assert_eq!(ok().steps_per_epoch(100), Err(ConfigError::BatchLargerThanData { batch_size: 128, images: 100 }));
+        assert_eq!(
+            ok().steps_per_epoch(100),
+            Err(ConfigError::BatchLargerThanData {
+                batch_size: 128,
+                images: 100
+            })
+        );
     }
 }

@@ -9,8 +9,8 @@
 //!                  ▶ f32 · 1/(255·std) − mean/std ▶ [B, 1, 28, 28]
 //! ```
 //! Crop offsets (0..=6 per axis, per image) and the shuffle come from `common::rng` streams keyed
-//! by (seed, epoch), uploaded once per epoch, so a step needs no host data and the order is a pure
-//! function of (seed, epoch): resuming at any step reproduces it.
+//! by (seed, epoch, rank), uploaded once per epoch, so a step needs no host data and the order is a pure
+//! function of (seed, epoch, rank): resuming at any step reproduces it.
 //!
 //! Tests: `tests` at the bottom.
 
@@ -32,7 +32,10 @@ pub struct Normalize {
 impl Normalize {
     /// From the training pixels' statistics.
     pub fn from_stats(s: &PixelStats) -> Self {
-        Self { mean: s.mean(), std: s.std() }
+        Self {
+            mean: s.mean(),
+            std: s.std(),
+        }
     }
 
     /// u8 pixels → normalised f32, in place on a fresh float tensor.
@@ -46,7 +49,11 @@ impl Normalize {
 
 fn images_tensor(split: &DecodedSplit, device: Device) -> Tensor {
     Tensor::from_slice(&split.pixels)
-        .view([split.len() as i64, i64::from(split.height), i64::from(split.width)])
+        .view([
+            split.len() as i64,
+            i64::from(split.height),
+            i64::from(split.width),
+        ])
         .to_device(device)
 }
 
@@ -104,20 +111,23 @@ impl TrainSet {
         self.len == 0
     }
 
-    /// Shuffle and crops of `epoch`; drops the last partial batch like fastai's train loader.
-    pub fn plan_epoch(&self, seed: u64, epoch: u64, batch_size: usize) -> EpochPlan {
+    /// Shuffle and crops of `epoch` on `rank`; drops the last partial batch like fastai's train
+    /// loader.
+    pub fn plan_epoch(&self, seed: u64, epoch: u64, rank: u64, batch_size: usize) -> EpochPlan {
         let device = self.padded.device();
-        let perm: Vec<i64> = Stream::new(seed, &[Purpose::Shuffle as u64, epoch])
+        let perm: Vec<i64> = Stream::new(seed, &[Purpose::Shuffle as u64, epoch, rank])
             .permutation(self.len)
             .into_iter()
             .map(|i| i as i64)
             .collect();
-        let mut crop = Stream::new(seed, &[Purpose::Crop as u64, epoch]);
+        let mut crop = Stream::new(seed, &[Purpose::Crop as u64, epoch, rank]);
         let span = (2 * PAD + 1) as u64;
         let offsets: Vec<i64> = (0..2 * self.len).map(|_| crop.below(span) as i64).collect();
         EpochPlan {
             perm: Tensor::from_slice(&perm).to_device(device),
-            offsets: Tensor::from_slice(&offsets).view([self.len as i64, 2]).to_device(device),
+            offsets: Tensor::from_slice(&offsets)
+                .view([self.len as i64, 2])
+                .to_device(device),
             steps: self.len / batch_size,
             batch_size,
         }
@@ -131,11 +141,18 @@ impl TrainSet {
         let off = plan.offsets.narrow(0, start, b);
         let imgs = self.padded.index_select(0, &idx);
         let pw = self.width + 2 * PAD;
-        let rows = (off.narrow(1, 0, 1) + &self.arange_h.unsqueeze(0)).unsqueeze(2).expand([b, self.height, pw], false);
+        let rows = (off.narrow(1, 0, 1) + &self.arange_h.unsqueeze(0))
+            .unsqueeze(2)
+            .expand([b, self.height, pw], false);
         let imgs = imgs.gather(1, &rows, false);
-        let cols = (off.narrow(1, 1, 1) + &self.arange_w.unsqueeze(0)).unsqueeze(1).expand([b, self.height, self.width], false);
+        let cols = (off.narrow(1, 1, 1) + &self.arange_w.unsqueeze(0))
+            .unsqueeze(1)
+            .expand([b, self.height, self.width], false);
         let imgs = imgs.gather(2, &cols, false);
-        (self.norm.apply(&imgs).unsqueeze(1), self.labels.index_select(0, &idx))
+        (
+            self.norm.apply(&imgs).unsqueeze(1),
+            self.labels.index_select(0, &idx),
+        )
     }
 }
 
@@ -148,7 +165,10 @@ pub struct ValidSet {
 
 impl ValidSet {
     pub fn new(split: &DecodedSplit, norm: Normalize, device: Device) -> Self {
-        Self { images: norm.apply(&images_tensor(split, device)).unsqueeze(1), labels: labels_tensor(split, device) }
+        Self {
+            images: norm.apply(&images_tensor(split, device)).unsqueeze(1),
+            labels: labels_tensor(split, device),
+        }
     }
 
     /// Number of validation images.
@@ -179,16 +199,27 @@ mod tests {
             img[0] = 200;
             pixels.extend(img);
         }
-        DecodedSplit { height: 28, width: 28, pixels, labels: (0..n as u32).collect() }
+        DecodedSplit {
+            height: 28,
+            width: 28,
+            pixels,
+            labels: (0..n as u32).collect(),
+        }
     }
 
     #[test]
     fn batches_are_padded_crops_of_the_right_images() {
         let s = split(10);
-        let norm = Normalize { mean: 0.0, std: 1.0 / 255.0 };
+        let norm = Normalize {
+            mean: 0.0,
+            std: 1.0 / 255.0,
+        };
         let ts = TrainSet::new(&s, norm, Device::Cpu);
-        let plan = ts.plan_epoch(5, 0, 4);
-        assert_eq!(plan.steps, 2, "10 images, batch 4: last partial batch dropped");
+        let plan = ts.plan_epoch(5, 0, 0, 4);
+        assert_eq!(
+            plan.steps, 2,
+            "10 images, batch 4: last partial batch dropped"
+        );
         let (x, y) = ts.batch(&plan, 1);
         assert_eq!(x.size(), vec![4, 1, 28, 28]);
         // std = 1/255 and mean 0 make the float values equal the u8 values.
@@ -202,7 +233,7 @@ mod tests {
             assert!(max == 200.0 || max == fill, "max {max}");
             // Zero padding: 28*28 pixels, at least (28-3)^2 of them from the image.
             let nonzero = img.ne(0.0).sum(Kind::Int64).int64_value(&[]);
-            assert!(nonzero >= 25 * 25 && nonzero <= 28 * 28, "nonzero {nonzero}");
+            assert!((25 * 25..=28 * 28).contains(&nonzero), "nonzero {nonzero}");
             assert!(total > 0.0);
         }
     }
@@ -210,26 +241,40 @@ mod tests {
     #[test]
     fn plan_is_a_pure_function_of_seed_and_epoch() {
         let s = split(50);
-        let ts = TrainSet::new(&s, Normalize { mean: 0.1, std: 0.3 }, Device::Cpu);
-        let (a, _) = ts.batch(&ts.plan_epoch(1, 3, 8), 2);
-        let (b, _) = ts.batch(&ts.plan_epoch(1, 3, 8), 2);
-        let (c, _) = ts.batch(&ts.plan_epoch(1, 4, 8), 2);
+        let ts = TrainSet::new(
+            &s,
+            Normalize {
+                mean: 0.1,
+                std: 0.3,
+            },
+            Device::Cpu,
+        );
+        let (a, _) = ts.batch(&ts.plan_epoch(1, 3, 0, 8), 2);
+        let (b, _) = ts.batch(&ts.plan_epoch(1, 3, 0, 8), 2);
+        let (c, _) = ts.batch(&ts.plan_epoch(1, 4, 0, 8), 2);
         assert!(a.equal(&b));
         assert!(!a.equal(&c));
-        let p = ts.plan_epoch(1, 3, 8);
+        let p = ts.plan_epoch(1, 3, 0, 8);
         let mut seen: Vec<i64> = Vec::<i64>::try_from(&p.perm).unwrap();
         seen.sort_unstable();
         assert_eq!(seen, (0..50).collect::<Vec<_>>());
         let offs: Vec<i64> = Vec::<i64>::try_from(&p.offsets.view([-1])).unwrap();
         assert!(offs.iter().all(|&o| (0..=6).contains(&o)));
-        assert!(offs.iter().any(|&o| o == 0) && offs.iter().any(|&o| o == 6));
+        assert!(offs.contains(&0) && offs.contains(&6));
     }
 
     #[test]
     fn normalize_matches_formula() {
-        let n = Normalize { mean: 0.5, std: 0.25 };
+        let n = Normalize {
+            mean: 0.5,
+            std: 0.25,
+        };
         let x = n.apply(&Tensor::from_slice(&[0u8, 255, 51]));
         let v: Vec<f32> = Vec::<f32>::try_from(&x).unwrap();
-        assert!((v[0] + 2.0).abs() < 1e-6 && (v[1] - 2.0).abs() < 1e-6 && (v[2] - (0.2 - 0.5) / 0.25).abs() < 1e-5);
+        assert!(
+            (v[0] + 2.0).abs() < 1e-6
+                && (v[1] - 2.0).abs() < 1e-6
+                && (v[2] - (0.2 - 0.5) / 0.25).abs() < 1e-5
+        );
     }
 }

@@ -57,8 +57,11 @@ impl FlatParams {
     /// mode so BatchNorm running statistics are not changed); it allocates the gradients that
     /// are then re-pointed into the flat gradient buffer, which starts zeroed.
     pub fn new(vs: &VarStore, warmup: impl FnOnce()) -> Result<Self, FlatError> {
-        let mut named: Vec<(String, Tensor)> =
-            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let mut named: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
         if named.is_empty() {
             return Err(FlatError::NoParams);
         }
@@ -67,10 +70,18 @@ impl FlatParams {
         let mut offset = 0;
         for (name, t) in &named {
             let numel = t.numel() as i64;
-            slots.push(Slot { name: name.clone(), shape: t.size(), offset, numel });
+            slots.push(Slot {
+                name: name.clone(),
+                shape: t.size(),
+                offset,
+                numel,
+            });
             offset += numel;
         }
-        let flat: Vec<Tensor> = named.iter().map(|(_, t)| t.detach().reshape([-1])).collect();
+        let flat: Vec<Tensor> = named
+            .iter()
+            .map(|(_, t)| t.detach().reshape([-1]))
+            .collect();
         let params = Tensor::cat(&flat, 0);
         let mut handles = Vec::with_capacity(named.len());
         for ((_, mut t), s) in named.into_iter().zip(&slots) {
@@ -82,11 +93,18 @@ impl FlatParams {
         for (t, s) in handles.iter().zip(&slots) {
             let mut g = t.grad();
             if !g.defined() {
-                return Err(FlatError::NoGrad { name: s.name.clone() });
+                return Err(FlatError::NoGrad {
+                    name: s.name.clone(),
+                });
             }
             g.set_data(&grads.narrow(0, s.offset, s.numel).view(s.shape.as_slice()));
         }
-        let me = Self { slots, params, grads, handles };
+        let me = Self {
+            slots,
+            params,
+            grads,
+            handles,
+        };
         me.check_aliasing()?;
         Ok(me)
     }
@@ -104,11 +122,17 @@ impl FlatParams {
         for (t, s) in self.handles.iter().zip(&self.slots) {
             let off = s.offset as usize * elem;
             if t.data_ptr() as usize != p0 + off {
-                return Err(FlatError::NotAliased { name: s.name.clone(), what: "data" });
+                return Err(FlatError::NotAliased {
+                    name: s.name.clone(),
+                    what: "data",
+                });
             }
             let g = t.grad();
             if !g.defined() || g.data_ptr() as usize != g0 + off {
-                return Err(FlatError::NotAliased { name: s.name.clone(), what: "gradient" });
+                return Err(FlatError::NotAliased {
+                    name: s.name.clone(),
+                    what: "gradient",
+                });
             }
         }
         Ok(())
@@ -120,13 +144,25 @@ impl FlatParams {
     }
 
     /// A view of `buffer` (laid out like the parameters) for each parameter name.
-    pub fn named_views<'a>(&'a self, buffer: &'a Tensor) -> impl Iterator<Item = (&'a str, Tensor)> + 'a {
-        self.slots.iter().map(move |s| (s.name.as_str(), buffer.narrow(0, s.offset, s.numel).view(s.shape.as_slice())))
+    pub fn named_views<'a>(
+        &'a self,
+        buffer: &'a Tensor,
+    ) -> impl Iterator<Item = (&'a str, Tensor)> + 'a {
+        self.slots.iter().map(move |s| {
+            (
+                s.name.as_str(),
+                buffer.narrow(0, s.offset, s.numel).view(s.shape.as_slice()),
+            )
+        })
     }
 
     /// A stable hash of the parameter bytes (replicas must agree bit for bit).
     pub fn hash(&self) -> u64 {
-        let host = self.params.to_kind(Kind::Float).to_device(tch::Device::Cpu).contiguous();
+        let host = self
+            .params
+            .to_kind(Kind::Float)
+            .to_device(tch::Device::Cpu)
+            .contiguous();
         let n = host.numel();
         let mut v = vec![0f32; n];
         host.copy_data(&mut v, n);
@@ -172,15 +208,32 @@ mod tests {
         flat.check_aliasing().unwrap();
         let vars = vs.variables();
         let g = vars["2.0.0.weight"].grad();
-        let s = flat.slots.iter().find(|s| s.name == "2.0.0.weight").unwrap();
-        let from_flat = flat.grads.narrow(0, s.offset, s.numel).view(s.shape.as_slice());
+        let s = flat
+            .slots
+            .iter()
+            .find(|s| s.name == "2.0.0.weight")
+            .unwrap();
+        let from_flat = flat
+            .grads
+            .narrow(0, s.offset, s.numel)
+            .view(s.shape.as_slice());
         assert!(g.abs().sum(Kind::Float).double_value(&[]) > 0.0);
         assert!(g.equal(&from_flat));
         // ...and a write to the flat parameter buffer is seen by the model.
         let _ = flat.params.fill_(0.5);
-        assert_eq!(vars["0.0.0.weight"].mean(Kind::Float).double_value(&[]), 0.5);
+        assert_eq!(
+            vars["0.0.0.weight"].mean(Kind::Float).double_value(&[]),
+            0.5
+        );
         flat.zero_grad();
-        assert_eq!(vars["4.0.weight"].grad().abs().sum(Kind::Float).double_value(&[]), 0.0);
+        assert_eq!(
+            vars["4.0.weight"]
+                .grad()
+                .abs()
+                .sum(Kind::Float)
+                .double_value(&[]),
+            0.0
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@ pub mod cli;
 pub mod collective;
 pub mod config;
 pub mod data;
+pub mod dist;
+pub mod eval;
 pub mod flat;
 pub mod model;
 pub mod optim;
@@ -17,19 +19,93 @@ use std::io::IsTerminal;
 
 use cli::{Cli, Command};
 
+/// Exit code of a worker whose run the coordinator declared failed.
+pub const EXIT_ABORTED: i32 = 3;
+
+/// The exit code for an error returned by [`run`]: [`EXIT_ABORTED`] when the coordinator stopped
+/// the run, 1 otherwise.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    match err.downcast_ref::<train::TrainError>() {
+        Some(train::TrainError::RunFailed(_)) => EXIT_ABORTED,
+        _ => 1,
+    }
+}
+
 /// Runs a parsed command line; the binary's `main` only parses and sets up logging.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+    let Some(command) = cli.command else {
+        let j = cli.join;
+        let Some(coordinator) = j.coordinator else {
+            anyhow::bail!(
+                "nothing to do: give --coordinator URL to join a run, or a subcommand (see --help)"
+            );
+        };
+        let data = j
+            .data
+            .ok_or_else(|| anyhow::anyhow!("--data DIR is required with --coordinator"))?;
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "worker".into());
+        let opts = dist::WorkerOptions {
+            coordinator,
+            data,
+            worker_id: j
+                .worker_id
+                .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
+            threads: j.threads,
+            collective_listen: j.collective_listen,
+            advertise_host: j.advertise_host,
+            cache_dir: if j.no_cache {
+                None
+            } else {
+                j.cache_dir.or_else(config::default_cache_dir)
+            },
+            model: j.model,
+            run_id: j.run_id,
+            connect_timeout: std::time::Duration::from_secs_f64(j.connect_timeout_s.max(0.0)),
+            scan: ringtrain_common::data::ScanOptions {
+                train_dir: j.train_dir,
+                valid_dir: j.valid_dir,
+                skip_bad: false,
+            },
+            progress: false,
+            protocol_version: j.protocol_version,
+        };
+        dist::run_worker(&opts)?;
+        return Ok(());
+    };
+    match command {
+        Command::Eval {
+            run_dir,
+            data,
+            weights,
+            valid_dir,
+        } => {
+            let weights = weights.unwrap_or_else(|| run_dir.join("final.safetensors"));
+            let (acc, loss, correct, count) =
+                eval::evaluate(&run_dir, &data, &weights, &valid_dir)?;
+            println!("accuracy {acc:.6} ({correct} of {count}) valid_loss {loss:.6}");
+        }
         Command::Summary { model, classes } => {
             let vs = tch::nn::VarStore::new(tch::Device::Cpu);
             let m = model::Model::new(&vs.root(), model, classes);
             let rows = model::summary::rows(&m, 28, 28);
             print!("{}", model::summary::render(&m, &rows));
         }
-        Command::Cache { data, cache_dir, skip_bad, train_dir, valid_dir } => {
+        Command::Cache {
+            data,
+            cache_dir,
+            skip_bad,
+            train_dir,
+            valid_dir,
+        } => {
             let cache_dir = cache_dir.or_else(config::default_cache_dir);
             let opts = ringtrain_common::data::LoadOptions {
-                scan: ringtrain_common::data::ScanOptions { train_dir, valid_dir, skip_bad },
+                scan: ringtrain_common::data::ScanOptions {
+                    train_dir,
+                    valid_dir,
+                    skip_bad,
+                },
                 image_size: (28, 28),
                 cache_dir: cache_dir.clone(),
                 progress: std::io::stderr().is_terminal(),
@@ -42,7 +118,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 ds.valid.len(),
                 ds.classes.len(),
                 ds.skipped.len(),
-                if ds.from_cache { "already cached in" } else { "cached in" },
+                if ds.from_cache {
+                    "already cached in"
+                } else {
+                    "cached in"
+                },
                 cache_dir.map_or_else(|| "(no cache folder)".into(), |d| d.display().to_string())
             );
         }
@@ -51,7 +131,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             // Progress bars only make sense on a terminal; logs and the table always print.
             cfg.progress &= std::io::stderr().is_terminal();
             tracing::info!(config = %serde_json::to_string(&cfg)?, "effective configuration");
-            let summary = train::train(&cfg, &mut collective::Solo)?;
+            let summary = train::standalone::train(&cfg, &mut collective::Solo)?;
             println!(
                 "accuracy {:.4} ({} of {} validation images) | {:.0} train images/s | run folder {}",
                 summary.final_accuracy,

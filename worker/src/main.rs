@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringtrain-worker: error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(ringtrain_worker::exit_code(&e) as u8)
         }
     }
 }

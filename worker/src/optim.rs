@@ -28,7 +28,11 @@ pub struct AdamConfig {
 impl Default for AdamConfig {
     /// fastai v1: `betas=(0.9, 0.99)`, eps 1e-8 (PyTorch's), wd 1e-2.
     fn default() -> Self {
-        Self { beta2: 0.99, eps: 1e-8, weight_decay: 1e-2 }
+        Self {
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 1e-2,
+        }
     }
 }
 
@@ -44,7 +48,12 @@ pub struct Adam {
 impl Adam {
     /// Zero moments shaped like `params`.
     pub fn new(params: &Tensor, config: AdamConfig) -> Self {
-        Self { config, exp_avg: params.zeros_like(), exp_avg_sq: params.zeros_like(), step: 0 }
+        Self {
+            config,
+            exp_avg: params.zeros_like(),
+            exp_avg_sq: params.zeros_like(),
+            step: 0,
+        }
     }
 
     /// One update of `params` from `grads` (same layout), without building an autograd graph.
@@ -74,7 +83,17 @@ mod tests {
     use tch::{Device, Kind};
 
     /// Scalar AdamW, written independently from the formula in the module docs.
-    fn reference(p: &mut [f64], g: &[f64], m: &mut [f64], v: &mut [f64], t: i32, lr: f64, b1: f64, c: AdamConfig) {
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        p: &mut [f64],
+        g: &[f64],
+        m: &mut [f64],
+        v: &mut [f64],
+        t: i32,
+        lr: f64,
+        b1: f64,
+        c: AdamConfig,
+    ) {
         for i in 0..p.len() {
             p[i] *= 1.0 - lr * c.weight_decay;
             m[i] = b1 * m[i] + (1.0 - b1) * g[i];
@@ -97,7 +116,7 @@ mod tests {
             let g = Tensor::from_slice(&gs);
             let (lr, b1) = (0.01 * t as f64, 0.95 - 0.02 * t as f64);
             adam.step(&mut p, &g, lr, b1);
-            reference(&mut rp, &gs, &mut rm, &mut rv, t as i32, lr, b1, c);
+            reference(&mut rp, &gs, &mut rm, &mut rv, t, lr, b1, c);
         }
         let got: Vec<f64> = Vec::<f64>::try_from(&p).unwrap();
         for (a, b) in got.iter().zip(&rp) {
@@ -116,7 +135,13 @@ mod tests {
         let vs = tch::nn::VarStore::new(Device::Cpu);
         let q = vs.root().var_copy("q", &init);
         let mut opt = tch::nn::OptimizerConfig::build(
-            tch::nn::AdamW { beta1: 0.9, beta2: c.beta2, wd: c.weight_decay, eps: c.eps, amsgrad: false },
+            tch::nn::AdamW {
+                beta1: 0.9,
+                beta2: c.beta2,
+                wd: c.weight_decay,
+                eps: c.eps,
+                amsgrad: false,
+            },
             &vs,
             1e-2,
         )

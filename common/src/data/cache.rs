@@ -66,8 +66,12 @@ pub fn write_cache(path: &Path, c: &CacheContents) -> Result<(), DataError> {
         n_valid: c.valid.len() as u64,
         skipped: c.skipped.clone(),
     };
-    let header = serde_json::to_vec(&header).map_err(|e| DataError::BadCache { path: path.into(), reason: e.to_string() })?;
-    let mut buf = Vec::with_capacity(64 + header.len() + c.train.pixels.len() * 2 + c.valid.pixels.len() * 2);
+    let header = serde_json::to_vec(&header).map_err(|e| DataError::BadCache {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
+    let mut buf =
+        Vec::with_capacity(64 + header.len() + c.train.pixels.len() * 2 + c.valid.pixels.len() * 2);
     buf.extend_from_slice(MAGIC);
     buf.extend_from_slice(&VERSION.to_le_bytes());
     buf.extend_from_slice(&(header.len() as u32).to_le_bytes());
@@ -80,9 +84,13 @@ pub fn write_cache(path: &Path, c: &CacheContents) -> Result<(), DataError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, &e))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| DataError::io(dir, &e))?;
-    tmp.write_all(&buf).map_err(|e| DataError::io(tmp.path(), &e))?;
-    tmp.as_file().sync_all().map_err(|e| DataError::io(tmp.path(), &e))?;
-    tmp.persist(path).map_err(|e| DataError::io(path, &e.error))?;
+    tmp.write_all(&buf)
+        .map_err(|e| DataError::io(tmp.path(), &e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| DataError::io(tmp.path(), &e))?;
+    tmp.persist(path)
+        .map_err(|e| DataError::io(path, &e.error))?;
     Ok(())
 }
 
@@ -103,19 +111,29 @@ impl<'a> Cursor<'a> {
     }
     fn split(&mut self, n: u64, w: u32, h: u32) -> Option<DecodedSplit> {
         let n = usize::try_from(n).ok()?;
-        let pixels = self.take(n.checked_mul((w as usize).checked_mul(h as usize)?)?)?.to_vec();
+        let pixels = self
+            .take(n.checked_mul((w as usize).checked_mul(h as usize)?)?)?
+            .to_vec();
         let labels = self
             .take(n.checked_mul(4)?)?
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        Some(DecodedSplit { height: h, width: w, pixels, labels })
+        Some(DecodedSplit {
+            height: h,
+            width: w,
+            pixels,
+            labels,
+        })
     }
 }
 
 /// Reads a cache file, checking magic, version, checksum, sizes and that it was written for `key`.
 pub fn read_cache(path: &Path, key: &str) -> Result<CacheContents, DataError> {
-    let bad = |reason: &str| DataError::BadCache { path: path.into(), reason: reason.into() };
+    let bad = |reason: &str| DataError::BadCache {
+        path: path.into(),
+        reason: reason.into(),
+    };
     let data = std::fs::read(path).map_err(|e| DataError::io(path, &e))?;
     if data.len() < MAGIC.len() + 8 + 32 || &data[..8] != MAGIC {
         return Err(bad("not a ringtrain cache file"));
@@ -127,7 +145,9 @@ pub fn read_cache(path: &Path, key: &str) -> Result<CacheContents, DataError> {
     let mut cur = Cursor { data: body, pos: 8 };
     let version = cur.u32().ok_or_else(|| bad("short header"))?;
     if version != VERSION {
-        return Err(bad(&format!("format version {version}, expected {VERSION}")));
+        return Err(bad(&format!(
+            "format version {version}, expected {VERSION}"
+        )));
     }
     let hlen = cur.u32().ok_or_else(|| bad("short header"))? as usize;
     let header: Header = serde_json::from_slice(cur.take(hlen).ok_or_else(|| bad("short header"))?)
@@ -135,12 +155,22 @@ pub fn read_cache(path: &Path, key: &str) -> Result<CacheContents, DataError> {
     if header.key != key {
         return Err(bad("written for another dataset or options"));
     }
-    let train = cur.split(header.n_train, header.width, header.height).ok_or_else(|| bad("short data"))?;
-    let valid = cur.split(header.n_valid, header.width, header.height).ok_or_else(|| bad("short data"))?;
+    let train = cur
+        .split(header.n_train, header.width, header.height)
+        .ok_or_else(|| bad("short data"))?;
+    let valid = cur
+        .split(header.n_valid, header.width, header.height)
+        .ok_or_else(|| bad("short data"))?;
     if cur.pos != body.len() {
         return Err(bad("trailing bytes"));
     }
-    Ok(CacheContents { key: header.key, classes: header.classes, train, valid, skipped: header.skipped })
+    Ok(CacheContents {
+        key: header.key,
+        classes: header.classes,
+        train,
+        valid,
+        skipped: header.skipped,
+    })
 }
 
 #[cfg(test)]
@@ -159,7 +189,12 @@ mod tests {
             classes: vec!["a".into(), "b".into()],
             train: split(3),
             valid: split(2),
-            skipped: vec![Skipped { path: "/x.txt".into(), reason: DataError::NotPng { path: "/x.txt".into() } }],
+            skipped: vec![Skipped {
+                path: "/x.txt".into(),
+                reason: DataError::NotPng {
+                    path: "/x.txt".into(),
+                },
+            }],
         }
     }
 
@@ -176,13 +211,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.rtc");
         write_cache(&path, &contents()).unwrap();
-        assert!(matches!(read_cache(&path, "other"), Err(DataError::BadCache { .. })));
+        assert!(matches!(
+            read_cache(&path, "other"),
+            Err(DataError::BadCache { .. })
+        ));
         let data = std::fs::read(&path).unwrap();
         std::fs::write(&path, &data[..data.len() - 5]).unwrap();
-        assert!(matches!(read_cache(&path, "k1"), Err(DataError::BadCache { .. })));
+        assert!(matches!(
+            read_cache(&path, "k1"),
+            Err(DataError::BadCache { .. })
+        ));
         let mut flipped = data.clone();
         flipped[40] ^= 1;
         std::fs::write(&path, &flipped).unwrap();
-        assert!(matches!(read_cache(&path, "k1"), Err(DataError::BadCache { .. })));
+        assert!(matches!(
+            read_cache(&path, "k1"),
+            Err(DataError::BadCache { .. })
+        ));
     }
 }

@@ -48,7 +48,10 @@ fn luma(r: u8, g: u8, b: u8) -> u8 {
 
 /// Decodes one PNG held in memory to grayscale, checking its size. `path` is for errors only.
 pub fn decode_png(bytes: &[u8], path: &Path, want: (u32, u32)) -> Result<Vec<u8>, DataError> {
-    let corrupt = |e: &dyn std::fmt::Display| DataError::CorruptImage { path: path.to_path_buf(), reason: e.to_string() };
+    let corrupt = |e: &dyn std::fmt::Display| DataError::CorruptImage {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
     let mut decoder = png::Decoder::new(Cursor::new(bytes));
     // EXPAND: palette -> RGB, 1/2/4-bit gray -> 8-bit, tRNS -> alpha; STRIP_16: 16-bit -> 8-bit.
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
@@ -58,9 +61,17 @@ pub fn decode_png(bytes: &[u8], path: &Path, want: (u32, u32)) -> Result<Vec<u8>
         (info.width, info.height)
     };
     if (w, h) != want {
-        return Err(DataError::WrongSize { path: path.to_path_buf(), got_w: w, got_h: h, want_w: want.0, want_h: want.1 });
+        return Err(DataError::WrongSize {
+            path: path.to_path_buf(),
+            got_w: w,
+            got_h: h,
+            want_w: want.0,
+            want_h: want.1,
+        });
     }
-    let size = reader.output_buffer_size().ok_or_else(|| corrupt(&"image too large"))?;
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| corrupt(&"image too large"))?;
     let mut buf = vec![0u8; size];
     let frame = reader.next_frame(&mut buf).map_err(|e| corrupt(&e))?;
     let n = (w * h) as usize;
@@ -72,7 +83,10 @@ pub fn decode_png(bytes: &[u8], path: &Path, want: (u32, u32)) -> Result<Vec<u8>
         png::ColorType::Indexed => return Err(corrupt(&"palette was not expanded")),
     };
     if frame.bit_depth != png::BitDepth::Eight || frame.line_size != w as usize * channels {
-        return Err(corrupt(&format!("unexpected output format {:?}/{:?}", frame.color_type, frame.bit_depth)));
+        return Err(corrupt(&format!(
+            "unexpected output format {:?}/{:?}",
+            frame.color_type, frame.bit_depth
+        )));
     }
     let data = &buf[..n * channels];
     Ok(match channels {
@@ -80,7 +94,10 @@ pub fn decode_png(bytes: &[u8], path: &Path, want: (u32, u32)) -> Result<Vec<u8>
         // PIL drops alpha when converting LA to L.
         2 => data.chunks_exact(2).map(|p| p[0]).collect(),
         // PIL drops alpha when converting RGBA to L (no compositing).
-        _ => data.chunks_exact(channels).map(|p| luma(p[0], p[1], p[2])).collect(),
+        _ => data
+            .chunks_exact(channels)
+            .map(|p| luma(p[0], p[1], p[2]))
+            .collect(),
     })
 }
 
@@ -119,11 +136,22 @@ pub fn decode_split(
                 pixels.extend_from_slice(&img);
                 labels.push(entry.label);
             }
-            Err(err) if skip_bad && err.is_per_file() => skipped.push(Skipped { path: entry.path.clone(), reason: err }),
+            Err(err) if skip_bad && err.is_per_file() => skipped.push(Skipped {
+                path: entry.path.clone(),
+                reason: err,
+            }),
             Err(err) => return Err(err),
         }
     }
-    Ok((DecodedSplit { height: size.1, width: size.0, pixels, labels }, skipped))
+    Ok((
+        DecodedSplit {
+            height: size.1,
+            width: size.0,
+            pixels,
+            labels,
+        },
+        skipped,
+    ))
 }
 
 #[cfg(test)]
@@ -145,36 +173,71 @@ pub(crate) mod tests {
     }
 
     fn entry(path: PathBuf, label: u32) -> ImageEntry {
-        ImageEntry { path, label, len: 0, mtime_ns: 0 }
+        ImageEntry {
+            path,
+            label,
+            len: 0,
+            mtime_ns: 0,
+        }
     }
 
     #[test]
     fn grayscale_and_rgb_like_pil() {
         let p = Path::new("x.png");
         let gray: Vec<u8> = (0..4).collect();
-        assert_eq!(decode_png(&encode(2, 2, png::ColorType::Grayscale, &gray), p, (2, 2)).unwrap(), gray);
+        assert_eq!(
+            decode_png(&encode(2, 2, png::ColorType::Grayscale, &gray), p, (2, 2)).unwrap(),
+            gray
+        );
         let rgb = [255, 0, 0, 0, 255, 0, 0, 0, 255, 255, 255, 255];
         // Pillow: L of pure red/green/blue is 76/150/29.
-        assert_eq!(decode_png(&encode(2, 2, png::ColorType::Rgb, &rgb), p, (2, 2)).unwrap(), vec![76, 150, 29, 255]);
+        assert_eq!(
+            decode_png(&encode(2, 2, png::ColorType::Rgb, &rgb), p, (2, 2)).unwrap(),
+            vec![76, 150, 29, 255]
+        );
         let la = [10, 99, 20, 99];
-        assert_eq!(decode_png(&encode(2, 1, png::ColorType::GrayscaleAlpha, &la), p, (2, 1)).unwrap(), vec![10, 20]);
+        assert_eq!(
+            decode_png(
+                &encode(2, 1, png::ColorType::GrayscaleAlpha, &la),
+                p,
+                (2, 1)
+            )
+            .unwrap(),
+            vec![10, 20]
+        );
     }
 
     #[test]
     fn wrong_size_names_the_path() {
         let p = Path::new("/d/training/3/big.png");
-        let err = decode_png(&encode(3, 2, png::ColorType::Grayscale, &[0; 6]), p, (2, 2)).unwrap_err();
-        assert_eq!(err, DataError::WrongSize { path: p.into(), got_w: 3, got_h: 2, want_w: 2, want_h: 2 });
+        let err =
+            decode_png(&encode(3, 2, png::ColorType::Grayscale, &[0; 6]), p, (2, 2)).unwrap_err();
+        assert_eq!(
+            err,
+            DataError::WrongSize {
+                path: p.into(),
+                got_w: 3,
+                got_h: 2,
+                want_w: 2,
+                want_h: 2
+            }
+        );
     }
 
     #[test]
     fn corrupt_and_truncated_are_errors() {
         let p = Path::new("bad.png");
-        assert!(matches!(decode_png(b"this is text", p, (2, 2)), Err(DataError::CorruptImage { .. })));
+        assert!(matches!(
+            decode_png(b"this is text", p, (2, 2)),
+            Err(DataError::CorruptImage { .. })
+        ));
         let good = encode(2, 2, png::ColorType::Grayscale, &[1, 2, 3, 4]);
         for cut in [8, 20, good.len() - 14] {
             let err = decode_png(&good[..cut], p, (2, 2)).unwrap_err();
-            assert!(matches!(err, DataError::CorruptImage { .. }), "cut at {cut}: {err:?}");
+            assert!(
+                matches!(err, DataError::CorruptImage { .. }),
+                "cut at {cut}: {err:?}"
+            );
         }
     }
 
@@ -183,9 +246,17 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("good.png");
         let bad = dir.path().join("bad.png");
-        std::fs::write(&good, encode(2, 2, png::ColorType::Grayscale, &[1, 2, 3, 4])).unwrap();
+        std::fs::write(
+            &good,
+            encode(2, 2, png::ColorType::Grayscale, &[1, 2, 3, 4]),
+        )
+        .unwrap();
         std::fs::write(&bad, b"\x89PNG\r\n\x1a\ntruncated").unwrap();
-        let entries = vec![entry(good.clone(), 1), entry(bad.clone(), 0), entry(good, 0)];
+        let entries = vec![
+            entry(good.clone(), 1),
+            entry(bad.clone(), 0),
+            entry(good, 0),
+        ];
         let err = decode_split(&entries, (2, 2), false, None).unwrap_err();
         assert!(matches!(err, DataError::CorruptImage { ref path, .. } if *path == bad));
         let (split, skipped) = decode_split(&entries, (2, 2), true, None).unwrap();

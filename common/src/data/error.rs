@@ -34,7 +34,13 @@ pub enum DataError {
     CorruptImage { path: PathBuf, reason: String },
     /// An image whose size differs from the dataset's image size.
     #[error("{path} is {got_w}x{got_h} pixels, expected {want_w}x{want_h}")]
-    WrongSize { path: PathBuf, got_w: u32, got_h: u32, want_w: u32, want_h: u32 },
+    WrongSize {
+        path: PathBuf,
+        got_w: u32,
+        got_h: u32,
+        want_w: u32,
+        want_h: u32,
+    },
     /// A filesystem error while reading the dataset or its cache.
     #[error("cannot read {path}: {reason}")]
     Io { path: PathBuf, reason: String },
@@ -49,11 +55,17 @@ pub enum DataError {
 impl DataError {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, err: &std::io::Error) -> Self {
-        DataError::Io { path: path.into(), reason: err.to_string() }
+        DataError::Io {
+            path: path.into(),
+            reason: err.to_string(),
+        }
     }
 
     /// True for problems confined to one file, which `skip_bad` may skip.
     pub fn is_per_file(&self) -> bool {
-        matches!(self, DataError::NotPng { .. } | DataError::CorruptImage { .. } | DataError::WrongSize { .. })
+        matches!(
+            self,
+            DataError::NotPng { .. } | DataError::CorruptImage { .. } | DataError::WrongSize { .. }
+        )
     }
 }

@@ -10,7 +10,9 @@ use sha2::{Digest, Sha256};
 
 use super::cache::{read_cache, write_cache, CacheContents};
 use super::scan::to_hex;
-use super::{decode_split, scan_dataset, DataError, DecodedSplit, ScanOptions, Skipped};
+use super::{
+    decode_split, scan_dataset, DataError, DatasetIndex, DecodedSplit, ScanOptions, Skipped,
+};
 
 /// How to load a dataset.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,7 +49,9 @@ fn bar(len: u64, what: &str, enabled: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(len);
-    if let Ok(style) = ProgressStyle::with_template("{msg:>14} [{bar:40}] {pos}/{len} images ({per_sec}, eta {eta})") {
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg:>14} [{bar:40}] {pos}/{len} images ({per_sec}, eta {eta})",
+    ) {
         pb.set_style(style.progress_chars("=> "));
     }
     pb.set_message(what.to_string());
@@ -56,16 +60,29 @@ fn bar(len: u64, what: &str, enabled: bool) -> ProgressBar {
 
 /// Scans `root` and returns decoded pixels, from the cache when it matches the files on disk.
 pub fn load_dataset(root: &Path, opts: &LoadOptions) -> Result<LoadedDataset, DataError> {
-    let started = Instant::now();
     let index = scan_dataset(root, &opts.scan)?;
+    load_index(&index, opts)
+}
+
+/// Decodes the files of `index` (all of them, or a shard built by the caller), from the cache
+/// when it matches the files on disk.
+pub fn load_index(index: &DatasetIndex, opts: &LoadOptions) -> Result<LoadedDataset, DataError> {
+    let started = Instant::now();
+    let root = index.root.as_path();
     let fingerprint = index.fingerprint();
     let key = {
         let mut h = Sha256::new();
         h.update(fingerprint.as_bytes());
-        h.update(format!("|{}x{}|skip_bad={}", opts.image_size.0, opts.image_size.1, opts.scan.skip_bad));
+        h.update(format!(
+            "|{}x{}|skip_bad={}",
+            opts.image_size.0, opts.image_size.1, opts.scan.skip_bad
+        ));
         to_hex(&h.finalize())
     };
-    let cache_path = opts.cache_dir.as_ref().map(|d| d.join(format!("{}.rtc", &key[..32])));
+    let cache_path = opts
+        .cache_dir
+        .as_ref()
+        .map(|d| d.join(format!("{}.rtc", &key[..32])));
     if let Some(path) = &cache_path {
         if path.exists() {
             match read_cache(path, &key) {
@@ -96,14 +113,27 @@ pub fn load_dataset(root: &Path, opts: &LoadOptions) -> Result<LoadedDataset, Da
     skipped.extend(s);
     for class in 0..index.classes.len() as u32 {
         // skip_bad may have emptied a class entirely; that changes the label space, so refuse.
-        if !train.labels.contains(&class) {
-            let dir = root.join(&opts.scan.train_dir).join(&index.classes[class as usize]);
+        if index.train.iter().any(|e| e.label == class) && !train.labels.contains(&class) {
+            let dir = root
+                .join(&opts.scan.train_dir)
+                .join(&index.classes[class as usize]);
             return Err(DataError::EmptyClass { dir });
         }
     }
-    tracing::info!(train = train.len(), valid = valid.len(), skipped = skipped.len(),
-        ms = started.elapsed().as_millis() as u64, "decoded images");
-    let contents = CacheContents { key, classes: index.classes, train, valid, skipped };
+    tracing::info!(
+        train = train.len(),
+        valid = valid.len(),
+        skipped = skipped.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "decoded images"
+    );
+    let contents = CacheContents {
+        key,
+        classes: index.classes.clone(),
+        train,
+        valid,
+        skipped,
+    };
     if let Some(path) = &cache_path {
         // A cache that cannot be written only costs time next start; say so and go on.
         if let Err(err) = write_cache(path, &contents) {

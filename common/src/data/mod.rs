@@ -28,7 +28,7 @@ pub mod stats;
 
 pub use decode::{decode_split, DecodedSplit};
 pub use error::DataError;
-pub use load::{load_dataset, LoadOptions, LoadedDataset};
+pub use load::{load_dataset, load_index, LoadOptions, LoadedDataset};
 pub use scan::{scan_dataset, DatasetIndex, ImageEntry, ScanOptions};
 pub use stats::PixelStats;
 

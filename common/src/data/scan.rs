@@ -24,7 +24,11 @@ pub struct ScanOptions {
 
 impl Default for ScanOptions {
     fn default() -> Self {
-        Self { train_dir: "training".into(), valid_dir: "testing".into(), skip_bad: false }
+        Self {
+            train_dir: "training".into(),
+            valid_dir: "testing".into(),
+            skip_bad: false,
+        }
     }
 }
 
@@ -68,6 +72,16 @@ impl DatasetIndex {
     /// A hex sha256 over class names and every file's relative path, label, size and mtime.
     /// Equal fingerprints mean the decoded pixels can be reused from a cache.
     pub fn fingerprint(&self) -> String {
+        self.hash(true)
+    }
+
+    /// Like [`DatasetIndex::fingerprint`] without modification times: equal on every machine
+    /// holding a copy of the same dataset. Workers must match the coordinator's.
+    pub fn layout_fingerprint(&self) -> String {
+        self.hash(false)
+    }
+
+    fn hash(&self, with_mtime: bool) -> String {
         let mut h = Sha256::new();
         for c in &self.classes {
             h.update(c.as_bytes());
@@ -81,10 +95,70 @@ impl DatasetIndex {
                 h.update([0]);
                 h.update(e.label.to_le_bytes());
                 h.update(e.len.to_le_bytes());
-                h.update(e.mtime_ns.to_le_bytes());
+                if with_mtime {
+                    h.update(e.mtime_ns.to_le_bytes());
+                }
             }
         }
         to_hex(&h.finalize())
+    }
+}
+
+impl DatasetIndex {
+    /// An index over explicit files (a shard): `(path relative to root, label)` per split. Each
+    /// file is stat'ed for the cache fingerprint; a missing file is an error naming it.
+    pub fn from_files(
+        root: &Path,
+        classes: Vec<String>,
+        train: &[(String, u32)],
+        valid: &[(String, u32)],
+    ) -> Result<Self, DataError> {
+        let entries = |files: &[(String, u32)]| -> Result<Vec<ImageEntry>, DataError> {
+            files
+                .iter()
+                .map(|(rel, label)| {
+                    let path = root.join(rel);
+                    let meta = std::fs::metadata(&path).map_err(|e| DataError::io(&path, &e))?;
+                    let mtime_ns = meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_nanos());
+                    Ok(ImageEntry {
+                        path,
+                        label: *label,
+                        len: meta.len(),
+                        mtime_ns,
+                    })
+                })
+                .collect()
+        };
+        Ok(Self {
+            root: root.to_path_buf(),
+            classes,
+            train: entries(train)?,
+            valid: entries(valid)?,
+            skipped: Vec::new(),
+        })
+    }
+
+    /// `(path relative to root, label)` of the given positions of a split.
+    pub fn relative(&self, split: Split, positions: &[usize]) -> Vec<(String, u32)> {
+        let entries = self.split(split);
+        positions
+            .iter()
+            .filter_map(|&i| entries.get(i))
+            .map(|e| {
+                (
+                    e.path
+                        .strip_prefix(&self.root)
+                        .unwrap_or(&e.path)
+                        .to_string_lossy()
+                        .into_owned(),
+                    e.label,
+                )
+            })
+            .collect()
     }
 }
 
@@ -118,7 +192,9 @@ fn list_dir(dir: &Path) -> Result<Vec<(String, PathBuf, std::fs::Metadata)>, Dat
 /// Class folder names of one split, sorted; files directly in the split folder are errors.
 fn class_dirs(split_dir: &Path) -> Result<Vec<(String, PathBuf)>, DataError> {
     if !split_dir.is_dir() {
-        return Err(DataError::MissingSplit { path: split_dir.to_path_buf() });
+        return Err(DataError::MissingSplit {
+            path: split_dir.to_path_buf(),
+        });
     }
     let mut classes = Vec::new();
     for (name, path, meta) in list_dir(split_dir)? {
@@ -129,13 +205,17 @@ fn class_dirs(split_dir: &Path) -> Result<Vec<(String, PathBuf)>, DataError> {
         }
     }
     if classes.is_empty() {
-        return Err(DataError::NoClasses { dir: split_dir.to_path_buf() });
+        return Err(DataError::NoClasses {
+            dir: split_dir.to_path_buf(),
+        });
     }
     Ok(classes)
 }
 
 fn is_png_name(name: &str) -> bool {
-    Path::new(name).extension().is_some_and(|e| e.eq_ignore_ascii_case("png"))
+    Path::new(name)
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"))
 }
 
 /// The image files of one class folder.
@@ -163,12 +243,19 @@ fn class_files(
                     .ok()
                     .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                     .map_or(0, |d| d.as_nanos());
-                files.push(ImageEntry { path, label, len: meta.len(), mtime_ns });
+                files.push(ImageEntry {
+                    path,
+                    label,
+                    len: meta.len(),
+                    mtime_ns,
+                });
             }
         }
     }
     if files.is_empty() {
-        return Err(DataError::EmptyClass { dir: dir.to_path_buf() });
+        return Err(DataError::EmptyClass {
+            dir: dir.to_path_buf(),
+        });
     }
     Ok(files)
 }
@@ -176,7 +263,9 @@ fn class_files(
 /// Scans `root` into labelled file lists, checking the layout (see the module contract).
 pub fn scan_dataset(root: &Path, opts: &ScanOptions) -> Result<DatasetIndex, DataError> {
     if !root.is_dir() {
-        return Err(DataError::MissingRoot { path: root.to_path_buf() });
+        return Err(DataError::MissingRoot {
+            path: root.to_path_buf(),
+        });
     }
     let train_dir = root.join(&opts.train_dir);
     let valid_dir = root.join(&opts.valid_dir);
@@ -184,7 +273,9 @@ pub fn scan_dataset(root: &Path, opts: &ScanOptions) -> Result<DatasetIndex, Dat
     let valid_classes = class_dirs(&valid_dir)?;
     let classes: Vec<String> = train_classes.iter().map(|(n, _)| n.clone()).collect();
     if classes.len() > u32::MAX as usize {
-        return Err(DataError::TooLarge { what: format!("{} classes", classes.len()) });
+        return Err(DataError::TooLarge {
+            what: format!("{} classes", classes.len()),
+        });
     }
     let mut skipped = Vec::new();
     let mut train = Vec::new();
@@ -194,11 +285,20 @@ pub fn scan_dataset(root: &Path, opts: &ScanOptions) -> Result<DatasetIndex, Dat
     let mut valid = Vec::new();
     for (name, dir) in &valid_classes {
         let Some(label) = classes.iter().position(|c| c == name) else {
-            return Err(DataError::UnknownClass { dir: dir.clone(), known: classes.join(",") });
+            return Err(DataError::UnknownClass {
+                dir: dir.clone(),
+                known: classes.join(","),
+            });
         };
         valid.extend(class_files(dir, label as u32, opts.skip_bad, &mut skipped)?);
     }
-    Ok(DatasetIndex { root: root.to_path_buf(), classes, train, valid, skipped })
+    Ok(DatasetIndex {
+        root: root.to_path_buf(),
+        classes,
+        train,
+        valid,
+        skipped,
+    })
 }
 
 #[cfg(test)]
@@ -230,7 +330,10 @@ mod tests {
         assert_eq!(idx.classes, vec!["0", "1", "2"]);
         assert_eq!(idx.train.len(), 6);
         assert_eq!(idx.valid.len(), 6);
-        assert_eq!(idx.train.iter().map(|e| e.label).collect::<Vec<_>>(), vec![0, 0, 1, 1, 2, 2]);
+        assert_eq!(
+            idx.train.iter().map(|e| e.label).collect::<Vec<_>>(),
+            vec![0, 0, 1, 1, 2, 2]
+        );
         assert!(idx.skipped.is_empty());
     }
 
@@ -238,9 +341,13 @@ mod tests {
     fn fingerprint_changes_when_a_file_changes() {
         let dir = tempfile::tempdir().unwrap();
         layout(dir.path());
-        let a = scan_dataset(dir.path(), &ScanOptions::default()).unwrap().fingerprint();
+        let a = scan_dataset(dir.path(), &ScanOptions::default())
+            .unwrap()
+            .fingerprint();
         fs::write(dir.path().join("testing/2/1.png"), b"longer").unwrap();
-        let b = scan_dataset(dir.path(), &ScanOptions::default()).unwrap().fingerprint();
+        let b = scan_dataset(dir.path(), &ScanOptions::default())
+            .unwrap()
+            .fingerprint();
         assert_ne!(a, b);
     }
 
@@ -251,7 +358,12 @@ mod tests {
         assert!(matches!(err, DataError::MissingRoot { .. }));
         fs::create_dir_all(dir.path().join("training/0")).unwrap();
         let err = scan_dataset(dir.path(), &ScanOptions::default()).unwrap_err();
-        assert_eq!(err, DataError::MissingSplit { path: dir.path().join("testing") });
+        assert_eq!(
+            err,
+            DataError::MissingSplit {
+                path: dir.path().join("testing")
+            }
+        );
     }
 
     #[test]
@@ -259,7 +371,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         touch(&dir.path().join("train/a/x.png"));
         touch(&dir.path().join("valid/a/y.png"));
-        let opts = ScanOptions { train_dir: "train".into(), valid_dir: "valid".into(), skip_bad: false };
+        let opts = ScanOptions {
+            train_dir: "train".into(),
+            valid_dir: "valid".into(),
+            skip_bad: false,
+        };
         let idx = scan_dataset(dir.path(), &opts).unwrap();
         assert_eq!((idx.train.len(), idx.valid.len()), (1, 1));
     }
@@ -270,9 +386,17 @@ mod tests {
         layout(dir.path());
         fs::create_dir_all(dir.path().join("training/3")).unwrap();
         for skip_bad in [false, true] {
-            let opts = ScanOptions { skip_bad, ..ScanOptions::default() };
+            let opts = ScanOptions {
+                skip_bad,
+                ..ScanOptions::default()
+            };
             let err = scan_dataset(dir.path(), &opts).unwrap_err();
-            assert_eq!(err, DataError::EmptyClass { dir: dir.path().join("training/3") });
+            assert_eq!(
+                err,
+                DataError::EmptyClass {
+                    dir: dir.path().join("training/3")
+                }
+            );
         }
     }
 
@@ -282,7 +406,9 @@ mod tests {
         layout(dir.path());
         touch(&dir.path().join("testing/7/0.png"));
         let err = scan_dataset(dir.path(), &ScanOptions::default()).unwrap_err();
-        assert!(matches!(err, DataError::UnknownClass { ref dir, .. } if dir.ends_with("testing/7")));
+        assert!(
+            matches!(err, DataError::UnknownClass { ref dir, .. } if dir.ends_with("testing/7"))
+        );
     }
 
     #[test]
@@ -291,12 +417,22 @@ mod tests {
         layout(dir.path());
         touch(&dir.path().join("testing/stray.png"));
         let err = scan_dataset(dir.path(), &ScanOptions::default()).unwrap_err();
-        assert_eq!(err, DataError::Unlabelled { path: dir.path().join("testing/stray.png") });
+        assert_eq!(
+            err,
+            DataError::Unlabelled {
+                path: dir.path().join("testing/stray.png")
+            }
+        );
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("training")).unwrap();
         fs::create_dir_all(dir.path().join("testing/0")).unwrap();
         let err = scan_dataset(dir.path(), &ScanOptions::default()).unwrap_err();
-        assert_eq!(err, DataError::NoClasses { dir: dir.path().join("training") });
+        assert_eq!(
+            err,
+            DataError::NoClasses {
+                dir: dir.path().join("training")
+            }
+        );
     }
 
     #[test]
@@ -307,10 +443,19 @@ mod tests {
         touch(&bad);
         let err = scan_dataset(dir.path(), &ScanOptions::default()).unwrap_err();
         assert_eq!(err, DataError::NotPng { path: bad.clone() });
-        let opts = ScanOptions { skip_bad: true, ..ScanOptions::default() };
+        let opts = ScanOptions {
+            skip_bad: true,
+            ..ScanOptions::default()
+        };
         let idx = scan_dataset(dir.path(), &opts).unwrap();
         assert_eq!(idx.train.len(), 6);
-        assert_eq!(idx.skipped, vec![Skipped { path: bad.clone(), reason: DataError::NotPng { path: bad } }]);
+        assert_eq!(
+            idx.skipped,
+            vec![Skipped {
+                path: bad.clone(),
+                reason: DataError::NotPng { path: bad }
+            }]
+        );
     }
 
     #[test]
@@ -319,6 +464,11 @@ mod tests {
         layout(dir.path());
         fs::create_dir_all(dir.path().join("testing/0/deeper")).unwrap();
         let err = scan_dataset(dir.path(), &ScanOptions::default()).unwrap_err();
-        assert_eq!(err, DataError::NestedFolder { path: dir.path().join("testing/0/deeper") });
+        assert_eq!(
+            err,
+            DataError::NestedFolder {
+                path: dir.path().join("testing/0/deeper")
+            }
+        );
     }
 }

@@ -35,7 +35,11 @@ impl PixelStats {
 
     /// The statistics of the union of two pixel sets.
     pub fn merge(self, other: Self) -> Self {
-        Self { sum: self.sum + other.sum, sum_sq: self.sum_sq + other.sum_sq, count: self.count + other.count }
+        Self {
+            sum: self.sum + other.sum,
+            sum_sq: self.sum_sq + other.sum_sq,
+            count: self.count + other.count,
+        }
     }
 
     /// Mean on the `[0, 1]` scale (pixel / 255).

@@ -73,14 +73,26 @@ pub fn conv_layer(p: &nn::Path, ni: i64, nf: i64, stride: i64, zero_bn: bool) ->
 
 /// The lesson's plain `conv(ni, nf)` with PyTorch default init, followed by BN (and ReLU unless
 /// `last`). Names `{conv}` and `{bn}` are given by the caller (flat `nn.Sequential` indices).
-pub fn plain_conv(conv_path: nn::Path, bn_path: nn::Path, ni: i64, nf: i64, last: bool) -> ConvLayer {
+pub fn plain_conv(
+    conv_path: nn::Path,
+    bn_path: nn::Path,
+    ni: i64,
+    nf: i64,
+    last: bool,
+) -> ConvLayer {
     let bound = 1.0 / ((ni * 9) as f64).sqrt();
     let config = nn::ConvConfig {
         stride: 2,
         padding: 1,
         bias: true,
-        ws_init: Init::Uniform { lo: -bound, up: bound },
-        bs_init: Init::Uniform { lo: -bound, up: bound },
+        ws_init: Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
+        bs_init: Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
         ..Default::default()
     };
     ConvLayer {
@@ -107,7 +119,8 @@ impl ConvLayer {
 
     /// Trainable parameter count.
     pub fn num_params(&self) -> i64 {
-        let conv = self.conv.ws.numel() as i64 + self.conv.bs.as_ref().map_or(0, |b| b.numel() as i64);
+        let conv =
+            self.conv.ws.numel() as i64 + self.conv.bs.as_ref().map_or(0, |b| b.numel() as i64);
         conv + 2 * self.out_channels
     }
 }
@@ -133,7 +146,9 @@ impl ResBlock {
     }
 
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let y = self.second.forward_t(&self.first.forward_t(xs, train), train);
+        let y = self
+            .second
+            .forward_t(&self.first.forward_t(xs, train), train);
         if self.dense {
             // fastai MergeLayer(dense=True): torch.cat([x, x.orig], dim=1).
             Tensor::cat(&[y, xs.shallow_clone()], 1)

@@ -70,6 +70,7 @@ impl FromStr for Arch {
 
 /// One stage of a network.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // a handful per model, built once
 pub enum Block {
     /// A convolution with BN and ReLU.
     Conv(ConvLayer),
@@ -96,7 +97,13 @@ impl Model {
                 (0..5)
                     .map(|i| {
                         let (c, b) = (3 * i, 3 * i + 1);
-                        Block::Conv(plain_conv(vs / c.to_string(), vs / b.to_string(), chans[i], chans[i + 1], i == 4))
+                        Block::Conv(plain_conv(
+                            vs / c.to_string(),
+                            vs / b.to_string(),
+                            chans[i],
+                            chans[i + 1],
+                            i == 4,
+                        ))
                     })
                     .collect()
             }
@@ -155,12 +162,19 @@ mod tests {
     }
 
     fn trainable(vs: &nn::VarStore) -> i64 {
-        vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+        vs.trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum()
     }
 
     #[test]
     fn parameter_counts_match_the_lesson() {
-        for (arch, want) in [(Arch::Basic, 12_126), (Arch::Resnet, 41_132), (Arch::Dense, 52_940)] {
+        for (arch, want) in [
+            (Arch::Basic, 12_126),
+            (Arch::Resnet, 41_132),
+            (Arch::Dense, 52_940),
+        ] {
             let (vs, m) = build(arch);
             assert_eq!(m.num_params(), want, "{arch}");
             assert_eq!(trainable(&vs), want, "{arch} (var store)");
@@ -182,11 +196,28 @@ mod tests {
         let (vs, _m) = build(Arch::Resnet);
         let vars = vs.variables();
         // conv_layer BN: γ=1, β=1e-3; second BN of a res_block: γ=0.
-        assert_eq!(vars["0.0.2.weight"].mean(Kind::Float).double_value(&[]), 1.0);
+        assert_eq!(
+            vars["0.0.2.weight"].mean(Kind::Float).double_value(&[]),
+            1.0
+        );
         assert!((vars["0.0.2.bias"].mean(Kind::Float).double_value(&[]) - 1e-3).abs() < 1e-9);
-        assert_eq!(vars["0.1.layers.1.2.weight"].abs().sum(Kind::Float).double_value(&[]), 0.0);
-        assert_eq!(vars["0.1.layers.0.2.weight"].mean(Kind::Float).double_value(&[]), 1.0);
-        assert!(!vars.contains_key("0.0.0.bias"), "fastai conv_layer has no conv bias");
+        assert_eq!(
+            vars["0.1.layers.1.2.weight"]
+                .abs()
+                .sum(Kind::Float)
+                .double_value(&[]),
+            0.0
+        );
+        assert_eq!(
+            vars["0.1.layers.0.2.weight"]
+                .mean(Kind::Float)
+                .double_value(&[]),
+            1.0
+        );
+        assert!(
+            !vars.contains_key("0.0.0.bias"),
+            "fastai conv_layer has no conv bias"
+        );
         // kaiming normal, fan-in, gain sqrt 2: std = sqrt(2 / (32*9)) for the 32->32 convs.
         let w = &vars["2.1.layers.0.0.weight"];
         let std = w.std(true).double_value(&[]);
@@ -215,7 +246,12 @@ mod tests {
         // conv2(16 -> 16) after dense(8): input channels doubled.
         assert_eq!(vars["1.0.0.weight"].size(), vec![16, 16, 3, 3]);
         // dense blocks keep γ=1 in their second BN (fastai zeroes it only for additive merges).
-        assert_eq!(vars["0.1.layers.1.2.weight"].mean(Kind::Float).double_value(&[]), 1.0);
+        assert_eq!(
+            vars["0.1.layers.1.2.weight"]
+                .mean(Kind::Float)
+                .double_value(&[]),
+            1.0
+        );
     }
 
     #[test]

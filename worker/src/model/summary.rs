@@ -23,7 +23,12 @@ pub struct Row {
 }
 
 fn push(rows: &mut Vec<Row>, layer: &'static str, t: &Tensor, params: i64) {
-    rows.push(Row { layer, shape: t.size()[1..].to_vec(), params, trainable: params > 0 });
+    rows.push(Row {
+        layer,
+        shape: t.size()[1..].to_vec(),
+        params,
+        trainable: params > 0,
+    });
 }
 
 fn conv_rows(c: &ConvLayer, x: &Tensor, rows: &mut Vec<Row>) -> Tensor {
@@ -64,7 +69,11 @@ pub fn rows(model: &Model, h: i64, w: i64) -> Vec<Row> {
                 Block::Res(r) => {
                     let y = conv_rows(&r.first, &x, &mut rows);
                     let y = conv_rows(&r.second, &y, &mut rows);
-                    let y = if r.dense { Tensor::cat(&[y, x], 1) } else { y + x };
+                    let y = if r.dense {
+                        Tensor::cat(&[y, x], 1)
+                    } else {
+                        y + x
+                    };
                     push(&mut rows, "MergeLayer", &y, 0);
                     y
                 }
@@ -80,7 +89,7 @@ fn thousands(n: i64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -93,7 +102,10 @@ pub fn render(model: &Model, rows: &[Row]) -> String {
     let rule = "=".repeat(70);
     let thin = "_".repeat(70);
     let mut s = format!("{} ({})\n{rule}\n", "Sequential", model.arch);
-    s += &format!("{:<20} {:<20} {:<10} {:<10}\n{rule}\n", "Layer (type)", "Output Shape", "Param #", "Trainable");
+    s += &format!(
+        "{:<20} {:<20} {:<10} {:<10}\n{rule}\n",
+        "Layer (type)", "Output Shape", "Param #", "Trainable"
+    );
     for r in rows {
         let shape = format!("{:?}", r.shape);
         s += &format!(
@@ -105,7 +117,11 @@ pub fn render(model: &Model, rows: &[Row]) -> String {
         );
     }
     let total: i64 = rows.iter().map(|r| r.params).sum();
-    s += &format!("\nTotal params: {}\nTotal trainable params: {}\nTotal non-trainable params: 0\n", thousands(total), thousands(total));
+    s += &format!(
+        "\nTotal params: {}\nTotal trainable params: {}\nTotal non-trainable params: 0\n",
+        thousands(total),
+        thousands(total)
+    );
     s
 }
 
@@ -120,8 +136,24 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let m = Model::new(&vs.root(), Arch::Resnet, 10);
         let rows = rows(&m, 28, 28);
-        assert_eq!(rows[0], Row { layer: "Conv2d", shape: vec![8, 14, 14], params: 72, trainable: true });
-        assert_eq!(rows[2], Row { layer: "BatchNorm2d", shape: vec![8, 14, 14], params: 16, trainable: true });
+        assert_eq!(
+            rows[0],
+            Row {
+                layer: "Conv2d",
+                shape: vec![8, 14, 14],
+                params: 72,
+                trainable: true
+            }
+        );
+        assert_eq!(
+            rows[2],
+            Row {
+                layer: "BatchNorm2d",
+                shape: vec![8, 14, 14],
+                params: 16,
+                trainable: true
+            }
+        );
         assert_eq!(rows.iter().filter(|r| r.layer == "MergeLayer").count(), 4);
         assert_eq!(rows.last().unwrap().shape, vec![10]);
         assert_eq!(rows.iter().map(|r| r.params).sum::<i64>(), 41_132);

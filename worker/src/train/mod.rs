@@ -1,31 +1,32 @@
 //! The training loop of one replica: data → forward → backward → all-reduce → Adam, per step,
-//! with the one-cycle schedule, exact validation and the lesson's epoch table.
+//! with exact validation, reporting to a [`Driver`].
 //!
 //! Owns every tch object of the run on the calling thread (tch tensors are `Send`, not `Sync`).
-//! The loop talks to its peers only through [`Collective`], so world size 1 (this issue) and the
-//! distributed ring/NCCL runs share the same step.
+//! The loop decides no hyper-parameter: normalisation, the per-step learning rate and beta1, and
+//! what happens with an epoch's results come from the driver: [`standalone::Standalone`] computes
+//! them locally (world size 1), `crate::dist` asks the coordinator. It talks to peers only
+//! through [`Collective`], so the same step serves the standalone, ring and NCCL runs.
 //!
-//! Tests: `tests/tests/train.rs` (real MNIST slice, determinism, run-folder contents).
+//! Tests: `tests/tests/train.rs` and `tests/tests/distributed.rs` (real binaries).
 
-pub mod report;
+pub mod standalone;
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use ringtrain_common::data::{load_dataset, DataError, LoadOptions, LoadedDataset, Skipped};
-use ringtrain_common::schedule::OneCycleConfig;
-use serde::Serialize;
+use ringtrain_common::data::{DataError, LoadedDataset, PixelStats};
+use ringtrain_common::report::ReportError;
+use ringtrain_common::schedule::SchedulePoint;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use crate::collective::{Collective, CollectiveError};
-use crate::config::{ConfigError, TrainConfig};
-use crate::data::{normalize_for, Normalize, TrainSet, ValidSet};
+use crate::config::ConfigError;
+use crate::data::{Normalize, TrainSet, ValidSet};
 use crate::flat::{FlatError, FlatParams};
-use crate::model::Model;
-use crate::optim::Adam;
-use report::{EpochRow, RunFiles, Smoothener};
+use crate::model::{Arch, Model};
+use crate::optim::{Adam, AdamConfig};
 
 /// Why a training run stopped.
 #[derive(Debug, thiserror::Error)]
@@ -48,55 +49,69 @@ pub enum TrainError {
     /// Writing the run folder failed.
     #[error("cannot write {path}: {reason}")]
     Io { path: PathBuf, reason: String },
+    /// Writing a metrics file failed.
+    #[error(transparent)]
+    Report(#[from] ReportError),
+    /// The coordinator could not be reached or answered with an error.
+    #[error("coordinator: {0}")]
+    Coordinator(String),
+    /// The coordinator declared the run failed (another rank's problem, usually).
+    #[error("run failed: {0}")]
+    RunFailed(String),
+    /// The driver's plan does not fit the replica (wrong number of steps).
+    #[error("epoch plan for epoch {epoch} has {got} steps, expected {want}")]
+    BadPlan { epoch: u32, got: usize, want: usize },
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }
 
-/// What a finished run reports (also written to `summary.json`).
-#[derive(Debug, Clone, Serialize)]
-pub struct TrainSummary {
-    pub model: String,
-    pub params: i64,
+/// What one replica trains: everything but the hyper-parameters the driver supplies per step.
+#[derive(Debug, Clone)]
+pub struct ReplicaSpec {
+    pub model: Arch,
     pub epochs: u32,
-    pub steps: u64,
-    pub train_images: usize,
-    pub valid_images: usize,
-    pub skipped: usize,
-    pub final_accuracy: f64,
-    pub final_valid_loss: f64,
+    /// Images per step on this replica.
+    pub batch_size: usize,
+    pub steps_per_epoch: usize,
+    pub valid_batch_size: usize,
+    pub seed: u64,
+    pub rank: u32,
+    pub adam: AdamConfig,
+    pub image_size: u32,
+    pub device: Device,
+    pub progress: bool,
+}
+
+/// One epoch's results on this replica.
+#[derive(Debug, Clone)]
+pub struct EpochResult {
+    pub epoch: u32,
+    pub first_step: u64,
+    pub step_losses: Vec<f32>,
+    pub plan: Vec<SchedulePoint>,
+    pub valid_loss_sum: f64,
+    pub valid_correct: u64,
+    pub valid_count: u64,
+    /// Hash of parameters and BatchNorm buffers (identical on every replica).
+    pub params_hash: u64,
     pub train_seconds: f64,
-    pub train_images_per_s: f64,
-    pub total_seconds: f64,
-    pub startup_seconds: f64,
-    /// Wall-clock time (UNIX seconds) when the first training step began; benchmarks subtract
-    /// their launch time from it to get start-up latency including process start.
-    pub first_step_unix: f64,
-    pub params_hash: String,
-    pub run_dir: PathBuf,
+    pub seconds: f64,
+    pub images: usize,
 }
 
-/// What the run records about itself for inference and audits (`run.json`).
-#[derive(Debug, Serialize)]
-struct RunRecord<'a> {
-    model: String,
-    params: i64,
-    classes: &'a [String],
-    normalize: Normalize,
-    image_size: u32,
-    dataset: &'a std::path::Path,
-    dataset_fingerprint: &'a str,
-    train_images: usize,
-    valid_images: usize,
-    skipped: &'a [Skipped],
-    config: &'a TrainConfig,
-    torch_threads: i32,
-    device: String,
-}
-
-fn write_json(path: PathBuf, value: &impl Serialize) -> Result<(), TrainError> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| TrainError::Io { path: path.clone(), reason: e.to_string() })?;
-    std::fs::write(&path, text + "\n").map_err(|e| TrainError::Io { path, reason: e.to_string() })
+/// Supplies what the replica must not decide alone, and receives its results.
+pub trait Driver {
+    /// Normalisation for this replica, given the pixel sums of its training images.
+    fn normalization(&mut self, local: PixelStats) -> Result<Normalize, TrainError>;
+    /// Learning rate and beta1 of every step of `epoch`.
+    fn epoch_plan(&mut self, epoch: u32) -> Result<Vec<SchedulePoint>, TrainError>;
+    /// Called once training starts (after start-up).
+    fn started(&mut self) {}
+    /// One epoch finished; an error stops the run.
+    fn epoch_done(&mut self, result: &EpochResult) -> Result<(), TrainError>;
+    /// Training finished; `weights` holds parameters and BatchNorm buffers.
+    fn finished(&mut self, weights: &VarStore, params_hash: u64) -> Result<(), TrainError>;
 }
 
 fn progress_bar(steps: usize, epoch: u32, enabled: bool) -> ProgressBar {
@@ -104,14 +119,16 @@ fn progress_bar(steps: usize, epoch: u32, enabled: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::new(steps as u64);
-    if let Ok(style) = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})") {
+    if let Ok(style) = ProgressStyle::with_template(
+        "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})",
+    ) {
         pb.set_style(style.progress_chars("=> "));
     }
     pb.set_prefix(epoch.to_string());
     pb
 }
 
-/// Mean loss and correct count over the whole validation split, in eval mode.
+/// Loss sum, correct count and count over the validation split, in eval mode.
 fn validate(model: &Model, valid: &ValidSet, batch: usize) -> (f64, u64, u64) {
     tch::no_grad(|| {
         let n = valid.len() as i64;
@@ -124,92 +141,129 @@ fn validate(model: &Model, valid: &ValidSet, batch: usize) -> (f64, u64, u64) {
             let x = valid.images.narrow(0, start, len);
             let y = valid.labels.narrow(0, start, len);
             let logits = model.forward_t(&x, false);
-            let loss = logits.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Sum, -100, 0.0);
+            let loss =
+                logits.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Sum, -100, 0.0);
             loss_sum += loss.to_kind(Kind::Double);
             correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64);
             start += len;
         }
-        let count = n as u64;
-        let mean = if count == 0 { f64::NAN } else { loss_sum.double_value(&[]) / count as f64 };
-        (mean, correct.int64_value(&[]) as u64, count)
+        (
+            loss_sum.double_value(&[]),
+            correct.int64_value(&[]) as u64,
+            n as u64,
+        )
     })
 }
 
-/// Trains `cfg` on one replica, reducing gradients through `collective`.
-pub fn train(cfg: &TrainConfig, collective: &mut dyn Collective) -> Result<TrainSummary, TrainError> {
-    let started = Instant::now();
-    cfg.validate()?;
-    if let Some(t) = cfg.threads {
-        tch::set_num_threads(t as i32);
-    }
-    let device = Device::Cpu;
-    let size = cfg.image_size;
-    let ds: LoadedDataset = load_dataset(
-        &cfg.data,
-        &LoadOptions { scan: cfg.scan.clone(), image_size: (size, size), cache_dir: cfg.cache_dir.clone(), progress: cfg.progress },
-    )?;
-    if !ds.skipped.is_empty() {
-        tracing::warn!(skipped = ds.skipped.len(), "bad files skipped (--skip-bad); listed in run.json");
-        eprintln!("skipped {} bad file(s) (--skip-bad); see {}/run.json", ds.skipped.len(), cfg.run_dir.display());
-    }
-    let steps_per_epoch = cfg.steps_per_epoch(ds.train.len())?;
-    let total_steps = steps_per_epoch as u64 * u64::from(cfg.epochs);
-    let schedule = OneCycleConfig { total_steps, ..cfg.schedule }.init().map_err(|e| ConfigError::Schedule(e.to_string()))?;
+/// BatchNorm running statistics, sorted by name.
+fn buffers(vs: &VarStore) -> Vec<Tensor> {
+    let mut named: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| !t.requires_grad())
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named.into_iter().map(|(_, t)| t).collect()
+}
 
-    let norm = normalize_for(&ds);
+/// Averages BatchNorm running statistics across replicas (before validation and at the end), so
+/// every replica validates and saves the same model.
+fn average_buffers(
+    bufs: &[Tensor],
+    collective: &mut dyn Collective,
+) -> Result<(), CollectiveError> {
+    if collective.world_size() == 1 || bufs.is_empty() {
+        return Ok(());
+    }
+    let flat: Vec<Tensor> = bufs.iter().map(|b| b.reshape([-1])).collect();
+    let mut flat = Tensor::cat(&flat, 0);
+    collective.all_reduce_mean(&mut flat)?;
+    let mut offset = 0;
+    tch::no_grad(|| {
+        for b in bufs {
+            let n = b.numel() as i64;
+            let mut b = b.shallow_clone();
+            b.copy_(&flat.narrow(0, offset, n).view(b.size().as_slice()));
+            offset += n;
+        }
+    });
+    Ok(())
+}
+
+/// Parameters and buffers, hashed together.
+fn replica_hash(flat: &FlatParams, bufs: &[Tensor]) -> u64 {
+    let mut h = flat.hash();
+    for b in bufs {
+        let host = b
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu)
+            .contiguous()
+            .view([-1]);
+        let v: Vec<f32> = Vec::<f32>::try_from(&host).unwrap_or_default();
+        for x in v {
+            h = (h ^ u64::from(x.to_bits())).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Trains one replica on `ds` (its whole dataset or its shard).
+pub fn run_replica(
+    spec: &ReplicaSpec,
+    ds: &LoadedDataset,
+    collective: &mut dyn Collective,
+    driver: &mut dyn Driver,
+) -> Result<u64, TrainError> {
+    let device = spec.device;
+    let norm = driver.normalization(PixelStats::of(&ds.train.pixels))?;
     let train_set = TrainSet::new(&ds.train, norm, device);
     let valid_set = ValidSet::new(&ds.valid, norm, device);
+    let size = i64::from(spec.image_size);
 
-    tch::manual_seed(cfg.seed as i64);
+    // Same seed on every rank: identical initial parameters without a broadcast.
+    tch::manual_seed(spec.seed as i64);
     let vs = VarStore::new(device);
-    let model = Model::new(&vs.root(), cfg.model, ds.classes.len() as i64);
+    let model = Model::new(&vs.root(), spec.model, ds.classes.len() as i64);
     let mut flat = FlatParams::new(&vs, || {
         // Eval mode: allocates every gradient without touching BatchNorm running statistics.
-        let x = Tensor::zeros([2, 1, i64::from(size), i64::from(size)], (Kind::Float, device));
+        let x = Tensor::zeros([2, 1, size, size], (Kind::Float, device));
         model.forward_t(&x, false).sum(Kind::Float).backward();
     })?;
-    let mut adam = Adam::new(&flat.params, cfg.adam);
+    let bufs = buffers(&vs);
+    let mut adam = Adam::new(&flat.params, spec.adam);
+    tracing::info!(model = %spec.model, params = flat.numel(), rank = spec.rank, world_size = collective.world_size(),
+        train = ds.train.len(), valid = ds.valid.len(), steps_per_epoch = spec.steps_per_epoch,
+        epochs = spec.epochs, threads = tch::get_num_threads(), "training starts");
+    driver.started();
 
-    std::fs::create_dir_all(&cfg.run_dir).map_err(|e| TrainError::Io { path: cfg.run_dir.clone(), reason: e.to_string() })?;
-    write_json(
-        cfg.run_dir.join("run.json"),
-        &RunRecord {
-            model: cfg.model.to_string(),
-            params: flat.numel(),
-            classes: &ds.classes,
-            normalize: norm,
-            image_size: size,
-            dataset: &cfg.data,
-            dataset_fingerprint: &ds.fingerprint,
-            train_images: ds.train.len(),
-            valid_images: ds.valid.len(),
-            skipped: &ds.skipped,
-            config: cfg,
-            torch_threads: tch::get_num_threads(),
-            device: format!("{device:?}"),
-        },
-    )?;
-    let mut files = RunFiles::create(&cfg.run_dir)?;
-    let startup = started.elapsed().as_secs_f64();
-    tracing::info!(model = %cfg.model, params = flat.numel(), train = ds.train.len(), valid = ds.valid.len(),
-        steps_per_epoch, epochs = cfg.epochs, threads = tch::get_num_threads(), startup_s = startup, "training starts");
-
-    let first_step_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    println!("{}", report::header());
-    let mut smooth = Smoothener::new(0.98);
     let mut step: u64 = 0;
-    let mut train_seconds = 0.0;
-    let mut last = (f64::NAN, 0u64, 0u64);
-    for epoch in 0..cfg.epochs {
+    for epoch in 0..spec.epochs {
         let epoch_start = Instant::now();
-        let plan = train_set.plan_epoch(cfg.seed, u64::from(epoch), cfg.batch_size);
-        let pb = progress_bar(plan.steps, epoch, cfg.progress);
-        let mut lr = 0.0;
-        for s in 0..plan.steps {
-            let point = schedule.at(step);
-            lr = point.lr;
+        let plan_points = driver.epoch_plan(epoch)?;
+        if plan_points.len() != spec.steps_per_epoch {
+            return Err(TrainError::BadPlan {
+                epoch,
+                got: plan_points.len(),
+                want: spec.steps_per_epoch,
+            });
+        }
+        let plan = train_set.plan_epoch(
+            spec.seed,
+            u64::from(epoch),
+            u64::from(spec.rank),
+            spec.batch_size,
+        );
+        if plan.steps < spec.steps_per_epoch {
+            return Err(TrainError::BadPlan {
+                epoch,
+                got: plan.steps,
+                want: spec.steps_per_epoch,
+            });
+        }
+        let pb = progress_bar(spec.steps_per_epoch, epoch, spec.progress);
+        let first_step = step;
+        let losses = Tensor::zeros([spec.steps_per_epoch as i64], (Kind::Float, device));
+        for (s, point) in plan_points.iter().enumerate() {
             let (x, y) = train_set.batch(&plan, s);
             let logits = model.forward_t(&x, true);
             let loss = logits.cross_entropy_for_logits(&y);
@@ -217,61 +271,53 @@ pub fn train(cfg: &TrainConfig, collective: &mut dyn Collective) -> Result<Train
             loss.backward();
             collective.all_reduce_mean(&mut flat.grads)?;
             adam.step(&mut flat.params, &flat.grads, point.lr, point.beta1);
-            let loss = loss.double_value(&[]);
-            if !loss.is_finite() {
-                return Err(TrainError::Diverged { step, epoch, loss });
-            }
-            let sm = smooth.add(loss);
-            files.step(step, epoch, point.lr, point.beta1, loss)?;
-            if s % 10 == 0 {
-                pb.set_message(format!("loss {sm:.4}"));
+            // Kept on the device; read once per epoch (and every 20 steps for the progress bar).
+            tch::no_grad(|| losses.get(s as i64).copy_(&loss));
+            if s % 20 == 0 {
+                let l = loss.double_value(&[]);
+                if !l.is_finite() {
+                    return Err(TrainError::Diverged {
+                        step,
+                        epoch,
+                        loss: l,
+                    });
+                }
+                pb.set_message(format!("loss {l:.4}"));
             }
             pb.inc(1);
             step += 1;
         }
-        let epoch_train = epoch_start.elapsed().as_secs_f64();
-        train_seconds += epoch_train;
+        let step_losses: Vec<f32> =
+            Vec::<f32>::try_from(&losses.to_device(Device::Cpu)).unwrap_or_default();
+        if let Some((i, l)) = step_losses.iter().enumerate().find(|(_, l)| !l.is_finite()) {
+            return Err(TrainError::Diverged {
+                step: first_step + i as u64,
+                epoch,
+                loss: f64::from(*l),
+            });
+        }
+        let train_seconds = epoch_start.elapsed().as_secs_f64();
         pb.finish_and_clear();
-        last = validate(&model, &valid_set, cfg.valid_batch_size);
-        let (valid_loss, correct, count) = last;
-        let row = EpochRow {
+        average_buffers(&bufs, collective)?;
+        let (valid_loss_sum, valid_correct, valid_count) =
+            validate(&model, &valid_set, spec.valid_batch_size);
+        let result = EpochResult {
             epoch,
-            train_loss: smooth.value(),
-            valid_loss,
-            accuracy: if count == 0 { f64::NAN } else { correct as f64 / count as f64 },
-            valid_correct: correct,
-            valid_count: count,
+            first_step,
+            step_losses,
+            plan: plan_points,
+            valid_loss_sum,
+            valid_correct,
+            valid_count,
+            params_hash: replica_hash(&flat, &bufs),
+            train_seconds,
             seconds: epoch_start.elapsed().as_secs_f64(),
-            train_seconds: epoch_train,
-            train_images_per_s: (plan.steps * plan.batch_size) as f64 / epoch_train,
-            lr,
+            images: spec.steps_per_epoch * spec.batch_size,
         };
-        println!("{}", report::row(&row));
-        tracing::debug!(epoch, train_loss = row.train_loss, valid_loss, accuracy = row.accuracy, "epoch done");
-        files.epoch(row)?;
+        driver.epoch_done(&result)?;
     }
     flat.check_aliasing()?;
-    let weights = cfg.run_dir.join("final.safetensors");
-    vs.save(&weights)?;
-    let (valid_loss, correct, count) = last;
-    let summary = TrainSummary {
-        model: cfg.model.to_string(),
-        params: flat.numel(),
-        epochs: cfg.epochs,
-        steps: step,
-        train_images: ds.train.len(),
-        valid_images: ds.valid.len(),
-        skipped: ds.skipped.len(),
-        final_accuracy: if count == 0 { f64::NAN } else { correct as f64 / count as f64 },
-        final_valid_loss: valid_loss,
-        train_seconds,
-        train_images_per_s: (step as usize * cfg.batch_size) as f64 / train_seconds,
-        total_seconds: started.elapsed().as_secs_f64(),
-        startup_seconds: startup,
-        first_step_unix,
-        params_hash: format!("{:016x}", flat.hash()),
-        run_dir: cfg.run_dir.clone(),
-    };
-    write_json(cfg.run_dir.join("summary.json"), &summary)?;
-    Ok(summary)
+    let hash = replica_hash(&flat, &bufs);
+    driver.finished(&vs, hash)?;
+    Ok(hash)
 }

@@ -2,16 +2,26 @@
 //! `metrics.jsonl` (one line per epoch), `steps.csv` (lr, beta1 and loss per step) and
 //! `plots/{loss,lr,beta1,accuracy}.svg`.
 //!
-//! Tests: the worker's end-to-end tests in `tests/` read these files.
+//! Used by the standalone worker and by the coordinator, which prints the table for the whole
+//! run. Tests: `tests` at the bottom; the end-to-end tests in `tests/` read these files.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use ringtrain_common::plot::{line_chart, Series};
 use serde::Serialize;
 
-use super::TrainError;
+use crate::plot::{line_chart, Series};
+
+/// Writing a run folder file failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("cannot write {path}: {reason}")]
+pub struct ReportError {
+    /// The file or folder.
+    pub path: PathBuf,
+    /// What the OS said.
+    pub reason: String,
+}
 
 /// One row of the table.
 #[derive(Debug, Clone, Serialize)]
@@ -44,7 +54,12 @@ fn width(name: &str) -> usize {
 
 /// The header line (fastai v1 text progress style).
 pub fn header() -> String {
-    COLUMNS.iter().map(|c| format!("{c:<w$}", w = width(c))).collect::<String>().trim_end().to_string()
+    COLUMNS
+        .iter()
+        .map(|c| format!("{c:<w$}", w = width(c)))
+        .collect::<String>()
+        .trim_end()
+        .to_string()
 }
 
 /// `mm:ss`, as fastai formats epoch times.
@@ -81,24 +96,45 @@ pub struct RunFiles {
     pub step_points: Vec<(u64, f64, f64, f64)>,
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
-    move |e| TrainError::Io { path: path.to_path_buf(), reason: e.to_string() }
+fn io(path: &Path) -> impl Fn(std::io::Error) -> ReportError + '_ {
+    move |e| ReportError {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
 }
 
 impl RunFiles {
     /// Creates (truncating) the metric files in `dir`.
-    pub fn create(dir: &Path) -> Result<Self, TrainError> {
+    pub fn create(dir: &Path) -> Result<Self, ReportError> {
         std::fs::create_dir_all(dir.join("plots")).map_err(io(dir))?;
         let mpath = dir.join("metrics.jsonl");
-        let metrics = OpenOptions::new().create(true).write(true).truncate(true).open(&mpath).map_err(io(&mpath))?;
+        let metrics = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&mpath)
+            .map_err(io(&mpath))?;
         let spath = dir.join("steps.csv");
         let mut steps = BufWriter::new(File::create(&spath).map_err(io(&spath))?);
         writeln!(steps, "step,epoch,lr,beta1,loss").map_err(io(&spath))?;
-        Ok(Self { dir: dir.to_path_buf(), metrics, steps, rows: Vec::new(), step_points: Vec::new() })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            metrics,
+            steps,
+            rows: Vec::new(),
+            step_points: Vec::new(),
+        })
     }
 
     /// Records one training step.
-    pub fn step(&mut self, step: u64, epoch: u32, lr: f64, beta1: f64, loss: f64) -> Result<(), TrainError> {
+    pub fn step(
+        &mut self,
+        step: u64,
+        epoch: u32,
+        lr: f64,
+        beta1: f64,
+        loss: f64,
+    ) -> Result<(), ReportError> {
         let path = self.dir.join("steps.csv");
         writeln!(self.steps, "{step},{epoch},{lr:e},{beta1},{loss}").map_err(io(&path))?;
         self.step_points.push((step, lr, beta1, loss));
@@ -106,38 +142,88 @@ impl RunFiles {
     }
 
     /// Records one epoch (appends to metrics.jsonl and redraws the plots).
-    pub fn epoch(&mut self, r: EpochRow) -> Result<(), TrainError> {
+    pub fn epoch(&mut self, r: EpochRow) -> Result<(), ReportError> {
         let mpath = self.dir.join("metrics.jsonl");
-        let line = serde_json::to_string(&r).map_err(|e| TrainError::Io { path: mpath.clone(), reason: e.to_string() })?;
+        let line = serde_json::to_string(&r).map_err(|e| ReportError {
+            path: mpath.clone(),
+            reason: e.to_string(),
+        })?;
         writeln!(self.metrics, "{line}").map_err(io(&mpath))?;
-        self.steps.flush().map_err(io(&self.dir.join("steps.csv")))?;
+        self.steps
+            .flush()
+            .map_err(io(&self.dir.join("steps.csv")))?;
         self.rows.push(r);
         self.plots()
     }
 
-    fn plots(&self) -> Result<(), TrainError> {
+    fn plots(&self) -> Result<(), ReportError> {
         let steps_per_epoch = self.step_points.len() as f64 / self.rows.len().max(1) as f64;
         let mut sm = Smoothener::new(0.98);
         let smoothed = Series {
             name: "train (smoothed)".into(),
-            points: self.step_points.iter().map(|p| (p.0 as f64, sm.add(p.3))).collect(),
+            points: self
+                .step_points
+                .iter()
+                .map(|p| (p.0 as f64, sm.add(p.3)))
+                .collect(),
         };
         let valid = Series {
             name: "valid".into(),
-            points: self.rows.iter().map(|r| ((f64::from(r.epoch) + 1.0) * steps_per_epoch, r.valid_loss)).collect(),
+            points: self
+                .rows
+                .iter()
+                .map(|r| ((f64::from(r.epoch) + 1.0) * steps_per_epoch, r.valid_loss))
+                .collect(),
         };
-        let by_step = |f: fn(&(u64, f64, f64, f64)) -> f64| self.step_points.iter().map(|p| (p.0 as f64, f(p))).collect();
+        let by_step = |f: fn(&(u64, f64, f64, f64)) -> f64| {
+            self.step_points
+                .iter()
+                .map(|p| (p.0 as f64, f(p)))
+                .collect()
+        };
         let plots = [
-            ("loss.svg", line_chart("Loss", "step", "cross-entropy", &[smoothed, valid])),
-            ("lr.svg", line_chart("Learning rate (one-cycle)", "step", "lr", &[Series { name: "lr".into(), points: by_step(|p| p.1) }])),
-            ("beta1.svg", line_chart("Adam beta1 (one-cycle momentum)", "step", "beta1", &[Series { name: "beta1".into(), points: by_step(|p| p.2) }])),
+            (
+                "loss.svg",
+                line_chart("Loss", "step", "cross-entropy", &[smoothed, valid]),
+            ),
+            (
+                "lr.svg",
+                line_chart(
+                    "Learning rate (one-cycle)",
+                    "step",
+                    "lr",
+                    &[Series {
+                        name: "lr".into(),
+                        points: by_step(|p| p.1),
+                    }],
+                ),
+            ),
+            (
+                "beta1.svg",
+                line_chart(
+                    "Adam beta1 (one-cycle momentum)",
+                    "step",
+                    "beta1",
+                    &[Series {
+                        name: "beta1".into(),
+                        points: by_step(|p| p.2),
+                    }],
+                ),
+            ),
             (
                 "accuracy.svg",
                 line_chart(
                     "Validation accuracy",
                     "epoch",
                     "accuracy",
-                    &[Series { name: "accuracy".into(), points: self.rows.iter().map(|r| (f64::from(r.epoch), r.accuracy)).collect() }],
+                    &[Series {
+                        name: "accuracy".into(),
+                        points: self
+                            .rows
+                            .iter()
+                            .map(|r| (f64::from(r.epoch), r.accuracy))
+                            .collect(),
+                    }],
                 ),
             ),
         ];
@@ -159,7 +245,11 @@ pub struct Smoothener {
 
 impl Smoothener {
     pub fn new(beta: f64) -> Self {
-        Self { beta, n: 0, avg: 0.0 }
+        Self {
+            beta,
+            n: 0,
+            avg: 0.0,
+        }
     }
 
     /// Adds a value and returns the smoothed value.
@@ -183,7 +273,10 @@ mod tests {
 
     #[test]
     fn table_layout() {
-        assert_eq!(header(), "epoch      train_loss  valid_loss  accuracy   time");
+        assert_eq!(
+            header(),
+            "epoch      train_loss  valid_loss  accuracy   time"
+        );
         let r = EpochRow {
             epoch: 0,
             train_loss: 0.2,
@@ -196,7 +289,10 @@ mod tests {
             train_images_per_s: 1.0,
             lr: 0.1,
         };
-        assert_eq!(row(&r), "0          0.200000    0.100000    0.990000   01:15");
+        assert_eq!(
+            row(&r),
+            "0          0.200000    0.100000    0.990000   01:15"
+        );
     }
 
     #[test]

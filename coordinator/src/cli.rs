@@ -1,0 +1,243 @@
+//! Command-line arguments of `ringtrain serve` and `ringtrain launch` (clap derive).
+//!
+//! Owns flag names, their `RINGTRAIN_*` variables and help texts; every flag is optional and only
+//! the ones given (or set in the environment) are serialised into the top configuration layer,
+//! so `--config job.toml` and the built-in defaults fill the rest (`config::load`).
+//!
+//! Tests: `tests` at the bottom (precedence of flags, environment and file).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::config::{self, LoadError, Model, RunConfig};
+use crate::launch::LaunchOptions;
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The run knobs shared by `serve` and `launch`.
+#[derive(Debug, Clone, Default, Args, Serialize)]
+pub struct RunArgs {
+    /// TOML job file with any of the keys below (snake_case); flags and RINGTRAIN_* win over it.
+    #[arg(long, value_name = "FILE", env = "RINGTRAIN_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Dataset root: DIR/<train-dir>/<class>/*.png and DIR/<valid-dir>/<class>/*.png.
+    #[arg(long, value_name = "DIR", env = "RINGTRAIN_DATA")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<PathBuf>,
+    /// Number of workers (world size) to wait for [default: 1].
+    #[arg(long, env = "RINGTRAIN_WORKERS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u32>,
+    /// Smallest world size accepted once --last-call-s passed [default: --workers].
+    #[arg(long, env = "RINGTRAIN_MIN_WORKERS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_workers: Option<u32>,
+    /// Rendezvous must complete within this many seconds, or the run fails [default: 600].
+    #[arg(long, env = "RINGTRAIN_JOIN_TIMEOUT_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_timeout_s: Option<f64>,
+    /// Seconds to wait for more workers once --min-workers joined [default: 30].
+    #[arg(long, env = "RINGTRAIN_LAST_CALL_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_call_s: Option<f64>,
+    /// Worker heartbeat period in seconds [default: 5].
+    #[arg(long, env = "RINGTRAIN_HEARTBEAT_INTERVAL_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_s: Option<f64>,
+    /// Missed heartbeats after which a silent rank fails the run [default: 3].
+    #[arg(long, env = "RINGTRAIN_HEARTBEAT_MISSED")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_missed: Option<u32>,
+    /// Read/write timeout of the workers' ring all-reduce, seconds [default: 60].
+    #[arg(long, env = "RINGTRAIN_COLLECTIVE_TIMEOUT_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collective_timeout_s: Option<f64>,
+    /// Network [default: resnet].
+    #[arg(long, env = "RINGTRAIN_MODEL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<Model>,
+    /// Epochs [default: 12, 3 for basic].
+    #[arg(long, env = "RINGTRAIN_EPOCHS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<u32>,
+    /// Peak learning rate of the one-cycle schedule [default: 0.05, 0.1 for basic].
+    #[arg(long, env = "RINGTRAIN_MAX_LR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_lr: Option<f64>,
+    /// Global batch size, split evenly over the workers [default: 128].
+    #[arg(long, env = "RINGTRAIN_BATCH_SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
+    /// Validation batch size per worker (speed only) [default: 1024].
+    #[arg(long, env = "RINGTRAIN_VALID_BATCH_SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_batch_size: Option<u32>,
+    /// Seed of initialisation, shuffling and augmentation [default: 42].
+    #[arg(long, env = "RINGTRAIN_SEED")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Warm-up fraction of the one-cycle schedule [default: 0.3].
+    #[arg(long, env = "RINGTRAIN_PCT_START")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pct_start: Option<f64>,
+    /// Start lr = max_lr / div_factor [default: 25].
+    #[arg(long, env = "RINGTRAIN_DIV_FACTOR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub div_factor: Option<f64>,
+    /// Final lr = max_lr / (div_factor * final_div_factor) [default: 1e4].
+    #[arg(long, env = "RINGTRAIN_FINAL_DIV_FACTOR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub final_div_factor: Option<f64>,
+    /// Adam beta1 at the start/end and at the peak lr, as A,B [default: 0.95,0.85].
+    #[arg(
+        long,
+        value_name = "A,B",
+        value_delimiter = ',',
+        env = "RINGTRAIN_MOMS"
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moms: Option<Vec<f64>>,
+    /// Adam beta2 [default: 0.99].
+    #[arg(long, env = "RINGTRAIN_BETA2")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beta2: Option<f64>,
+    /// Adam epsilon [default: 1e-8].
+    #[arg(long, env = "RINGTRAIN_EPS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f64>,
+    /// Decoupled weight decay [default: 0.01].
+    #[arg(long, env = "RINGTRAIN_WD")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wd: Option<f64>,
+    /// Run folder [default: runs/<model>-<unix time>].
+    #[arg(long, value_name = "DIR", env = "RINGTRAIN_RUN_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_dir: Option<PathBuf>,
+    /// Run id workers must match [default: <model>-<unix time>-<pid>].
+    #[arg(long, env = "RINGTRAIN_RUN_ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// Skip (and list in run.json) non-PNG files instead of failing.
+    #[arg(long, env = "RINGTRAIN_SKIP_BAD")]
+    #[serde(skip_serializing_if = "is_false")]
+    pub skip_bad: bool,
+    /// Training split folder name [default: training].
+    #[arg(long, env = "RINGTRAIN_TRAIN_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_dir: Option<String>,
+    /// Validation split folder name [default: testing].
+    #[arg(long, env = "RINGTRAIN_VALID_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_dir: Option<String>,
+}
+
+impl RunArgs {
+    /// Merges defaults < `--config` file < environment and flags.
+    pub fn load(&self) -> Result<RunConfig, LoadError> {
+        if let Some(m) = self.moms.as_ref().filter(|m| m.len() != 2) {
+            return Err(LoadError::Invalid {
+                path: None,
+                reason: format!("--moms takes two values A,B, got {m:?}"),
+            });
+        }
+        config::load(self.config.as_deref(), self)
+    }
+}
+
+/// `ringtrain serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// gRPC listen address [default: 127.0.0.1:29400].
+    #[arg(long, value_name = "IP:PORT", env = "RINGTRAIN_LISTEN")]
+    pub listen: Option<String>,
+}
+
+impl ServeArgs {
+    /// The effective (not yet validated) configuration.
+    pub fn load(&self) -> Result<RunConfig, LoadError> {
+        let mut c = self.run.load()?;
+        if let Some(listen) = &self.listen {
+            c.listen = listen.clone();
+        }
+        Ok(c)
+    }
+}
+
+/// `ringtrain launch`.
+#[derive(Debug, Clone, Args)]
+pub struct LaunchArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// libtorch threads per worker [default: max(1, cores / workers)].
+    #[arg(long, value_name = "T", env = "RINGTRAIN_THREADS_PER_WORKER")]
+    pub threads_per_worker: Option<usize>,
+    /// Worker binary [default: ringtrain-worker next to this executable].
+    #[arg(long, value_name = "PATH", env = "RINGTRAIN_WORKER_BIN")]
+    pub worker_bin: Option<PathBuf>,
+}
+
+impl LaunchArgs {
+    /// The launcher's own options.
+    pub fn options(&self) -> LaunchOptions {
+        LaunchOptions {
+            threads_per_worker: self.threads_per_worker,
+            worker_bin: self.worker_bin.clone(),
+            ..LaunchOptions::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    #[test]
+    fn flags_win_over_env_which_wins_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("job.toml");
+        std::fs::write(
+            &file,
+            "data = \"/from-file\"\nepochs = 5\nseed = 1\nworkers = 4\n",
+        )
+        .unwrap();
+        // The only test touching RINGTRAIN_* variables; names not used by any other test.
+        std::env::set_var("RINGTRAIN_SEED", "7");
+        std::env::set_var("RINGTRAIN_WORKERS", "2");
+        let cli = Cli::try_parse_from([
+            "t",
+            "--config",
+            file.to_str().unwrap(),
+            "--workers",
+            "8",
+            "--moms",
+            "0.9,0.8",
+            "--listen",
+            "0.0.0.0:1",
+        ])
+        .unwrap();
+        std::env::remove_var("RINGTRAIN_SEED");
+        std::env::remove_var("RINGTRAIN_WORKERS");
+        let c = cli.args.load().unwrap();
+        assert_eq!(c.data, PathBuf::from("/from-file"), "file over default");
+        assert_eq!(c.epochs, Some(5), "file over default");
+        assert_eq!(c.seed, 7, "env over file");
+        assert_eq!(c.workers, 8, "flag over env");
+        assert_eq!((c.moms, c.listen.as_str()), ((0.9, 0.8), "0.0.0.0:1"));
+        assert!(!c.skip_bad);
+        assert_eq!(c.batch_size, 128, "default");
+    }
+}

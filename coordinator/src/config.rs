@@ -1,0 +1,569 @@
+//! The run configuration: one typed struct, defaulted from torchelastic and the lesson, merged
+//! from four layers and validated once.
+//!
+//! Owns the knobs of `ringtrain serve` / `ringtrain launch` and their rules; not the command line
+//! itself (`cli.rs`, which produces the flag layer) nor dataset-dependent checks (`plan.rs`).
+//!
+//! # Contract
+//! * Precedence: built-in defaults < `--config job.toml` < `RINGTRAIN_*` environment < flags. The
+//!   environment reaches us through clap (`#[arg(env = ...)]`), so it arrives in the same layer as
+//!   flags and loses to them; the `config` crate merges the file under that layer.
+//! * Unknown keys in the file are errors (`deny_unknown_fields`), never ignored.
+//! * [`RunConfig::validate`] checks every rule that needs no dataset; one [`ConfigError`] variant
+//!   per rule. [`RunConfig::resolved`] fills the model-dependent and time-dependent defaults, so
+//!   `run.json` records what actually ran.
+//!
+//! Tests: `tests` at the bottom (one per rule, plus the layering).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ringtrain_common::data::ScanOptions;
+use ringtrain_common::schedule::{OneCycleConfig, ScheduleError};
+use serde::{Deserialize, Serialize};
+
+/// The lesson-7 networks (the worker's `Arch`; the coordinator only names them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Model {
+    /// Plain CNN: 3 epochs at max_lr 0.1 in the lesson.
+    Basic,
+    /// ResNet-ish: 12 epochs at max_lr 0.05 in the lesson.
+    #[default]
+    Resnet,
+    /// ResNet-ish with concatenating (dense) merges.
+    Dense,
+}
+
+impl Model {
+    /// The name on the wire and in run folders.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Model::Basic => "basic",
+            Model::Resnet => "resnet",
+            Model::Dense => "dense",
+        }
+    }
+
+    /// The lesson's `(epochs, max_lr)` for this network.
+    pub fn lesson_recipe(self) -> (u32, f64) {
+        match self {
+            Model::Basic => (3, 0.1),
+            Model::Resnet | Model::Dense => (12, 0.05),
+        }
+    }
+}
+
+impl std::fmt::Display for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything a run is configured by. Field names are the TOML keys and, upper-cased with a
+/// `RINGTRAIN_` prefix, the environment variables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// Dataset root: `DATA/<train_dir>/<class>/*.png`, `DATA/<valid_dir>/<class>/*.png`.
+    pub data: PathBuf,
+    /// Training split folder name.
+    pub train_dir: String,
+    /// Validation split folder name.
+    pub valid_dir: String,
+    /// Leave out (and report) bad files instead of failing.
+    pub skip_bad: bool,
+    /// gRPC listen address of `ringtrain serve` (`launch` always uses 127.0.0.1:0).
+    pub listen: String,
+    /// World size wanted: the round closes as soon as this many workers joined.
+    pub workers: u32,
+    /// Smallest acceptable world size after `last_call_s` (default: `workers`).
+    pub min_workers: Option<u32>,
+    /// The run fails when the round has not closed this long after start (torchelastic: 600 s).
+    pub join_timeout_s: f64,
+    /// Once `min_workers` joined, wait this long for more (torchelastic: 30 s).
+    pub last_call_s: f64,
+    /// Workers heartbeat this often (torchelastic keep-alive: 5 s).
+    pub heartbeat_interval_s: f64,
+    /// A rank silent for `heartbeat_interval_s × heartbeat_missed` fails the run (3).
+    pub heartbeat_missed: u32,
+    /// Read/write timeout of the workers' ring all-reduce.
+    pub collective_timeout_s: f64,
+    /// Network.
+    pub model: Model,
+    /// Epochs (default: the lesson's for `model`).
+    pub epochs: Option<u32>,
+    /// Peak learning rate (default: the lesson's for `model`).
+    pub max_lr: Option<f64>,
+    /// Global batch, split evenly over the ranks.
+    pub batch_size: u32,
+    /// Validation batch per rank (speed only).
+    pub valid_batch_size: u32,
+    /// Seed of initialisation, shuffling and augmentation.
+    pub seed: u64,
+    /// One-cycle warm-up fraction.
+    pub pct_start: f64,
+    /// Start lr = max_lr / div_factor.
+    pub div_factor: f64,
+    /// Final lr = max_lr / (div_factor · final_div_factor).
+    pub final_div_factor: f64,
+    /// Adam beta1 at the start/end and at the peak lr.
+    pub moms: (f64, f64),
+    /// Adam beta2.
+    pub beta2: f64,
+    /// Adam epsilon.
+    pub eps: f64,
+    /// Decoupled weight decay.
+    pub wd: f64,
+    /// Run folder (default: `runs/<model>-<unix time>`).
+    pub run_dir: Option<PathBuf>,
+    /// Run id workers must match (default: `<model>-<unix time>-<pid>`).
+    pub run_id: Option<String>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            data: PathBuf::new(),
+            train_dir: "training".into(),
+            valid_dir: "testing".into(),
+            skip_bad: false,
+            listen: "127.0.0.1:29400".into(),
+            workers: 1,
+            min_workers: None,
+            join_timeout_s: 600.0,
+            last_call_s: 30.0,
+            heartbeat_interval_s: 5.0,
+            heartbeat_missed: 3,
+            collective_timeout_s: 60.0,
+            model: Model::Resnet,
+            epochs: None,
+            max_lr: None,
+            batch_size: 128,
+            valid_batch_size: 1024,
+            seed: 42,
+            pct_start: 0.3,
+            div_factor: 25.0,
+            final_div_factor: 1e4,
+            moms: (0.95, 0.85),
+            beta2: 0.99,
+            eps: 1e-8,
+            wd: 0.01,
+            run_dir: None,
+            run_id: None,
+        }
+    }
+}
+
+/// A configuration rule that does not hold; one variant per rule.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// No dataset root was given.
+    #[error("data is required: the dataset root (--data DIR)")]
+    NoData,
+    /// `workers` is zero.
+    #[error("workers must be at least 1")]
+    NoWorkers,
+    /// `min_workers` is zero or larger than `workers`.
+    #[error("min-workers must be in 1..={workers}, got {min_workers}")]
+    BadMinWorkers { min_workers: u32, workers: u32 },
+    /// A timeout or period is not a finite number of seconds greater than zero.
+    #[error("{field} must be finite and > 0 seconds, got {value}")]
+    BadDuration { field: &'static str, value: f64 },
+    /// `heartbeat_missed` is zero.
+    #[error("heartbeat-missed must be at least 1")]
+    NoMissedHeartbeats,
+    /// `epochs` is zero.
+    #[error("epochs must be at least 1")]
+    NoEpochs,
+    /// `batch_size` is zero.
+    #[error("batch-size must be at least 1")]
+    ZeroBatch,
+    /// `valid_batch_size` is zero.
+    #[error("valid-batch-size must be at least 1")]
+    ZeroValidBatch,
+    /// The global batch cannot be split evenly over a possible world size.
+    #[error("batch-size {batch_size} is not divisible by world size {world_size}; every rank must get the same batch")]
+    BatchNotDivisible { batch_size: u32, world_size: u32 },
+    /// A one-cycle parameter is out of range.
+    #[error("schedule: {0}")]
+    Schedule(ScheduleError),
+    /// Adam beta2 outside [0, 1).
+    #[error("beta2 must be in [0, 1), got {0}")]
+    BadBeta2(f64),
+    /// Adam epsilon not finite and > 0.
+    #[error("eps must be finite and > 0, got {0}")]
+    BadEps(f64),
+    /// Weight decay negative or not finite.
+    #[error("wd must be finite and >= 0, got {0}")]
+    BadWd(f64),
+    /// `listen` is not `host:port` with a numeric host.
+    #[error("listen must be an IP:port address such as 127.0.0.1:29400, got {0:?}")]
+    BadListen(String),
+    /// An explicit `run_id` is empty or contains whitespace.
+    #[error("run-id must be non-empty without whitespace, got {0:?}")]
+    BadRunId(String),
+}
+
+/// Reading or merging the configuration layers failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file is missing, unreadable, not TOML, or has an unknown key or a wrongly typed value.
+    #[error("configuration {}: {reason}", path.as_ref().map_or("flags".into(), |p| p.display().to_string()))]
+    Invalid {
+        path: Option<PathBuf>,
+        reason: String,
+    },
+}
+
+impl RunConfig {
+    /// Epochs: explicit or the lesson's.
+    pub fn epochs(&self) -> u32 {
+        self.epochs.unwrap_or(self.model.lesson_recipe().0)
+    }
+
+    /// Peak learning rate: explicit or the lesson's.
+    pub fn max_lr(&self) -> f64 {
+        self.max_lr.unwrap_or(self.model.lesson_recipe().1)
+    }
+
+    /// Smallest world size the round may close with.
+    pub fn min_workers(&self) -> u32 {
+        self.min_workers.unwrap_or(self.workers)
+    }
+
+    /// How the dataset folder is read.
+    pub fn scan_options(&self) -> ScanOptions {
+        ScanOptions {
+            train_dir: self.train_dir.clone(),
+            valid_dir: self.valid_dir.clone(),
+            skip_bad: self.skip_bad,
+        }
+    }
+
+    /// The one-cycle config for a run of `total_steps` steps.
+    pub fn one_cycle(&self, total_steps: u64) -> OneCycleConfig {
+        OneCycleConfig {
+            max_lr: self.max_lr(),
+            total_steps,
+            pct_start: self.pct_start,
+            div_factor: self.div_factor,
+            final_div_factor: self.final_div_factor,
+            moms: self.moms,
+        }
+    }
+
+    /// Checks every rule that needs no dataset; returns the first violation in field order.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.data.as_os_str().is_empty() {
+            return Err(ConfigError::NoData);
+        }
+        if self.workers == 0 {
+            return Err(ConfigError::NoWorkers);
+        }
+        let min = self.min_workers();
+        if min == 0 || min > self.workers {
+            return Err(ConfigError::BadMinWorkers {
+                min_workers: min,
+                workers: self.workers,
+            });
+        }
+        for (field, value) in [
+            ("join-timeout-s", self.join_timeout_s),
+            ("last-call-s", self.last_call_s),
+            ("heartbeat-interval-s", self.heartbeat_interval_s),
+            ("collective-timeout-s", self.collective_timeout_s),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(ConfigError::BadDuration { field, value });
+            }
+        }
+        if self.heartbeat_missed == 0 {
+            return Err(ConfigError::NoMissedHeartbeats);
+        }
+        if self.epochs() == 0 {
+            return Err(ConfigError::NoEpochs);
+        }
+        if self.batch_size == 0 {
+            return Err(ConfigError::ZeroBatch);
+        }
+        if self.valid_batch_size == 0 {
+            return Err(ConfigError::ZeroValidBatch);
+        }
+        // Every world size the round may close with must split the batch evenly.
+        if let Some(world_size) = (min..=self.workers).find(|n| !self.batch_size.is_multiple_of(*n))
+        {
+            return Err(ConfigError::BatchNotDivisible {
+                batch_size: self.batch_size,
+                world_size,
+            });
+        }
+        self.one_cycle(1).init().map_err(ConfigError::Schedule)?;
+        if !(self.beta2 >= 0.0 && self.beta2 < 1.0) {
+            return Err(ConfigError::BadBeta2(self.beta2));
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(ConfigError::BadEps(self.eps));
+        }
+        if !(self.wd.is_finite() && self.wd >= 0.0) {
+            return Err(ConfigError::BadWd(self.wd));
+        }
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::BadListen(self.listen.clone()));
+        }
+        if let Some(id) = &self.run_id {
+            if id.is_empty() || id.chars().any(char::is_whitespace) {
+                return Err(ConfigError::BadRunId(id.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The same configuration with every default that depends on the model or the clock filled
+    /// in (`unix_time` in seconds; the pid keeps two coordinators started in one second apart).
+    pub fn resolved(mut self, unix_time: u64) -> Self {
+        self.epochs = Some(self.epochs());
+        self.max_lr = Some(self.max_lr());
+        self.min_workers = Some(self.min_workers());
+        let model = self.model;
+        self.run_dir
+            .get_or_insert_with(|| PathBuf::from(format!("runs/{model}-{unix_time}")));
+        self.run_id
+            .get_or_insert_with(|| format!("{model}-{unix_time}-{}", std::process::id()));
+        self
+    }
+}
+
+/// Merges defaults < `file` < `overrides` (flags and environment, already merged by clap; fields
+/// that are not set must be skipped when serialising) into a [`RunConfig`]. Does not validate.
+pub fn load(file: Option<&Path>, overrides: &impl Serialize) -> Result<RunConfig, LoadError> {
+    let mut builder = config::Config::builder();
+    if let Some(path) = file {
+        if !path.is_file() {
+            return Err(LoadError::Invalid {
+                path: Some(path.into()),
+                reason: "no such file".into(),
+            });
+        }
+        builder = builder.add_source(
+            config::File::from(path)
+                .format(config::FileFormat::Toml)
+                .required(true),
+        );
+    }
+    let flags = config::Config::try_from(overrides).map_err(|e| LoadError::Invalid {
+        path: None,
+        reason: e.to_string(),
+    })?;
+    builder
+        .add_source(flags)
+        .build()
+        .and_then(config::Config::try_deserialize::<RunConfig>)
+        .map_err(|e| LoadError::Invalid {
+            path: file.map(Path::to_path_buf),
+            reason: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok() -> RunConfig {
+        RunConfig {
+            data: "d".into(),
+            ..RunConfig::default()
+        }
+    }
+
+    #[test]
+    fn defaults_follow_torchelastic_and_the_lesson() {
+        let c = ok();
+        c.validate().unwrap();
+        assert_eq!(
+            (
+                c.join_timeout_s,
+                c.last_call_s,
+                c.heartbeat_interval_s,
+                c.heartbeat_missed
+            ),
+            (600.0, 30.0, 5.0, 3)
+        );
+        assert_eq!((c.epochs(), c.max_lr(), c.batch_size), (12, 0.05, 128));
+        let basic = RunConfig {
+            model: Model::Basic,
+            ..ok()
+        };
+        assert_eq!((basic.epochs(), basic.max_lr()), (3, 0.1));
+        let r = ok().resolved(1700000000);
+        assert_eq!(r.run_dir, Some(PathBuf::from("runs/resnet-1700000000")));
+        assert!(r
+            .run_id
+            .as_deref()
+            .is_some_and(|id| id.starts_with("resnet-1700000000-")));
+        assert_eq!(
+            (r.epochs, r.max_lr, r.min_workers),
+            (Some(12), Some(0.05), Some(1))
+        );
+    }
+
+    #[test]
+    fn each_rule() {
+        type Mutate = Box<dyn Fn(&mut RunConfig)>;
+        let cases: Vec<(Mutate, ConfigError)> = vec![
+            (Box::new(|c| c.data = PathBuf::new()), ConfigError::NoData),
+            (Box::new(|c| c.workers = 0), ConfigError::NoWorkers),
+            (
+                Box::new(|c| c.min_workers = Some(0)),
+                ConfigError::BadMinWorkers {
+                    min_workers: 0,
+                    workers: 1,
+                },
+            ),
+            (
+                Box::new(|c| c.min_workers = Some(2)),
+                ConfigError::BadMinWorkers {
+                    min_workers: 2,
+                    workers: 1,
+                },
+            ),
+            (
+                Box::new(|c| c.join_timeout_s = 0.0),
+                ConfigError::BadDuration {
+                    field: "join-timeout-s",
+                    value: 0.0,
+                },
+            ),
+            (
+                Box::new(|c| c.last_call_s = -1.0),
+                ConfigError::BadDuration {
+                    field: "last-call-s",
+                    value: -1.0,
+                },
+            ),
+            (
+                Box::new(|c| c.heartbeat_interval_s = f64::INFINITY),
+                ConfigError::BadDuration {
+                    field: "heartbeat-interval-s",
+                    value: f64::INFINITY,
+                },
+            ),
+            (
+                Box::new(|c| c.collective_timeout_s = 0.0),
+                ConfigError::BadDuration {
+                    field: "collective-timeout-s",
+                    value: 0.0,
+                },
+            ),
+            (
+                Box::new(|c| c.heartbeat_missed = 0),
+                ConfigError::NoMissedHeartbeats,
+            ),
+            (Box::new(|c| c.epochs = Some(0)), ConfigError::NoEpochs),
+            (Box::new(|c| c.batch_size = 0), ConfigError::ZeroBatch),
+            (
+                Box::new(|c| c.valid_batch_size = 0),
+                ConfigError::ZeroValidBatch,
+            ),
+            (
+                Box::new(|c| c.workers = 3),
+                ConfigError::BatchNotDivisible {
+                    batch_size: 128,
+                    world_size: 3,
+                },
+            ),
+            (
+                Box::new(|c| {
+                    c.workers = 4;
+                    c.min_workers = Some(3);
+                }),
+                ConfigError::BatchNotDivisible {
+                    batch_size: 128,
+                    world_size: 3,
+                },
+            ),
+            (
+                Box::new(|c| c.max_lr = Some(0.0)),
+                ConfigError::Schedule(ScheduleError::BadMaxLr { max_lr: 0.0 }),
+            ),
+            (
+                Box::new(|c| c.pct_start = 1.0),
+                ConfigError::Schedule(ScheduleError::BadPctStart { pct_start: 1.0 }),
+            ),
+            (
+                Box::new(|c| c.moms = (1.0, 0.5)),
+                ConfigError::Schedule(ScheduleError::BadMoms { moms: (1.0, 0.5) }),
+            ),
+            (Box::new(|c| c.beta2 = 1.0), ConfigError::BadBeta2(1.0)),
+            (Box::new(|c| c.eps = 0.0), ConfigError::BadEps(0.0)),
+            (Box::new(|c| c.wd = -0.1), ConfigError::BadWd(-0.1)),
+            (
+                Box::new(|c| c.listen = "localhost".into()),
+                ConfigError::BadListen("localhost".into()),
+            ),
+            (
+                Box::new(|c| c.run_id = Some("a b".into())),
+                ConfigError::BadRunId("a b".into()),
+            ),
+            (
+                Box::new(|c| c.run_id = Some(String::new())),
+                ConfigError::BadRunId(String::new()),
+            ),
+        ];
+        for (mutate, want) in cases {
+            let mut c = ok();
+            mutate(&mut c);
+            assert_eq!(c.validate(), Err(want));
+        }
+        // Divisible world sizes pass, including an elastic range.
+        let c = RunConfig {
+            workers: 4,
+            min_workers: Some(2),
+            batch_size: 120,
+            ..ok()
+        };
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[derive(Serialize, Default)]
+    struct Flags {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epochs: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<PathBuf>,
+    }
+
+    #[test]
+    fn layers_defaults_file_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("job.toml");
+        std::fs::write(&file, "data = \"/file\"\nepochs = 5\nworkers = 2\nmoms = [0.9, 0.8]\ndiv_factor = 10\nmodel = \"basic\"\n").unwrap();
+        let c = load(
+            Some(&file),
+            &Flags {
+                epochs: Some(7),
+                data: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(c.data, PathBuf::from("/file"));
+        assert_eq!(c.epochs, Some(7), "flags win over the file");
+        assert_eq!(
+            (c.workers, c.moms, c.div_factor, c.model),
+            (2, (0.9, 0.8), 10.0, Model::Basic)
+        );
+        assert_eq!(c.batch_size, 128, "defaults fill the rest");
+        let c = load(None, &Flags::default()).unwrap();
+        assert_eq!(c, RunConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_files_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("job.toml");
+        std::fs::write(&file, "epochz = 5\n").unwrap();
+        let err = load(Some(&file), &Flags::default()).unwrap_err();
+        assert!(err.to_string().contains("epochz"), "{err}");
+        assert!(load(Some(&dir.path().join("nope.toml")), &Flags::default()).is_err());
+    }
+}

@@ -1,0 +1,441 @@
+//! Running one run: prepare (validate, scan, plan, run folder), serve gRPC until the run ends,
+//! report the outcome.
+//!
+//! Owns the shared state cell (state machine + `watch` publisher + output channel), the
+//! watchdog task and the server's lifetime; not the RPC handlers (`service.rs`) or processes
+//! (`launch.rs`).
+//!
+//! # Contract
+//! * [`Run::prepare`] refuses to start (an error, nothing served) on an invalid config, a bad
+//!   dataset, a world size the plan cannot work with, or an unwritable run folder.
+//! * [`Run::serve`] returns when the run finished or failed. `shutdown` resolving fails the run
+//!   with "interrupted". After a failure the server keeps answering for up to
+//!   `2 × heartbeat_interval` (see [`Run::set_linger`]) until every live rank has been told, so
+//!   workers exit as "aborted" rather than "coordinator lost".
+//! * The outcome is a failure too when the run folder could not be written.
+//!
+//! Tests: `coordinator/tests/serve.rs` (real sockets on 127.0.0.1:0).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use ringtrain_common::data::{scan_dataset, DataError};
+use ringtrain_common::pb::coordinator_server::CoordinatorServer;
+use ringtrain_common::report::{ReportError, RunFiles};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::artifacts::{Output, OutputWriter, Summary, TableSink};
+use crate::config::{ConfigError, RunConfig};
+use crate::ids::WorkerId;
+use crate::plan::{plan_run, DatasetView, PlanError};
+use crate::service::CoordinatorService;
+use crate::state::{Action, Event, Prepared, RunError, RunState, Snapshot, Status};
+
+/// Shards of 60,000 paths and final weights exceed tonic's 4 MiB default.
+const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// The coordinator's clock: tokio's, so `tokio::time::pause` drives every timeout in tests.
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Why a run could not start or be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A configuration rule does not hold.
+    #[error("invalid configuration")]
+    Config(#[from] ConfigError),
+    /// The dataset cannot be scanned.
+    #[error("cannot read the dataset")]
+    Dataset(#[from] DataError),
+    /// The dataset is too small (or the batch unsplittable) for a possible world size.
+    #[error("cannot plan a run of world size {world_size}")]
+    Plan { world_size: u32, source: PlanError },
+    /// The run folder cannot be created or written.
+    #[error("cannot create the run folder")]
+    RunDir(#[from] ReportError),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Server(String),
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutcome {
+    /// `Finished` or `Failed`.
+    pub status: Status,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// What `summary.json` says (plus a late write failure in `reason`).
+    pub summary: Summary,
+    /// The run folder.
+    pub run_dir: PathBuf,
+}
+
+impl RunOutcome {
+    /// True when the run finished.
+    pub fn succeeded(&self) -> bool {
+        self.status == Status::Finished
+    }
+
+    /// The last line the CLI prints.
+    pub fn final_line(&self) -> String {
+        let dir = self.run_dir.display();
+        match (&self.reason, self.summary.accuracy, self.summary.valid_correct, self.summary.valid_count) {
+            (None, Some(acc), Some(correct), Some(count)) => format!(
+                "accuracy {acc:.4} ({correct} of {count} validation images) | {:.0} train images/s | world size {} | run folder {dir}",
+                self.summary.train_images_per_s, self.summary.world_size
+            ),
+            (reason, ..) => format!("run failed: {} | run folder {dir}", reason.as_deref().unwrap_or("unknown reason")),
+        }
+    }
+}
+
+struct Inner {
+    state: RunState,
+    out: Option<mpsc::Sender<Output>>,
+}
+
+/// The state machine in its mutex, its `watch` publisher and the output channel.
+pub(crate) struct Shared {
+    inner: Mutex<Inner>,
+    tx: watch::Sender<Snapshot>,
+}
+
+impl Shared {
+    /// Applies `ev` now and its actions in order, then reads the state, all under one lock
+    /// (never held across `.await`: this function is synchronous).
+    pub(crate) fn apply<R>(
+        &self,
+        ev: Event,
+        read: impl FnOnce(&RunState) -> R,
+    ) -> Result<R, RunError> {
+        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let actions = g.state.on_event(ev, now())?;
+        for action in actions {
+            match action {
+                Action::Publish => {
+                    self.tx.send_replace(g.state.snapshot());
+                }
+                Action::Output(o) => {
+                    if let Some(tx) = &g.out {
+                        // The writer only goes away at shutdown, after the last output.
+                        let _ = tx.send(o);
+                    }
+                }
+            }
+        }
+        Ok(read(&g.state))
+    }
+
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&RunState) -> R) -> R {
+        f(&self
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .state)
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.tx.subscribe()
+    }
+
+    fn close_output(&self) {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .out = None;
+    }
+}
+
+/// A cloneable handle for code outside the protocol (the launcher) to observe or fail the run.
+#[derive(Clone)]
+pub struct RunHandle {
+    shared: Arc<Shared>,
+}
+
+impl RunHandle {
+    /// Fails the run with `reason` (ignored once the run ended).
+    pub fn fail(&self, reason: impl Into<String>) {
+        let _ = self.shared.apply(Event::Fail(reason.into()), |_| ());
+    }
+
+    /// Reports that a worker process exited; fails the run unless it had finished its part.
+    /// `aborted`: it exited because it was told the run failed (a consequence, not a cause).
+    pub fn process_exited(
+        &self,
+        worker_id: &str,
+        success: bool,
+        aborted: bool,
+        reason: impl Into<String>,
+    ) {
+        let ev = Event::ProcessExited {
+            worker_id: WorkerId(worker_id.into()),
+            success,
+            aborted,
+            reason: reason.into(),
+        };
+        let _ = self.shared.apply(ev, |_| ());
+    }
+
+    /// The run's observable state, updated on every change.
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.shared.subscribe()
+    }
+}
+
+/// A prepared run, ready to serve.
+pub struct Run {
+    shared: Arc<Shared>,
+    writer: OutputWriter,
+    prepared: Arc<Prepared>,
+    linger: Duration,
+}
+
+fn unix_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Run {
+    /// Validates `config`, scans the dataset, checks the plan for every possible world size and
+    /// creates the run folder; the table goes to stdout.
+    pub fn prepare(config: RunConfig) -> Result<Self, ServeError> {
+        Self::prepare_with_table(config, Box::new(std::io::stdout()))
+    }
+
+    /// [`Run::prepare`] with the table written to `table`.
+    pub fn prepare_with_table(config: RunConfig, table: TableSink) -> Result<Self, ServeError> {
+        config.validate()?;
+        let config = config.resolved(unix_time());
+        let run_id = config.run_id.clone().unwrap_or_default();
+        let run_dir = config.run_dir.clone().unwrap_or_default();
+        let effective = serde_json::to_string(&config).unwrap_or_default();
+        tracing::info!(run_id = %run_id, config = %effective, "effective configuration");
+        // Absolute, so workers started from another folder find the same files.
+        let data = std::path::absolute(&config.data).unwrap_or_else(|_| config.data.clone());
+        let index = scan_dataset(&data, &config.scan_options())?;
+        let dataset = DatasetView::new(&index);
+        for world_size in config.min_workers()..=config.workers {
+            plan_run(
+                &config,
+                dataset.train.len(),
+                dataset.valid.len(),
+                world_size,
+            )
+            .map_err(|source| ServeError::Plan { world_size, source })?;
+        }
+        if !dataset.skipped.is_empty() {
+            tracing::warn!(
+                skipped = dataset.skipped.len(),
+                "files left out by skip_bad; listed in run.json"
+            );
+        }
+        tracing::info!(
+            classes = dataset.classes.len(),
+            train = dataset.train.len(),
+            valid = dataset.valid.len(),
+            fingerprint = %dataset.fingerprint,
+            "dataset scanned"
+        );
+        let files = RunFiles::create(&run_dir)?;
+        let prepared = Arc::new(Prepared {
+            config,
+            run_id,
+            run_dir: run_dir.clone(),
+            dataset,
+        });
+        let state = RunState::new(prepared.clone(), now());
+        let (tx, _) = watch::channel(state.snapshot());
+        let linger = Duration::from_secs_f64(2.0 * prepared.config.heartbeat_interval_s);
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner { state, out: None }),
+            tx,
+        });
+        let weak = Arc::downgrade(&shared);
+        let hook = Box::new(move |reason: String| {
+            if let Some(s) = weak.upgrade() {
+                let _ = s.apply(Event::Fail(reason), |_| ());
+            }
+        });
+        let (out, writer) = OutputWriter::start(run_dir, files, table, hook);
+        shared
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .out = Some(out);
+        Ok(Self {
+            shared,
+            writer,
+            prepared,
+            linger,
+        })
+    }
+
+    /// The run id workers must use.
+    pub fn run_id(&self) -> &str {
+        &self.prepared.run_id
+    }
+
+    /// The run folder.
+    pub fn run_dir(&self) -> &std::path::Path {
+        &self.prepared.run_dir
+    }
+
+    /// The effective configuration.
+    pub fn config(&self) -> &RunConfig {
+        &self.prepared.config
+    }
+
+    /// The dataset root as scanned (absolute).
+    pub fn data_root(&self) -> &str {
+        &self.prepared.dataset.root
+    }
+
+    /// The dataset fingerprint workers must send.
+    pub fn fingerprint(&self) -> &str {
+        &self.prepared.dataset.fingerprint
+    }
+
+    /// How long a failed run keeps serving so live workers hear about it.
+    pub fn set_linger(&mut self, linger: Duration) {
+        self.linger = linger;
+    }
+
+    /// A handle for failing and observing the run from outside.
+    pub fn handle(&self) -> RunHandle {
+        RunHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The gRPC service (for tests that call the trait methods directly).
+    pub fn service(&self) -> CoordinatorService {
+        CoordinatorService::new(self.shared.clone())
+    }
+
+    /// Starts the task that ticks the state machine: rendezvous timeouts and the heartbeat
+    /// watchdog. [`Run::serve`] starts it itself.
+    pub fn spawn_watchdog(&self) -> tokio::task::JoinHandle<()> {
+        let shared = self.shared.clone();
+        let period = Duration::from_secs_f64(
+            (self.prepared.config.heartbeat_interval_s / 4.0).clamp(0.01, 1.0),
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let _ = shared.apply(Event::Tick, |_| ());
+            }
+        })
+    }
+
+    /// Serves the run on `listener` until it finished or failed (or `shutdown` resolved, which
+    /// fails it), then writes the last files and returns the outcome.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<RunOutcome, ServeError> {
+        let addr = listener
+            .local_addr()
+            .map_err(|e| ServeError::Server(e.to_string()))?;
+        tracing::info!(run_id = %self.prepared.run_id, listen = %addr, workers = self.prepared.config.workers, "coordinator listening");
+        let svc = CoordinatorServer::new(self.service())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stop_rx.await;
+                }),
+        );
+        let watchdog = self.spawn_watchdog();
+        let mut rx = self.shared.subscribe();
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut server_done = None;
+        tokio::select! {
+            _ = rx.wait_for(|s| s.status.is_terminal()) => {}
+            () = &mut shutdown => self.handle().fail("interrupted"),
+            res = &mut server => {
+                let why = match &res {
+                    Ok(Ok(())) => "stopped".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                self.handle().fail(format!("the gRPC server stopped: {why}"));
+                server_done = Some(why);
+            }
+        }
+        if server_done.is_none() {
+            self.linger_until_informed().await;
+            let _ = stop_tx.send(());
+            // In-flight calls answer at once after the end; a client that holds its connection
+            // open must not keep the coordinator alive.
+            if tokio::time::timeout(Duration::from_secs(5), &mut server)
+                .await
+                .is_err()
+            {
+                server.abort();
+            }
+        }
+        watchdog.abort();
+        self.finish().await
+    }
+
+    async fn linger_until_informed(&self) {
+        let deadline = tokio::time::Instant::now() + self.linger;
+        while self
+            .shared
+            .read(|s| s.verdict().0 == Status::Failed && !s.all_informed())
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Drains the output writer and builds the outcome.
+    async fn finish(self) -> Result<RunOutcome, ServeError> {
+        self.shared.close_output();
+        let writer = self.writer;
+        let errors = tokio::task::spawn_blocking(move || writer.finish())
+            .await
+            .unwrap_or_else(|e| vec![format!("output writer: {e}")]);
+        let (status, reason, summary) = self.shared.read(|s| {
+            let (status, reason) = s.verdict();
+            (
+                status,
+                (!reason.is_empty()).then_some(reason),
+                s.final_summary(now()),
+            )
+        });
+        let (status, reason) = match (status, errors.first()) {
+            (Status::Finished, Some(e)) => (Status::Failed, Some(e.clone())),
+            _ => (status, reason),
+        };
+        Ok(RunOutcome {
+            status,
+            reason,
+            summary,
+            run_dir: self.prepared.run_dir.clone(),
+        })
+    }
+}
+
+/// Prepares and serves one run on `listener` (`ringtrain serve`): returns when the run finished
+/// or failed; `shutdown` (Ctrl-C) fails it with "interrupted".
+pub async fn serve(
+    listener: TcpListener,
+    config: RunConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunOutcome, ServeError> {
+    Run::prepare(config)?.serve(listener, shutdown).await
+}

@@ -1,0 +1,374 @@
+//! The gRPC edge: `ringtrain.v1.Coordinator` on top of the run state machine.
+//!
+//! Owns translating requests into [`Event`]s, waiting at barriers, building replies, and the one
+//! mapping from domain errors to gRPC status codes; not the rules themselves (`state`).
+//!
+//! # Contract
+//! * Errors: version/run/model/dataset mismatch and "not running yet" → `FAILED_PRECONDITION`;
+//!   duplicate worker or closed round → `ALREADY_EXISTS`; rendezvous timeout →
+//!   `DEADLINE_EXCEEDED`; unknown rank or a rank used by another worker → `NOT_FOUND`; malformed
+//!   request → `INVALID_ARGUMENT`; a failed run → `ABORTED` with the reason, except where the
+//!   reply has a status field (Heartbeat, ReportEpoch, Leave), which then says `FAILED`.
+//! * Barrier calls (Join, ReportPixelStats, ReportEpoch) wait on the state's `watch` channel and
+//!   return as soon as the barrier completes or the run fails: never a hang.
+//! * While a barrier call waits, its rank counts as alive; a Join whose caller disconnects
+//!   before the round closes is withdrawn from the round.
+//!
+//! Concurrency: the state lives in a `std::sync::Mutex` taken only for the synchronous
+//! `on_event`, never across `.await`. Tests: `coordinator/tests/service.rs` calls these trait
+//! methods directly.
+
+use std::sync::Arc;
+
+use ringtrain_common::data::PixelStats;
+use ringtrain_common::pb::{self, coordinator_server::Coordinator};
+use tonic::{Request, Response, Status};
+
+use crate::ids::{Rank, WorkerId};
+use crate::plan::RunPlan;
+use crate::rendezvous::{Candidate, Membership, RendezvousError};
+use crate::server::Shared;
+use crate::state::epoch::EpochReport;
+use crate::state::{self, Event, JoinArgs, Prepared, RunError, Snapshot};
+
+/// The tonic service; cheap to clone.
+#[derive(Clone)]
+pub struct CoordinatorService {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for CoordinatorService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoordinatorService").finish_non_exhaustive()
+    }
+}
+
+/// The one translation from domain errors to gRPC.
+fn to_status(e: RunError) -> Status {
+    let msg = e.to_string();
+    match e {
+        RunError::VersionMismatch { .. }
+        | RunError::RunIdMismatch { .. }
+        | RunError::ModelMismatch { .. }
+        | RunError::DatasetMismatch { .. }
+        | RunError::NotRunning { .. } => Status::failed_precondition(msg),
+        RunError::Rendezvous(RendezvousError::Closed { .. } | RendezvousError::Duplicate(_)) => {
+            Status::already_exists(msg)
+        }
+        RunError::Rendezvous(RendezvousError::Timeout { .. }) => Status::deadline_exceeded(msg),
+        RunError::Rendezvous(RendezvousError::EmptyWorkerId) | RunError::BadRequest(_) => {
+            Status::invalid_argument(msg)
+        }
+        RunError::UnknownRank { .. } | RunError::WrongWorker { .. } => Status::not_found(msg),
+        RunError::Failed { .. } => Status::aborted(msg),
+    }
+}
+
+fn wire_status(s: state::Status) -> pb::RunStatus {
+    match s {
+        state::Status::Rendezvous => pb::RunStatus::Rendezvous,
+        state::Status::Running => pb::RunStatus::Running,
+        state::Status::Finished => pb::RunStatus::Finished,
+        state::Status::Failed => pb::RunStatus::Failed,
+    }
+}
+
+fn failed_verdict(reason: String) -> pb::Verdict {
+    pb::Verdict {
+        status: pb::RunStatus::Failed as i32,
+        reason,
+    }
+}
+
+/// Counts `rank` as alive while a barrier call waits; ends the wait on drop (reply or disconnect).
+struct Waiting {
+    shared: Arc<Shared>,
+    rank: Rank,
+}
+
+impl Waiting {
+    fn start(shared: &Arc<Shared>, rank: Rank) -> Self {
+        let _ = shared.apply(Event::WaitStart(rank), |_| ());
+        Self {
+            shared: shared.clone(),
+            rank,
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let _ = self.shared.apply(Event::WaitEnd(self.rank), |_| ());
+    }
+}
+
+/// Withdraws a Join from the open round when its call is dropped before the round closes.
+struct PendingJoin {
+    shared: Arc<Shared>,
+    worker_id: Option<WorkerId>,
+}
+
+impl Drop for PendingJoin {
+    fn drop(&mut self) {
+        if let Some(id) = self.worker_id.take() {
+            let _ = self.shared.apply(Event::AbandonJoin(id), |_| ());
+        }
+    }
+}
+
+impl CoordinatorService {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// Waits until `done` holds or the run failed; returns the snapshot that ended the wait.
+    async fn wait(&self, done: impl Fn(&Snapshot) -> bool) -> Result<Snapshot, Status> {
+        let mut rx = self.shared.subscribe();
+        let snap = rx
+            .wait_for(|s| done(s) || s.status == state::Status::Failed)
+            .await
+            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
+        Ok(snap.clone())
+    }
+}
+
+fn failure_reason(s: &Snapshot) -> String {
+    s.failure
+        .as_ref()
+        .map(|f| f.reason.clone())
+        .unwrap_or_default()
+}
+
+fn join_reply(p: &Prepared, m: &Membership, plan: &RunPlan, rank: Rank) -> pb::JoinReply {
+    let c = &p.config;
+    let d = &p.dataset;
+    let refs = |positions: &[usize], files: &[(String, u32)]| -> Vec<pb::ImageRef> {
+        positions
+            .iter()
+            .map(|&i| pb::ImageRef {
+                path: files[i].0.clone(),
+                label: files[i].1,
+            })
+            .collect()
+    };
+    let (train, valid) = plan.shard_of(rank);
+    pb::JoinReply {
+        run_id: p.run_id.clone(),
+        round: m.round,
+        rank: rank.0,
+        world_size: m.world_size(),
+        peers: m.peers(),
+        spec: Some(pb::RunSpec {
+            model: c.model.as_str().into(),
+            epochs: plan.epochs,
+            global_batch: plan.batch_size,
+            batch_per_worker: plan.batch_per_worker,
+            steps_per_epoch: plan.steps_per_epoch,
+            seed: c.seed,
+            image_size: 28,
+            valid_batch_size: c.valid_batch_size,
+            classes: d.classes.clone(),
+            adam_beta2: c.beta2,
+            adam_eps: c.eps,
+            weight_decay: c.wd,
+            collective_timeout_s: c.collective_timeout_s,
+            heartbeat_interval_s: c.heartbeat_interval_s,
+            skip_bad: c.skip_bad,
+            data_root: d.root.clone(),
+            run_dir: p.run_dir.display().to_string(),
+        }),
+        shard: Some(pb::Shard {
+            train: refs(train, &d.train),
+            valid: refs(valid, &d.valid),
+        }),
+    }
+}
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorService {
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinReply>, Status> {
+        let r = request.into_inner();
+        let worker_id = WorkerId(r.worker_id);
+        let args = JoinArgs {
+            protocol_version: r.protocol_version,
+            run_id: r.run_id,
+            model: r.model,
+            dataset_fingerprint: r.dataset_fingerprint,
+            candidate: Candidate {
+                worker_id: worker_id.clone(),
+                collective_addr: r.collective_addr,
+                device: r.device,
+            },
+        };
+        self.shared
+            .apply(Event::Join(args), |_| ())
+            .map_err(to_status)?;
+        let mut pending = PendingJoin {
+            shared: self.shared.clone(),
+            worker_id: Some(worker_id.clone()),
+        };
+        let snap = self.wait(|s| s.plan.is_some()).await?;
+        pending.worker_id = None;
+        if snap.status == state::Status::Failed {
+            let timed_out = snap.failure.as_ref().is_some_and(|f| f.rendezvous_timeout);
+            let reason = failure_reason(&snap);
+            return Err(if timed_out {
+                Status::deadline_exceeded(reason)
+            } else {
+                Status::aborted(format!("run failed: {reason}"))
+            });
+        }
+        let (Some(m), Some(plan)) = (&snap.membership, &snap.plan) else {
+            return Err(Status::internal("round closed without a plan"));
+        };
+        let rank = m.rank_of(&worker_id).ok_or_else(|| {
+            Status::aborted(format!(
+                "worker {worker_id} is not part of the closed round"
+            ))
+        })?;
+        let prepared = self.shared.read(|s| s.prepared().clone());
+        tracing::info!(run_id = %prepared.run_id, round = m.round, rank = rank.0, world_size = m.world_size(), worker_id = %worker_id, "rank assigned");
+        Ok(Response::new(join_reply(&prepared, m, plan, rank)))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatReply>, Status> {
+        let r = request.into_inner();
+        let ev = Event::Heartbeat {
+            run_id: r.run_id,
+            rank: Rank(r.rank),
+            worker_id: WorkerId(r.worker_id),
+            epoch: r.epoch,
+            step: r.step,
+        };
+        match self.shared.apply(ev, |s| s.verdict()) {
+            Ok((status, reason)) => Ok(Response::new(pb::HeartbeatReply {
+                status: wire_status(status) as i32,
+                reason,
+            })),
+            Err(RunError::Failed { reason }) => Ok(Response::new(pb::HeartbeatReply {
+                status: pb::RunStatus::Failed as i32,
+                reason,
+            })),
+            Err(e) => Err(to_status(e)),
+        }
+    }
+
+    async fn report_pixel_stats(
+        &self,
+        request: Request<pb::PixelStatsReport>,
+    ) -> Result<Response<pb::NormStats>, Status> {
+        let r = request.into_inner();
+        let rank = Rank(r.rank);
+        let stats = PixelStats {
+            sum: r.sum,
+            sum_sq: r.sum_sq,
+            count: r.count,
+        };
+        self.shared
+            .apply(
+                Event::PixelStats {
+                    run_id: r.run_id,
+                    rank,
+                    stats,
+                },
+                |_| (),
+            )
+            .map_err(to_status)?;
+        let _alive = Waiting::start(&self.shared, rank);
+        let snap = self.wait(|s| s.norm.is_some()).await?;
+        match snap.norm {
+            Some(n) if snap.status != state::Status::Failed => Ok(Response::new(pb::NormStats {
+                mean: vec![n.mean() as f32],
+                std: vec![n.std() as f32],
+                count: n.count,
+            })),
+            _ => Err(Status::aborted(format!(
+                "run failed: {}",
+                failure_reason(&snap)
+            ))),
+        }
+    }
+
+    async fn get_epoch_plan(
+        &self,
+        request: Request<pb::EpochPlanRequest>,
+    ) -> Result<Response<pb::EpochPlan>, Status> {
+        let r = request.into_inner();
+        let sched = self
+            .shared
+            .read(|s| s.epoch_plan(&r.run_id, Rank(r.rank), r.epoch))
+            .map_err(to_status)?;
+        Ok(Response::new(pb::EpochPlan {
+            epoch: r.epoch,
+            first_step: sched.first_step,
+            lr: sched.points.iter().map(|p| p.lr).collect(),
+            beta1: sched.points.iter().map(|p| p.beta1).collect(),
+        }))
+    }
+
+    async fn report_epoch(
+        &self,
+        request: Request<pb::EpochReport>,
+    ) -> Result<Response<pb::Verdict>, Status> {
+        let r = request.into_inner();
+        let (rank, epoch) = (Rank(r.rank), r.epoch);
+        let report = EpochReport {
+            rank,
+            epoch,
+            step_losses: r.step_losses,
+            valid_loss_sum: r.valid_loss_sum,
+            valid_correct: r.valid_correct,
+            valid_count: r.valid_count,
+            params_hash: r.params_hash,
+            train_seconds: r.train_seconds,
+        };
+        match self.shared.apply(
+            Event::Epoch {
+                run_id: r.run_id,
+                report,
+            },
+            |_| (),
+        ) {
+            Ok(()) => {}
+            Err(RunError::Failed { reason }) => return Ok(Response::new(failed_verdict(reason))),
+            Err(e) => return Err(to_status(e)),
+        }
+        let _alive = Waiting::start(&self.shared, rank);
+        let snap = self.wait(|s| s.epochs_done > epoch).await?;
+        if snap.status == state::Status::Failed {
+            return Ok(Response::new(failed_verdict(failure_reason(&snap))));
+        }
+        Ok(Response::new(pb::Verdict {
+            status: pb::RunStatus::Running as i32,
+            reason: String::new(),
+        }))
+    }
+
+    async fn leave(
+        &self,
+        request: Request<pb::LeaveRequest>,
+    ) -> Result<Response<pb::Verdict>, Status> {
+        let r = request.into_inner();
+        let ev = Event::Leave {
+            run_id: r.run_id,
+            rank: Rank(r.rank),
+            ok: r.ok,
+            reason: r.reason,
+            weights: r.weights_safetensors,
+        };
+        match self.shared.apply(ev, |s| s.verdict()) {
+            Ok((status, reason)) => Ok(Response::new(pb::Verdict {
+                status: wire_status(status) as i32,
+                reason,
+            })),
+            Err(RunError::Failed { reason }) => Ok(Response::new(failed_verdict(reason))),
+            Err(e) => Err(to_status(e)),
+        }
+    }
+}

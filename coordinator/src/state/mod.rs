@@ -1,0 +1,661 @@
+//! The run state machine: everything the coordinator knows about one run, changed only by
+//! [`RunState::on_event`].
+//!
+//! Owns admission checks, the barriers (pixel statistics, epochs), liveness, the run's status and
+//! what must be written; not networking or waiting (`service.rs`), time (`now` comes in), or I/O
+//! (it emits [`Action::Output`]s for `artifacts.rs`).
+//!
+//! # Contract
+//! * `Rendezvous → Running` when the round closes and the plan works for its world size;
+//!   `Running → Finished` when every rank left with ok = true after the last epoch;
+//!   `any non-terminal → Failed` on the first failure, whose reason is kept and shown to every
+//!   caller afterwards. Terminal states never change.
+//! * A barrier completes when every rank of the round made the same report; reports are
+//!   idempotent (a retry of a completed barrier just sees the result).
+//! * A rank is alive while it has a barrier call in flight; otherwise it must be heard from
+//!   (any call) at least every `heartbeat_interval × heartbeat_missed`, until it left.
+//! * Pure and synchronous, like torchelastic's `_RendezvousOpExecutor`: the caller holds it in a
+//!   `std::sync::Mutex`, applies the returned actions before unlocking, and publishes
+//!   [`RunState::snapshot`] on a `watch` channel for waiters.
+//!
+//! ```text
+//!   Rendezvous ──round closed──▶ Running ──all left ok──▶ Finished
+//!        │                         │
+//!        └──timeout / error────────┴──divergence, silent rank, Leave(ok=false), child exit──▶ Failed
+//! ```
+//! Tests: `tests.rs` beside this file.
+
+pub mod epoch;
+mod records;
+mod reports;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ringtrain_common::data::PixelStats;
+
+use crate::artifacts::Output;
+use crate::config::RunConfig;
+use crate::ids::{Rank, WorkerId};
+use crate::plan::{plan_run, DatasetView, EpochSchedule, RunPlan};
+use crate::rendezvous::{
+    Candidate, Membership, Rendezvous, RendezvousAction, RendezvousError, RendezvousEvent,
+    RendezvousSettings,
+};
+use epoch::{EpochAggregator, EpochReport};
+
+/// The wire protocol version this coordinator speaks (`PROTOCOL_VERSION_CURRENT`).
+pub const PROTOCOL_VERSION: u32 = ringtrain_common::pb::ProtocolVersion::Current as u32;
+
+/// The immutable inputs of a run, decided before the server starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    /// Effective configuration (`RunConfig::resolved`).
+    pub config: RunConfig,
+    /// The run's id.
+    pub run_id: String,
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// The scanned dataset.
+    pub dataset: DatasetView,
+}
+
+/// The run's status (the wire's `RunStatus`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Rendezvous,
+    Running,
+    Finished,
+    Failed,
+}
+
+impl Status {
+    /// Finished or failed: nothing changes any more.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Finished | Status::Failed)
+    }
+}
+
+/// Why the run failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// One line for people; names the rank, file or rule.
+    pub reason: String,
+    /// The rendezvous did not complete in time (Join callers get `DeadlineExceeded`).
+    pub rendezvous_timeout: bool,
+    /// The rank whose Leave(ok = false) failed the run, if that was the cause.
+    pub reported_by: Option<Rank>,
+    /// When the run failed.
+    pub at: Instant,
+}
+
+/// What failed the run, for [`RunState::fail`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Cause {
+    RendezvousTimeout,
+    /// A rank's own failure report.
+    Report(Rank),
+    Other,
+}
+
+/// A worker process that dies takes its ring connections with it, so a peer's "peer lost"
+/// report can beat the launcher's exit notice by a few milliseconds; an unexpected exit this
+/// soon after such a report is the root cause and replaces the reason.
+pub const ROOT_CAUSE_WINDOW: Duration = Duration::from_secs(1);
+
+/// What waiters observe; published after every change.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub status: Status,
+    pub failure: Option<Arc<Failure>>,
+    pub membership: Option<Arc<Membership>>,
+    pub plan: Option<Arc<RunPlan>>,
+    pub norm: Option<PixelStats>,
+    pub epochs_done: u32,
+}
+
+/// A Join request, as the state machine sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinArgs {
+    pub protocol_version: u32,
+    pub run_id: String,
+    pub model: String,
+    pub dataset_fingerprint: String,
+    pub candidate: Candidate,
+}
+
+/// Inputs of the state machine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A worker asks to join.
+    Join(JoinArgs),
+    /// A waiting Join call went away before the round closed.
+    AbandonJoin(WorkerId),
+    /// A rank is alive (its epoch/step are for logs).
+    Heartbeat {
+        run_id: String,
+        rank: Rank,
+        worker_id: WorkerId,
+        epoch: u32,
+        step: u64,
+    },
+    /// A rank's pixel sums.
+    PixelStats {
+        run_id: String,
+        rank: Rank,
+        stats: PixelStats,
+    },
+    /// A rank's epoch report.
+    Epoch { run_id: String, report: EpochReport },
+    /// A rank's last word.
+    Leave {
+        run_id: String,
+        rank: Rank,
+        ok: bool,
+        reason: String,
+        weights: Vec<u8>,
+    },
+    /// A barrier call of `rank` started waiting.
+    WaitStart(Rank),
+    /// A barrier call of `rank` ended (replied or dropped).
+    WaitEnd(Rank),
+    /// A worker process the launcher started has exited; `aborted` means it obeyed a FAILED
+    /// verdict (exit code 3), so it is a consequence, never a cause.
+    ProcessExited {
+        worker_id: WorkerId,
+        success: bool,
+        aborted: bool,
+        reason: String,
+    },
+    /// Something outside the protocol failed the run (interrupt, unwritable run folder).
+    Fail(String),
+    /// Time passed: timeouts and the heartbeat watchdog.
+    Tick,
+}
+
+/// What the caller must do, in order, before releasing the lock.
+#[derive(Debug)]
+pub enum Action {
+    /// Publish a fresh [`RunState::snapshot`].
+    Publish,
+    /// Hand this to the output writer.
+    Output(Output),
+}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RunError {
+    /// The worker speaks another protocol version.
+    #[error("protocol version mismatch: worker {worker_id} speaks version {got}, coordinator speaks version {want}")]
+    VersionMismatch {
+        worker_id: WorkerId,
+        got: u32,
+        want: u32,
+    },
+    /// The request names another run.
+    #[error("run id mismatch: request is for run {got:?}, this coordinator serves run {want:?}")]
+    RunIdMismatch { got: String, want: String },
+    /// The worker wants another model.
+    #[error("model mismatch: worker {worker_id} wants {got}, the run trains {want}")]
+    ModelMismatch {
+        worker_id: WorkerId,
+        got: String,
+        want: String,
+    },
+    /// The worker sees another dataset.
+    #[error("dataset mismatch: worker {worker_id} has fingerprint {got}, coordinator {want}")]
+    DatasetMismatch {
+        worker_id: WorkerId,
+        got: String,
+        want: String,
+    },
+    /// Refused by the rendezvous (closed, timed out, duplicate id).
+    #[error(transparent)]
+    Rendezvous(#[from] RendezvousError),
+    /// The call needs a running round.
+    #[error("the run is {status:?}; this call needs a running round")]
+    NotRunning { status: Status },
+    /// No such rank in the round.
+    #[error("rank {rank} does not exist (world size {world_size})")]
+    UnknownRank { rank: Rank, world_size: u32 },
+    /// The rank belongs to another worker.
+    #[error("rank {rank} is worker {expected}, not {got}")]
+    WrongWorker {
+        rank: Rank,
+        expected: WorkerId,
+        got: WorkerId,
+    },
+    /// A malformed request (wrong epoch, wrong number of losses, ...).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The run has failed.
+    #[error("run failed: {reason}")]
+    Failed { reason: String },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Liveness {
+    last_seen: Instant,
+    waiting: u32,
+    left: bool,
+    gone: bool,
+    informed: bool,
+}
+
+/// The run.
+#[derive(Debug)]
+pub struct RunState {
+    prepared: Arc<Prepared>,
+    started: Instant,
+    rdzv: Rendezvous,
+    status: Status,
+    failure: Option<Arc<Failure>>,
+    membership: Option<Arc<Membership>>,
+    plan: Option<Arc<RunPlan>>,
+    ranks: Vec<Liveness>,
+    pixel: BTreeMap<Rank, PixelStats>,
+    norm: Option<PixelStats>,
+    reports: BTreeMap<Rank, EpochReport>,
+    epoch_started: Instant,
+    agg: EpochAggregator,
+}
+
+type Actions = Result<Vec<Action>, RunError>;
+
+impl RunState {
+    /// A run waiting for its workers from `now`.
+    pub fn new(prepared: Arc<Prepared>, now: Instant) -> Self {
+        let c = &prepared.config;
+        let settings = RendezvousSettings {
+            min_workers: c.min_workers(),
+            max_workers: c.workers,
+            join_timeout: Duration::from_secs_f64(c.join_timeout_s),
+            last_call: Duration::from_secs_f64(c.last_call_s),
+        };
+        Self {
+            rdzv: Rendezvous::new(settings, now),
+            prepared,
+            started: now,
+            status: Status::Rendezvous,
+            failure: None,
+            membership: None,
+            plan: None,
+            ranks: Vec::new(),
+            pixel: BTreeMap::new(),
+            norm: None,
+            reports: BTreeMap::new(),
+            epoch_started: now,
+            agg: EpochAggregator::default(),
+        }
+    }
+
+    /// What waiters observe.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            status: self.status,
+            failure: self.failure.clone(),
+            membership: self.membership.clone(),
+            plan: self.plan.clone(),
+            norm: self.norm,
+            epochs_done: self.agg.done(),
+        }
+    }
+
+    /// The inputs.
+    pub fn prepared(&self) -> &Arc<Prepared> {
+        &self.prepared
+    }
+
+    /// Status and failure reason (empty unless failed), as Heartbeat and Leave reply.
+    pub fn verdict(&self) -> (Status, String) {
+        (
+            self.status,
+            self.failure
+                .as_ref()
+                .map(|f| f.reason.clone())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// True when every rank has been told the run's end, left, or is gone; a failed coordinator
+    /// keeps serving until then (bounded by the caller) so workers exit with "aborted".
+    pub fn all_informed(&self) -> bool {
+        self.ranks.iter().all(|l| l.left || l.gone || l.informed)
+    }
+
+    /// The learning rates and beta1 of one epoch, for `rank` of run `run_id` (a query).
+    pub fn epoch_plan(
+        &self,
+        run_id: &str,
+        rank: Rank,
+        epoch: u32,
+    ) -> Result<EpochSchedule, RunError> {
+        let plan = self.running_rank(run_id, rank)?;
+        plan.epoch_schedule(epoch).ok_or_else(|| {
+            RunError::BadRequest(format!(
+                "epoch {epoch} does not exist; the run has {} epochs",
+                plan.epochs
+            ))
+        })
+    }
+
+    /// Applies one event; on `Ok`, the caller must apply the actions in order.
+    pub fn on_event(&mut self, ev: Event, now: Instant) -> Actions {
+        match ev {
+            Event::Join(args) => self.join(args, now),
+            Event::AbandonJoin(id) => {
+                self.rdzv.on_event(RendezvousEvent::Abandon(id), now)?;
+                Ok(vec![])
+            }
+            Event::Heartbeat {
+                run_id,
+                rank,
+                worker_id,
+                epoch,
+                step,
+            } => {
+                self.check_rank(&run_id, rank)?;
+                let expected = self.worker_id(rank);
+                // An empty id is accepted: the rank alone identifies the caller.
+                if !worker_id.0.is_empty() && worker_id != expected {
+                    return Err(RunError::WrongWorker {
+                        rank,
+                        expected,
+                        got: worker_id,
+                    });
+                }
+                tracing::debug!(rank = rank.0, epoch, step, "heartbeat");
+                let l = &mut self.ranks[rank.index()];
+                l.last_seen = now;
+                l.informed |= self.status.is_terminal();
+                Ok(vec![])
+            }
+            Event::PixelStats {
+                run_id,
+                rank,
+                stats,
+            } => self.pixel_stats(&run_id, rank, stats, now),
+            Event::Epoch { run_id, report } => self.epoch(&run_id, report, now),
+            Event::Leave {
+                run_id,
+                rank,
+                ok,
+                reason,
+                weights,
+            } => self.leave(&run_id, rank, ok, reason, weights, now),
+            Event::WaitStart(rank) => {
+                if let Some(l) = self.ranks.get_mut(rank.index()) {
+                    l.waiting += 1;
+                }
+                Ok(vec![])
+            }
+            Event::WaitEnd(rank) => {
+                let failed = self.status == Status::Failed;
+                if let Some(l) = self.ranks.get_mut(rank.index()) {
+                    l.waiting = l.waiting.saturating_sub(1);
+                    l.last_seen = now;
+                    l.informed |= failed;
+                }
+                Ok(vec![])
+            }
+            Event::ProcessExited {
+                worker_id,
+                success,
+                aborted,
+                reason,
+            } => {
+                let rank = self.membership.as_ref().and_then(|m| m.rank_of(&worker_id));
+                let left = rank.is_some_and(|r| self.ranks[r.index()].left);
+                if let Some(r) = rank {
+                    self.ranks[r.index()].gone = true;
+                }
+                if self.status.is_terminal() {
+                    let root_cause = self.failure.as_ref().is_some_and(|f| {
+                        f.reported_by.is_some_and(|by| Some(by) != rank)
+                            && now.saturating_duration_since(f.at) <= ROOT_CAUSE_WINDOW
+                    });
+                    if success || aborted || !root_cause {
+                        return Ok(vec![]);
+                    }
+                    tracing::info!(%reason, "a worker exit right after a peer's report is the root cause");
+                    self.failure = Some(Arc::new(Failure {
+                        reason,
+                        rendezvous_timeout: false,
+                        reported_by: None,
+                        at: now,
+                    }));
+                    return Ok(vec![
+                        Action::Output(Output::Summary(Box::new(self.summary(now)))),
+                        Action::Publish,
+                    ]);
+                }
+                if success && left {
+                    return Ok(vec![]);
+                }
+                Ok(self.fail(reason, Cause::Other, now))
+            }
+            Event::Fail(reason) => Ok(self.fail(reason, Cause::Other, now)),
+            Event::Tick => self.tick(now),
+        }
+    }
+
+    fn join(&mut self, a: JoinArgs, now: Instant) -> Actions {
+        let worker_id = a.candidate.worker_id.clone();
+        match (&self.status, &self.failure) {
+            (Status::Failed, Some(f)) if f.rendezvous_timeout => {
+                return Err(RendezvousError::Timeout {
+                    waited: Duration::from_secs_f64(self.prepared.config.join_timeout_s),
+                    joined: self.rdzv.joined(),
+                    wanted: self.prepared.config.workers,
+                }
+                .into());
+            }
+            (Status::Failed, f) => {
+                return Err(RunError::Failed {
+                    reason: f.as_ref().map(|f| f.reason.clone()).unwrap_or_default(),
+                })
+            }
+            _ => {}
+        }
+        if a.protocol_version != PROTOCOL_VERSION {
+            return Err(RunError::VersionMismatch {
+                worker_id,
+                got: a.protocol_version,
+                want: PROTOCOL_VERSION,
+            });
+        }
+        if !a.run_id.is_empty() && a.run_id != self.prepared.run_id {
+            return Err(RunError::RunIdMismatch {
+                got: a.run_id,
+                want: self.prepared.run_id.clone(),
+            });
+        }
+        let model = self.prepared.config.model.as_str();
+        if !a.model.is_empty() && a.model != model {
+            return Err(RunError::ModelMismatch {
+                worker_id,
+                got: a.model,
+                want: model.into(),
+            });
+        }
+        if a.dataset_fingerprint != self.prepared.dataset.fingerprint {
+            return Err(RunError::DatasetMismatch {
+                worker_id,
+                got: a.dataset_fingerprint,
+                want: self.prepared.dataset.fingerprint.clone(),
+            });
+        }
+        if a.candidate.collective_addr.is_empty() {
+            return Err(RunError::BadRequest(format!(
+                "worker {worker_id} sent no collective_addr"
+            )));
+        }
+        let acts = self
+            .rdzv
+            .on_event(RendezvousEvent::Join(a.candidate), now)?;
+        Ok(self.rendezvous_actions(acts, now))
+    }
+
+    fn rendezvous_actions(&mut self, acts: Vec<RendezvousAction>, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        for act in acts {
+            match act {
+                RendezvousAction::Closed(m) => out.extend(self.round_closed(m, now)),
+                RendezvousAction::TimedOut { waited, joined } => {
+                    let c = &self.prepared.config;
+                    let reason = format!(
+                        "rendezvous timed out after {:.0} s: {joined} of {} workers joined (at least {} needed)",
+                        waited.as_secs_f64(),
+                        c.workers,
+                        c.min_workers()
+                    );
+                    out.extend(self.fail(reason, Cause::RendezvousTimeout, now));
+                }
+            }
+        }
+        out
+    }
+
+    fn round_closed(&mut self, m: Arc<Membership>, now: Instant) -> Vec<Action> {
+        let d = &self.prepared.dataset;
+        let world_size = m.world_size();
+        self.ranks = vec![
+            Liveness {
+                last_seen: now,
+                waiting: 0,
+                left: false,
+                gone: false,
+                informed: false
+            };
+            world_size as usize
+        ];
+        self.membership = Some(m);
+        match plan_run(
+            &self.prepared.config,
+            d.train.len(),
+            d.valid.len(),
+            world_size,
+        ) {
+            Ok(plan) => {
+                self.plan = Some(Arc::new(plan));
+                self.status = Status::Running;
+                self.epoch_started = now;
+                tracing::info!(run_id = %self.prepared.run_id, round = 1, world_size, before = "rendezvous", after = "running", "run state");
+                vec![
+                    Action::Output(Output::RunInfo(Box::new(self.run_info()))),
+                    Action::Publish,
+                ]
+            }
+            Err(e) => self.fail(
+                format!("cannot start with world size {world_size}: {e}"),
+                Cause::Other,
+                now,
+            ),
+        }
+    }
+
+    /// The plan, when `rank` may talk about the running round under `run_id`.
+    fn running_rank(&self, run_id: &str, rank: Rank) -> Result<&Arc<RunPlan>, RunError> {
+        self.check_rank(run_id, rank)?;
+        match self.status {
+            // `round_closed` sets the plan before it sets Running, and nothing unsets it.
+            Status::Running => Ok(self
+                .plan
+                .as_ref()
+                .expect("a running round always has a plan")),
+            Status::Failed => Err(RunError::Failed {
+                reason: self.verdict().1,
+            }),
+            status => Err(RunError::NotRunning { status }),
+        }
+    }
+
+    fn check_rank(&self, run_id: &str, rank: Rank) -> Result<(), RunError> {
+        if run_id != self.prepared.run_id {
+            return Err(RunError::RunIdMismatch {
+                got: run_id.into(),
+                want: self.prepared.run_id.clone(),
+            });
+        }
+        let Some(m) = &self.membership else {
+            return Err(match &self.failure {
+                Some(f) => RunError::Failed {
+                    reason: f.reason.clone(),
+                },
+                None => RunError::NotRunning {
+                    status: self.status,
+                },
+            });
+        };
+        if rank.0 >= m.world_size() {
+            return Err(RunError::UnknownRank {
+                rank,
+                world_size: m.world_size(),
+            });
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self, now: Instant) -> Actions {
+        if self.status == Status::Rendezvous {
+            let acts = self.rdzv.on_event(RendezvousEvent::Tick, now)?;
+            return Ok(self.rendezvous_actions(acts, now));
+        }
+        if self.status != Status::Running {
+            return Ok(vec![]);
+        }
+        let c = &self.prepared.config;
+        let limit = Duration::from_secs_f64(c.heartbeat_interval_s * f64::from(c.heartbeat_missed));
+        let silent = self.ranks.iter().enumerate().find(|(_, l)| {
+            !l.left
+                && !l.gone
+                && l.waiting == 0
+                && now.saturating_duration_since(l.last_seen) > limit
+        });
+        let Some((r, l)) = silent else {
+            return Ok(vec![]);
+        };
+        let rank = Rank(r as u32);
+        let reason = format!(
+            "rank {rank} ({}) missed {} heartbeats: not heard from for {:.1} s",
+            self.worker_id(rank),
+            c.heartbeat_missed,
+            now.saturating_duration_since(l.last_seen).as_secs_f64()
+        );
+        Ok(self.fail(reason, Cause::Other, now))
+    }
+
+    fn fail(&mut self, reason: String, cause: Cause, now: Instant) -> Vec<Action> {
+        if self.status.is_terminal() {
+            return vec![];
+        }
+        // The one place a run failure is logged; callers only see it in replies.
+        tracing::error!(run_id = %self.prepared.run_id, before = ?self.status, after = "failed", %reason, "run failed");
+        self.status = Status::Failed;
+        let reported_by = match cause {
+            Cause::Report(rank) => Some(rank),
+            _ => None,
+        };
+        self.failure = Some(Arc::new(Failure {
+            reason,
+            rendezvous_timeout: cause == Cause::RendezvousTimeout,
+            reported_by,
+            at: now,
+        }));
+        vec![
+            Action::Output(Output::Summary(Box::new(self.summary(now)))),
+            Action::Publish,
+        ]
+    }
+
+    fn worker_id(&self, rank: Rank) -> WorkerId {
+        self.membership
+            .as_ref()
+            .and_then(|m| m.member(rank))
+            .map_or_else(|| WorkerId("?".into()), |m| m.candidate.worker_id.clone())
+    }
+}

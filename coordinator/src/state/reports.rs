@@ -1,0 +1,157 @@
+//! The reporting half of the state machine: the pixel-statistics and epoch barriers and Leave.
+//!
+//! Same contract as the parent module; split off only to keep files small.
+
+use std::time::Instant;
+
+use ringtrain_common::data::PixelStats;
+
+use super::epoch::EpochReport;
+use super::{Action, Actions, Cause, RunError, RunState, Status};
+use crate::artifacts::Output;
+use crate::ids::Rank;
+
+impl RunState {
+    pub(super) fn pixel_stats(
+        &mut self,
+        run_id: &str,
+        rank: Rank,
+        stats: PixelStats,
+        now: Instant,
+    ) -> Actions {
+        let world_size = self.running_rank(run_id, rank)?.world_size;
+        self.ranks[rank.index()].last_seen = now;
+        if self.norm.is_some() {
+            return Ok(vec![]);
+        }
+        self.pixel.entry(rank).or_insert(stats);
+        if self.pixel.len() < world_size as usize {
+            return Ok(vec![]);
+        }
+        let merged = self
+            .pixel
+            .values()
+            .fold(PixelStats::default(), |a, &b| a.merge(b));
+        self.norm = Some(merged);
+        self.epoch_started = now;
+        tracing::info!(run_id = %self.prepared.run_id, mean = merged.mean(), std = merged.std(), pixels = merged.count, "normalisation statistics merged");
+        Ok(vec![
+            Action::Output(Output::RunInfo(Box::new(self.run_info()))),
+            Action::Publish,
+        ])
+    }
+
+    pub(super) fn epoch(&mut self, run_id: &str, r: EpochReport, now: Instant) -> Actions {
+        let plan = self.running_rank(run_id, r.rank)?.clone();
+        self.ranks[r.rank.index()].last_seen = now;
+        let done = self.agg.done();
+        if r.epoch < done {
+            return Ok(vec![]);
+        }
+        if r.epoch >= plan.epochs || r.epoch > done {
+            return Err(RunError::BadRequest(format!(
+                "rank {} reported epoch {}, but the run is at epoch {done} of {}",
+                r.rank, r.epoch, plan.epochs
+            )));
+        }
+        if r.step_losses.len() != plan.steps_per_epoch as usize {
+            return Err(RunError::BadRequest(format!(
+                "rank {} sent {} step losses, an epoch has {} steps",
+                r.rank,
+                r.step_losses.len(),
+                plan.steps_per_epoch
+            )));
+        }
+        if r.params_hash.is_empty() {
+            return Err(RunError::BadRequest(format!(
+                "rank {} sent no params_hash",
+                r.rank
+            )));
+        }
+        self.reports.entry(r.rank).or_insert(r);
+        if self.reports.len() < plan.world_size as usize {
+            return Ok(vec![]);
+        }
+        let reports: Vec<EpochReport> = std::mem::take(&mut self.reports).into_values().collect();
+        let seconds = now
+            .saturating_duration_since(self.epoch_started)
+            .as_secs_f64();
+        match self.agg.complete(&reports, &plan, seconds) {
+            Ok(result) => {
+                self.epoch_started = now;
+                let row = &result.row;
+                tracing::info!(run_id = %self.prepared.run_id, epoch = row.epoch, loss = row.train_loss, valid_loss = row.valid_loss, accuracy = row.accuracy, lr = row.lr, "epoch complete");
+                Ok(vec![
+                    Action::Output(Output::Epoch(Box::new(result))),
+                    Action::Publish,
+                ])
+            }
+            Err(e) => Ok(self.fail(e.to_string(), Cause::Other, now)),
+        }
+    }
+
+    pub(super) fn leave(
+        &mut self,
+        run_id: &str,
+        rank: Rank,
+        ok: bool,
+        reason: String,
+        weights: Vec<u8>,
+        now: Instant,
+    ) -> Actions {
+        self.check_rank(run_id, rank)?;
+        if self.status == Status::Rendezvous {
+            return Err(RunError::NotRunning {
+                status: self.status,
+            });
+        }
+        let worker_id = self.worker_id(rank);
+        let l = &mut self.ranks[rank.index()];
+        let first_leave = !l.left;
+        l.left = true;
+        l.last_seen = now;
+        if self.status.is_terminal() || !first_leave {
+            l.informed = true;
+            return Ok(vec![]);
+        }
+        if !ok {
+            let why = if reason.is_empty() {
+                "failed without a reason".to_string()
+            } else {
+                reason
+            };
+            return Ok(self.fail(
+                format!("rank {rank} ({worker_id}): {why}"),
+                Cause::Report(rank),
+                now,
+            ));
+        }
+        let (done, epochs) = (self.agg.done(), self.plan.as_ref().map_or(0, |p| p.epochs));
+        if done < epochs {
+            return Ok(self.fail(
+                format!("rank {rank} ({worker_id}) left after {done} of {epochs} epochs"),
+                Cause::Other,
+                now,
+            ));
+        }
+        tracing::info!(run_id = %self.prepared.run_id, rank = rank.0, worker_id = %worker_id, "rank finished");
+        let mut out = Vec::new();
+        if rank.0 == 0 {
+            if weights.is_empty() {
+                tracing::warn!(
+                    rank = 0,
+                    "rank 0 finished without sending weights; no final.safetensors"
+                );
+            } else {
+                out.push(Action::Output(Output::Weights(weights)));
+            }
+        }
+        if self.ranks.iter().all(|l| l.left) {
+            self.status = Status::Finished;
+            tracing::info!(run_id = %self.prepared.run_id, before = "running", after = "finished", "run state");
+            out.push(Action::Output(Output::Summary(Box::new(self.summary(now)))));
+            out.push(Action::Publish);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,480 @@
+//! Unit tests of the run state machine: every transition, driven with an explicit `now`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::config::RunConfig;
+use crate::plan::DatasetView;
+
+const RUN: &str = "run-1";
+
+/// 2 workers, 8 training images, batch 4: 2 per rank per step, 2 steps per epoch, 2 epochs.
+fn prepared() -> Arc<Prepared> {
+    let config = RunConfig {
+        data: "d".into(),
+        workers: 2,
+        batch_size: 4,
+        epochs: Some(2),
+        ..RunConfig::default()
+    };
+    let files = |split: &str, n: usize| {
+        (0..n)
+            .map(|i| (format!("{split}/c{}/{i}.png", i % 2), (i % 2) as u32))
+            .collect()
+    };
+    let dataset = DatasetView {
+        root: "/data".into(),
+        classes: vec!["c0".into(), "c1".into()],
+        train: files("training", 8),
+        valid: files("testing", 4),
+        fingerprint: "fp".into(),
+        skipped: vec![],
+    };
+    Arc::new(Prepared {
+        config: config.resolved(0),
+        run_id: RUN.into(),
+        run_dir: "runs/x".into(),
+        dataset,
+    })
+}
+
+fn join_args(id: &str) -> JoinArgs {
+    JoinArgs {
+        protocol_version: PROTOCOL_VERSION,
+        run_id: String::new(),
+        model: String::new(),
+        dataset_fingerprint: "fp".into(),
+        candidate: Candidate {
+            worker_id: WorkerId(id.into()),
+            collective_addr: format!("{id}:9"),
+            device: "cpu".into(),
+        },
+    }
+}
+
+fn published(actions: &[Action]) -> bool {
+    actions.iter().any(|a| matches!(a, Action::Publish))
+}
+
+fn running(t0: Instant) -> RunState {
+    let mut s = RunState::new(prepared(), t0);
+    s.on_event(Event::Join(join_args("w-b")), t0).unwrap();
+    let acts = s.on_event(Event::Join(join_args("w-a")), t0).unwrap();
+    assert!(published(&acts));
+    assert!(matches!(acts[0], Action::Output(Output::RunInfo(_))));
+    s
+}
+
+fn report(rank: u32, epoch: u32, hash: &str) -> Event {
+    Event::Epoch {
+        run_id: RUN.into(),
+        report: EpochReport {
+            rank: Rank(rank),
+            epoch,
+            step_losses: vec![0.5, 0.25],
+            valid_loss_sum: 1.0,
+            valid_correct: 2,
+            valid_count: 2,
+            params_hash: hash.into(),
+            train_seconds: 1.0,
+        },
+    }
+}
+
+fn leave(rank: u32, ok: bool, weights: &[u8]) -> Event {
+    Event::Leave {
+        run_id: RUN.into(),
+        rank: Rank(rank),
+        ok,
+        reason: "boom".into(),
+        weights: weights.to_vec(),
+    }
+}
+
+fn reason(s: &RunState) -> String {
+    assert_eq!(s.verdict().0, Status::Failed);
+    s.verdict().1
+}
+
+#[test]
+fn join_refusals() {
+    let t0 = Instant::now();
+    let mut s = RunState::new(prepared(), t0);
+    let w = WorkerId("w".into());
+    let bad = |f: fn(&mut JoinArgs)| {
+        let mut a = join_args("w");
+        f(&mut a);
+        Event::Join(a)
+    };
+    assert_eq!(
+        s.on_event(bad(|a| a.protocol_version = 0), t0).unwrap_err(),
+        RunError::VersionMismatch {
+            worker_id: w.clone(),
+            got: 0,
+            want: 1
+        }
+    );
+    assert_eq!(
+        s.on_event(bad(|a| a.run_id = "other".into()), t0)
+            .unwrap_err(),
+        RunError::RunIdMismatch {
+            got: "other".into(),
+            want: RUN.into()
+        }
+    );
+    assert_eq!(
+        s.on_event(bad(|a| a.model = "basic".into()), t0)
+            .unwrap_err(),
+        RunError::ModelMismatch {
+            worker_id: w.clone(),
+            got: "basic".into(),
+            want: "resnet".into()
+        }
+    );
+    let err = s
+        .on_event(bad(|a| a.dataset_fingerprint = "xx".into()), t0)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        RunError::DatasetMismatch {
+            worker_id: w.clone(),
+            got: "xx".into(),
+            want: "fp".into()
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "dataset mismatch: worker w has fingerprint xx, coordinator fp"
+    );
+    assert!(matches!(
+        s.on_event(bad(|a| a.candidate.collective_addr.clear()), t0),
+        Err(RunError::BadRequest(_))
+    ));
+    // Matching run id and model are accepted.
+    s.on_event(
+        bad(|a| {
+            a.run_id = RUN.into();
+            a.model = "resnet".into();
+        }),
+        t0,
+    )
+    .unwrap();
+    assert_eq!(
+        s.on_event(Event::Join(join_args("w")), t0).unwrap_err(),
+        RunError::Rendezvous(RendezvousError::Duplicate(w))
+    );
+    assert_eq!(s.snapshot().status, Status::Rendezvous);
+}
+
+#[test]
+fn round_closes_into_running_with_sorted_ranks() {
+    let t0 = Instant::now();
+    let mut s = running(t0);
+    let snap = s.snapshot();
+    assert_eq!(snap.status, Status::Running);
+    let m = snap.membership.unwrap();
+    assert_eq!(m.rank_of(&WorkerId("w-a".into())), Some(Rank(0)));
+    assert_eq!(m.rank_of(&WorkerId("w-b".into())), Some(Rank(1)));
+    let plan = snap.plan.unwrap();
+    assert_eq!(
+        (plan.batch_per_worker, plan.steps_per_epoch, plan.epochs),
+        (2, 2, 2)
+    );
+    assert_eq!(
+        s.on_event(Event::Join(join_args("w-c")), t0).unwrap_err(),
+        RunError::Rendezvous(RendezvousError::Closed { world_size: 2 })
+    );
+}
+
+#[test]
+fn calls_before_the_round_or_for_unknown_ranks_are_refused() {
+    let t0 = Instant::now();
+    let mut s = RunState::new(prepared(), t0);
+    let hb = |rank: u32, run: &str, id: &str| Event::Heartbeat {
+        run_id: run.into(),
+        rank: Rank(rank),
+        worker_id: WorkerId(id.into()),
+        epoch: 0,
+        step: 0,
+    };
+    assert_eq!(
+        s.on_event(hb(0, RUN, "w-a"), t0).unwrap_err(),
+        RunError::NotRunning {
+            status: Status::Rendezvous
+        }
+    );
+    let mut s = running(t0);
+    assert_eq!(
+        s.on_event(hb(2, RUN, "w-a"), t0).unwrap_err(),
+        RunError::UnknownRank {
+            rank: Rank(2),
+            world_size: 2
+        }
+    );
+    assert!(matches!(
+        s.on_event(hb(0, "nope", "w-a"), t0),
+        Err(RunError::RunIdMismatch { .. })
+    ));
+    assert!(matches!(
+        s.on_event(hb(0, RUN, "w-b"), t0),
+        Err(RunError::WrongWorker { .. })
+    ));
+    s.on_event(hb(0, RUN, "w-a"), t0).unwrap();
+    assert!(matches!(
+        s.epoch_plan(RUN, Rank(0), 2),
+        Err(RunError::BadRequest(_))
+    ));
+    assert_eq!(s.epoch_plan(RUN, Rank(1), 1).unwrap().first_step, 2);
+}
+
+#[test]
+fn pixel_barrier_merges_once_everyone_reported() {
+    let t0 = Instant::now();
+    let mut s = running(t0);
+    let px = |rank, sum| Event::PixelStats {
+        run_id: RUN.into(),
+        rank: Rank(rank),
+        stats: PixelStats {
+            sum,
+            sum_sq: sum * 255,
+            count: 4,
+        },
+    };
+    assert!(s.on_event(px(1, 255), t0).unwrap().is_empty());
+    assert!(s.snapshot().norm.is_none());
+    let acts = s.on_event(px(0, 510), t0).unwrap();
+    assert!(published(&acts));
+    assert_eq!(
+        s.snapshot().norm,
+        Some(PixelStats {
+            sum: 765,
+            sum_sq: 765 * 255,
+            count: 8
+        })
+    );
+    // A retry after the barrier is harmless.
+    assert!(s.on_event(px(0, 510), t0).unwrap().is_empty());
+}
+
+#[test]
+fn epoch_barrier_and_bad_reports() {
+    let t0 = Instant::now();
+    let mut s = running(t0);
+    assert!(
+        matches!(
+            s.on_event(report(0, 1, "h"), t0),
+            Err(RunError::BadRequest(_))
+        ),
+        "future epoch"
+    );
+    let mut short = report(0, 0, "h");
+    if let Event::Epoch { report, .. } = &mut short {
+        report.step_losses.pop();
+    }
+    assert!(
+        matches!(s.on_event(short, t0), Err(RunError::BadRequest(_))),
+        "wrong number of losses"
+    );
+    assert!(s.on_event(report(0, 0, "h"), t0).unwrap().is_empty());
+    let t1 = t0 + Duration::from_secs(3);
+    let acts = s.on_event(report(1, 0, "h"), t1).unwrap();
+    let Some(Action::Output(Output::Epoch(r))) = acts.first() else {
+        panic!("expected the epoch output, got {acts:?}")
+    };
+    assert_eq!((r.row.epoch, r.row.seconds, r.row.accuracy), (0, 3.0, 1.0));
+    assert_eq!(s.snapshot().epochs_done, 1);
+    // Retrying a completed epoch changes nothing.
+    assert!(s.on_event(report(1, 0, "h"), t1).unwrap().is_empty());
+}
+
+#[test]
+fn hash_mismatch_fails_the_run_naming_ranks() {
+    let t0 = Instant::now();
+    let mut s = running(t0);
+    s.on_event(report(0, 0, "aa"), t0).unwrap();
+    let acts = s.on_event(report(1, 0, "bb"), t0).unwrap();
+    assert!(published(&acts));
+    assert_eq!(
+        reason(&s),
+        "replicas diverged after epoch 0: rank 0 aa, rank 1 bb"
+    );
+    // Every later call sees the failure.
+    assert_eq!(
+        s.on_event(report(0, 1, "aa"), t0).unwrap_err(),
+        RunError::Failed { reason: reason(&s) }
+    );
+}
+
+#[test]
+fn all_leave_ok_finishes_and_writes_weights() {
+    let t0 = Instant::now();
+    let mut s = running(t0);
+    for e in 0..2 {
+        s.on_event(report(0, e, "h"), t0).unwrap();
+        s.on_event(report(1, e, "h"), t0).unwrap();
+    }
+    let acts = s.on_event(leave(0, true, b"weights"), t0).unwrap();
+    assert!(matches!(acts.as_slice(), [Action::Output(Output::Weights(w))] if w == b"weights"));
+    assert_eq!(s.verdict().0, Status::Running);
+    let acts = s.on_event(leave(1, true, b""), t0).unwrap();
+    assert!(
+        matches!(acts.as_slice(), [Action::Output(Output::Summary(sm)), Action::Publish] if sm.status == "finished" && sm.params_hash.as_deref() == Some("h"))
+    );
+    assert_eq!(s.verdict(), (Status::Finished, String::new()));
+    // Terminal states never change.
+    s.on_event(Event::Fail("late".into()), t0).unwrap();
+    assert_eq!(s.verdict().0, Status::Finished);
+}
+
+#[test]
+fn leave_with_failure_or_too_early_fails_the_run() {
+    let t0 = Instant::now();
+    let mut s = running(t0);
+    s.on_event(leave(1, false, b""), t0).unwrap();
+    assert_eq!(reason(&s), "rank 1 (w-b): boom");
+    let mut s = running(t0);
+    s.on_event(leave(0, true, b""), t0).unwrap();
+    assert_eq!(reason(&s), "rank 0 (w-a) left after 0 of 2 epochs");
+}
+
+#[test]
+fn watchdog_fails_a_silent_rank_but_not_a_waiting_one() {
+    let t0 = Instant::now();
+    let mut s = running(t0);
+    let hb = |rank: u32| Event::Heartbeat {
+        run_id: RUN.into(),
+        rank: Rank(rank),
+        worker_id: WorkerId(String::new()),
+        epoch: 0,
+        step: 0,
+    };
+    s.on_event(Event::WaitStart(Rank(0)), t0).unwrap();
+    for t in [5, 10, 15] {
+        s.on_event(hb(1), t0 + Duration::from_secs(t)).unwrap();
+    }
+    // Rank 0 has been silent for 20 s, but it waits in a barrier call: alive.
+    s.on_event(Event::Tick, t0 + Duration::from_secs(20))
+        .unwrap();
+    assert_eq!(s.verdict().0, Status::Running);
+    s.on_event(Event::WaitEnd(Rank(0)), t0 + Duration::from_secs(20))
+        .unwrap();
+    s.on_event(Event::Tick, t0 + Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(
+        s.verdict().0,
+        Status::Running,
+        "15 s after the last sign of life is not yet more than 3 × 5 s"
+    );
+    s.on_event(Event::Tick, t0 + Duration::from_millis(35_100))
+        .unwrap();
+    assert_eq!(
+        reason(&s),
+        "rank 0 (w-a) missed 3 heartbeats: not heard from for 15.1 s"
+    );
+    assert!(!s.all_informed());
+    s.on_event(hb(0), t0 + Duration::from_secs(36)).unwrap();
+    s.on_event(hb(1), t0 + Duration::from_secs(36)).unwrap();
+    assert!(
+        s.all_informed(),
+        "both ranks heard FAILED in a heartbeat reply"
+    );
+}
+
+#[test]
+fn rendezvous_timeout_fails_the_run() {
+    let t0 = Instant::now();
+    let mut s = RunState::new(prepared(), t0);
+    s.on_event(Event::Join(join_args("w-a")), t0).unwrap();
+    s.on_event(Event::Tick, t0 + Duration::from_secs(600))
+        .unwrap();
+    let f = s.snapshot().failure.unwrap();
+    assert!(f.rendezvous_timeout);
+    assert_eq!(
+        f.reason,
+        "rendezvous timed out after 600 s: 1 of 2 workers joined (at least 2 needed)"
+    );
+    assert!(matches!(
+        s.on_event(Event::Join(join_args("w-b")), t0),
+        Err(RunError::Rendezvous(RendezvousError::Timeout { .. }))
+    ));
+}
+
+#[test]
+fn process_exits() {
+    let t0 = Instant::now();
+    let exited = |id: &str, success| Event::ProcessExited {
+        worker_id: WorkerId(id.into()),
+        success,
+        aborted: false,
+        reason: format!("{id} exited"),
+    };
+    // Before the round closes, any exit fails the run.
+    let mut s = RunState::new(prepared(), t0);
+    s.on_event(exited("w-a", true), t0).unwrap();
+    assert_eq!(reason(&s), "w-a exited");
+    // After a rank left ok, its clean exit is expected.
+    let mut s = running(t0);
+    for e in 0..2 {
+        s.on_event(report(0, e, "h"), t0).unwrap();
+        s.on_event(report(1, e, "h"), t0).unwrap();
+    }
+    s.on_event(leave(0, true, b"w"), t0).unwrap();
+    s.on_event(exited("w-a", true), t0).unwrap();
+    assert_eq!(s.verdict().0, Status::Running);
+    s.on_event(exited("w-b", false), t0).unwrap();
+    assert_eq!(reason(&s), "w-b exited");
+    assert!(s.all_informed(), "left and gone ranks need no telling");
+}
+
+#[test]
+fn an_exit_right_after_a_peer_report_becomes_the_root_cause() {
+    let t0 = Instant::now();
+    let exited = |id: &str, aborted| Event::ProcessExited {
+        worker_id: WorkerId(id.into()),
+        success: false,
+        aborted,
+        reason: format!("{id} was killed"),
+    };
+    let mut s = running(t0);
+    s.on_event(
+        Event::Leave {
+            run_id: RUN.into(),
+            rank: Rank(0),
+            ok: false,
+            reason: "peer rank 1 lost".into(),
+            weights: vec![],
+        },
+        t0,
+    )
+    .unwrap();
+    assert_eq!(reason(&s), "rank 0 (w-a): peer rank 1 lost");
+    // The reporter's own exit, and an exit that obeyed FAILED, are consequences.
+    s.on_event(exited("w-a", false), t0).unwrap();
+    s.on_event(exited("w-b", true), t0).unwrap();
+    assert_eq!(reason(&s), "rank 0 (w-a): peer rank 1 lost");
+    let acts = s
+        .on_event(exited("w-b", false), t0 + Duration::from_millis(20))
+        .unwrap();
+    assert!(published(&acts));
+    assert_eq!(reason(&s), "w-b was killed");
+    // Too late to be the cause.
+    let mut s = running(t0);
+    s.on_event(
+        Event::Leave {
+            run_id: RUN.into(),
+            rank: Rank(0),
+            ok: false,
+            reason: "x".into(),
+            weights: vec![],
+        },
+        t0,
+    )
+    .unwrap();
+    s.on_event(
+        exited("w-b", false),
+        t0 + ROOT_CAUSE_WINDOW + Duration::from_millis(1),
+    )
+    .unwrap();
+    assert_eq!(reason(&s), "rank 0 (w-a): x");
+}

@@ -1,0 +1,167 @@
+//! Shared fixtures of the coordinator's tests: a tiny generated dataset (the coordinator only
+//! scans file names and sizes, so the "PNGs" are a few bytes), a run config, and a fake worker
+//! that speaks the protocol like `ringtrain-worker` does, without training anything.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use ringtrain_common::pb::{self, coordinator_client::CoordinatorClient};
+use ringtrain_coordinator::{RunConfig, PROTOCOL_VERSION};
+
+/// `classes` classes of `per_class` files in both splits.
+pub fn dataset(root: &Path, classes: usize, per_class: usize) {
+    for split in ["training", "testing"] {
+        for c in 0..classes {
+            let dir = root.join(split).join(format!("c{c}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..per_class {
+                std::fs::write(dir.join(format!("{i:03}.png")), b"png").unwrap();
+            }
+        }
+    }
+}
+
+/// 2 classes × 8 images: 16 training images; batch 4 over `workers` ranks; 2 epochs.
+pub fn config(dir: &Path, workers: u32) -> RunConfig {
+    let data = dir.join("data");
+    if !data.exists() {
+        dataset(&data, 2, 8);
+    }
+    RunConfig {
+        data,
+        workers,
+        batch_size: 4,
+        epochs: Some(2),
+        run_dir: Some(dir.join("run")),
+        run_id: Some("test-run".into()),
+        ..RunConfig::default()
+    }
+}
+
+/// A Join request that fits the run.
+pub fn join_request(worker_id: &str, fingerprint: &str) -> pb::JoinRequest {
+    pb::JoinRequest {
+        protocol_version: PROTOCOL_VERSION,
+        worker_id: worker_id.into(),
+        run_id: String::new(),
+        model: String::new(),
+        dataset_fingerprint: fingerprint.into(),
+        collective_addr: format!("127.0.0.1:{}", 40000 + worker_id.len()),
+        device: "cpu".into(),
+    }
+}
+
+/// How a fake worker behaves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Behaviour {
+    /// The whole protocol, weights from rank 0.
+    Complete,
+    /// Exits with code 1 right after joining.
+    CrashAfterJoin,
+    /// Joins, then sleeps forever (heartbeating).
+    Hang,
+}
+
+/// The protocol of one worker against `url`; returns its exit code (0 finished, 1 error,
+/// 3 told FAILED).
+pub async fn fake_worker(
+    url: &str,
+    worker_id: &str,
+    fingerprint: &str,
+    behaviour: Behaviour,
+) -> i32 {
+    let mut c = None;
+    for _ in 0..100 {
+        if let Ok(client) = CoordinatorClient::connect(url.to_string()).await {
+            c = Some(client.max_decoding_message_size(256 << 20));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Some(mut c) = c else { return 1 };
+    let reply = match c.join(join_request(worker_id, fingerprint)).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => {
+            eprintln!("join: {e}");
+            return 1;
+        }
+    };
+    let (rank, run_id) = (reply.rank, reply.run_id.clone());
+    let spec = reply.spec.unwrap();
+    let shard = reply.shard.unwrap();
+    let mut hb = c.clone();
+    let hb_req = pb::HeartbeatRequest {
+        run_id: run_id.clone(),
+        rank,
+        worker_id: worker_id.into(),
+        epoch: 0,
+        step: 0,
+    };
+    let interval = Duration::from_secs_f64(spec.heartbeat_interval_s);
+    tokio::spawn(async move {
+        loop {
+            let _ = hb.heartbeat(hb_req.clone()).await;
+            tokio::time::sleep(interval).await;
+        }
+    });
+    match behaviour {
+        Behaviour::CrashAfterJoin => return 1,
+        Behaviour::Hang => std::future::pending::<()>().await,
+        Behaviour::Complete => {}
+    }
+    let px = pb::PixelStatsReport {
+        run_id: run_id.clone(),
+        rank,
+        sum: 100,
+        sum_sq: 100 * 255,
+        count: 400,
+    };
+    if c.report_pixel_stats(px).await.is_err() {
+        return 3;
+    }
+    for epoch in 0..spec.epochs {
+        let plan = c
+            .get_epoch_plan(pb::EpochPlanRequest {
+                run_id: run_id.clone(),
+                rank,
+                epoch,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(plan.lr.len() as u32, spec.steps_per_epoch);
+        let n = shard.valid.len() as u64;
+        let report = pb::EpochReport {
+            run_id: run_id.clone(),
+            rank,
+            epoch,
+            step_losses: vec![1.0 / (epoch + 1) as f32; spec.steps_per_epoch as usize],
+            valid_loss_sum: 0.1 * n as f64,
+            valid_correct: n,
+            valid_count: n,
+            params_hash: format!("hash-{epoch}"),
+            train_seconds: 0.5,
+        };
+        let v = c.report_epoch(report).await.unwrap().into_inner();
+        if v.status == pb::RunStatus::Failed as i32 {
+            return 3;
+        }
+    }
+    let weights = if rank == 0 {
+        b"fake-safetensors".to_vec()
+    } else {
+        vec![]
+    };
+    let leave = pb::LeaveRequest {
+        run_id,
+        rank,
+        ok: true,
+        reason: String::new(),
+        weights_safetensors: weights,
+    };
+    match c.leave(leave).await {
+        Ok(_) => 0,
+        Err(_) => 1,
+    }
+}

@@ -1,0 +1,121 @@
+//! The distributed driver: normalisation, schedule and epoch verdicts come from the coordinator.
+
+use ringtrain_common::data::PixelStats;
+use ringtrain_common::pb::{self, RunStatus};
+use ringtrain_common::schedule::SchedulePoint;
+use tch::nn::VarStore;
+
+use super::Client;
+use crate::data::Normalize;
+use crate::train::{Driver, EpochResult, TrainError};
+
+pub(super) struct Distributed<'a> {
+    client: &'a Client,
+    run_id: String,
+    rank: u32,
+    steps_per_epoch: usize,
+}
+
+impl<'a> Distributed<'a> {
+    pub(super) fn new(
+        client: &'a Client,
+        run_id: String,
+        rank: u32,
+        steps_per_epoch: usize,
+    ) -> Self {
+        Self {
+            client,
+            run_id,
+            rank,
+            steps_per_epoch,
+        }
+    }
+}
+
+fn check(v: &pb::Verdict) -> Result<(), TrainError> {
+    if v.status == RunStatus::Failed as i32 {
+        return Err(TrainError::RunFailed(v.reason.clone()));
+    }
+    Ok(())
+}
+
+impl Driver for Distributed<'_> {
+    fn normalization(&mut self, local: PixelStats) -> Result<Normalize, TrainError> {
+        let merged = self.client.pixel_stats(pb::PixelStatsReport {
+            run_id: self.run_id.clone(),
+            rank: self.rank,
+            sum: local.sum,
+            sum_sq: local.sum_sq,
+            count: local.count,
+        })?;
+        match (merged.mean.first(), merged.std.first()) {
+            (Some(&mean), Some(&std)) if std > 0.0 => Ok(Normalize {
+                mean: f64::from(mean),
+                std: f64::from(std),
+            }),
+            _ => Err(TrainError::Coordinator(format!(
+                "bad normalisation statistics {merged:?}"
+            ))),
+        }
+    }
+
+    fn epoch_plan(&mut self, epoch: u32) -> Result<Vec<SchedulePoint>, TrainError> {
+        let plan = self.client.epoch_plan(pb::EpochPlanRequest {
+            run_id: self.run_id.clone(),
+            rank: self.rank,
+            epoch,
+        })?;
+        if plan.lr.len() != self.steps_per_epoch || plan.beta1.len() != self.steps_per_epoch {
+            return Err(TrainError::BadPlan {
+                epoch,
+                got: plan.lr.len().min(plan.beta1.len()),
+                want: self.steps_per_epoch,
+            });
+        }
+        Ok(plan
+            .lr
+            .iter()
+            .zip(&plan.beta1)
+            .map(|(&lr, &beta1)| SchedulePoint { lr, beta1 })
+            .collect())
+    }
+
+    fn epoch_done(&mut self, r: &EpochResult) -> Result<(), TrainError> {
+        let verdict = self.client.report_epoch(pb::EpochReport {
+            run_id: self.run_id.clone(),
+            rank: self.rank,
+            epoch: r.epoch,
+            step_losses: r.step_losses.clone(),
+            valid_loss_sum: r.valid_loss_sum,
+            valid_correct: r.valid_correct,
+            valid_count: r.valid_count,
+            params_hash: format!("{:016x}", r.params_hash),
+            train_seconds: r.train_seconds,
+        })?;
+        check(&verdict)
+    }
+
+    fn finished(&mut self, weights: &VarStore, _params_hash: u64) -> Result<(), TrainError> {
+        let mut bytes = Vec::new();
+        if self.rank == 0 {
+            let dir = tempfile::tempdir().map_err(|e| TrainError::Io {
+                path: std::env::temp_dir(),
+                reason: e.to_string(),
+            })?;
+            let path = dir.path().join("final.safetensors");
+            weights.save(&path)?;
+            bytes = std::fs::read(&path).map_err(|e| TrainError::Io {
+                path,
+                reason: e.to_string(),
+            })?;
+        }
+        let verdict = self.client.leave(pb::LeaveRequest {
+            run_id: self.run_id.clone(),
+            rank: self.rank,
+            ok: true,
+            reason: String::new(),
+            weights_safetensors: bytes,
+        })?;
+        check(&verdict)
+    }
+}

@@ -1,0 +1,284 @@
+//! The standalone driver (world size 1): decides normalisation and the schedule locally, prints
+//! the lesson's table and writes the run folder, exactly as the coordinator does for a
+//! distributed run.
+
+use std::time::Instant;
+
+use ringtrain_common::data::{load_dataset, LoadOptions, PixelStats, Skipped};
+use ringtrain_common::report::{self, EpochRow, RunFiles, Smoothener};
+use ringtrain_common::schedule::{OneCycle, OneCycleConfig, SchedulePoint};
+use serde::Serialize;
+use tch::nn::VarStore;
+use tch::Device;
+
+use super::{run_replica, Driver, EpochResult, ReplicaSpec, TrainError};
+use crate::collective::Collective;
+use crate::config::{ConfigError, TrainConfig};
+use crate::data::Normalize;
+
+/// What a finished run reports (also written to `summary.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    pub model: String,
+    pub params: i64,
+    pub epochs: u32,
+    pub steps: u64,
+    pub train_images: usize,
+    pub valid_images: usize,
+    pub skipped: usize,
+    pub final_accuracy: f64,
+    pub final_valid_loss: f64,
+    pub train_seconds: f64,
+    pub train_images_per_s: f64,
+    pub total_seconds: f64,
+    /// Seconds from the start of `train` to the first step.
+    pub startup_seconds: f64,
+    /// Wall-clock time (UNIX seconds) when the first training step began; benchmarks subtract
+    /// their launch time from it to get start-up latency including process start.
+    pub first_step_unix: f64,
+    pub params_hash: String,
+    pub run_dir: std::path::PathBuf,
+}
+
+/// What the run records about itself for inference and audits (`run.json`).
+#[derive(Debug, Serialize)]
+struct RunRecord<'a> {
+    model: String,
+    classes: &'a [String],
+    normalize: Normalize,
+    image_size: u32,
+    dataset: &'a std::path::Path,
+    dataset_fingerprint: &'a str,
+    train_images: usize,
+    valid_images: usize,
+    world_size: u32,
+    skipped: &'a [Skipped],
+    config: &'a TrainConfig,
+    torch_threads: i32,
+    device: String,
+}
+
+pub(crate) fn write_json(
+    path: std::path::PathBuf,
+    value: &impl Serialize,
+) -> Result<(), TrainError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| TrainError::Io {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    std::fs::write(&path, text + "\n").map_err(|e| TrainError::Io {
+        path,
+        reason: e.to_string(),
+    })
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// World size 1: everything decided here.
+struct Standalone<'a> {
+    cfg: &'a TrainConfig,
+    classes: &'a [String],
+    skipped: &'a [Skipped],
+    fingerprint: &'a str,
+    train_images: usize,
+    valid_images: usize,
+    schedule: OneCycle,
+    steps_per_epoch: usize,
+    files: Option<RunFiles>,
+    smooth: Smoothener,
+    started: Instant,
+    startup: f64,
+    first_step_unix: f64,
+    train_seconds: f64,
+    last: Option<EpochRow>,
+    params: i64,
+    hash: u64,
+}
+
+impl Driver for Standalone<'_> {
+    fn normalization(&mut self, local: PixelStats) -> Result<Normalize, TrainError> {
+        let norm = Normalize::from_stats(&local);
+        std::fs::create_dir_all(&self.cfg.run_dir).map_err(|e| TrainError::Io {
+            path: self.cfg.run_dir.clone(),
+            reason: e.to_string(),
+        })?;
+        write_json(
+            self.cfg.run_dir.join("run.json"),
+            &RunRecord {
+                model: self.cfg.model.to_string(),
+                classes: self.classes,
+                normalize: norm,
+                image_size: self.cfg.image_size,
+                dataset: &self.cfg.data,
+                dataset_fingerprint: self.fingerprint,
+                train_images: self.train_images,
+                valid_images: self.valid_images,
+                world_size: 1,
+                skipped: self.skipped,
+                config: self.cfg,
+                torch_threads: tch::get_num_threads(),
+                device: "cpu".into(),
+            },
+        )?;
+        self.files = Some(RunFiles::create(&self.cfg.run_dir)?);
+        Ok(norm)
+    }
+
+    fn epoch_plan(&mut self, epoch: u32) -> Result<Vec<SchedulePoint>, TrainError> {
+        let first = u64::from(epoch) * self.steps_per_epoch as u64;
+        Ok((first..first + self.steps_per_epoch as u64)
+            .map(|s| self.schedule.at(s))
+            .collect())
+    }
+
+    fn started(&mut self) {
+        self.startup = self.started.elapsed().as_secs_f64();
+        self.first_step_unix = unix_now();
+        println!("{}", report::header());
+    }
+
+    fn epoch_done(&mut self, r: &EpochResult) -> Result<(), TrainError> {
+        let files = self
+            .files
+            .as_mut()
+            .ok_or_else(|| TrainError::Coordinator("run folder not initialised".into()))?;
+        for (i, (loss, p)) in r.step_losses.iter().zip(&r.plan).enumerate() {
+            self.smooth.add(f64::from(*loss));
+            files.step(
+                r.first_step + i as u64,
+                r.epoch,
+                p.lr,
+                p.beta1,
+                f64::from(*loss),
+            )?;
+        }
+        self.train_seconds += r.train_seconds;
+        let count = r.valid_count.max(1) as f64;
+        let row = EpochRow {
+            epoch: r.epoch,
+            train_loss: self.smooth.value(),
+            valid_loss: r.valid_loss_sum / count,
+            accuracy: r.valid_correct as f64 / count,
+            valid_correct: r.valid_correct,
+            valid_count: r.valid_count,
+            seconds: r.seconds,
+            train_seconds: r.train_seconds,
+            train_images_per_s: r.images as f64 / r.train_seconds,
+            lr: r.plan.last().map_or(0.0, |p| p.lr),
+        };
+        println!("{}", report::row(&row));
+        files.epoch(row.clone())?;
+        self.last = Some(row);
+        Ok(())
+    }
+
+    fn finished(&mut self, weights: &VarStore, params_hash: u64) -> Result<(), TrainError> {
+        weights.save(self.cfg.run_dir.join("final.safetensors"))?;
+        self.params = weights
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum();
+        self.hash = params_hash;
+        Ok(())
+    }
+}
+
+/// Trains `cfg` standalone, reducing gradients through `collective` (world size 1: [`crate::collective::Solo`]).
+pub fn train(
+    cfg: &TrainConfig,
+    collective: &mut dyn Collective,
+) -> Result<TrainSummary, TrainError> {
+    let started = Instant::now();
+    cfg.validate()?;
+    if let Some(t) = cfg.threads {
+        tch::set_num_threads(t as i32);
+    }
+    let size = cfg.image_size;
+    let ds = load_dataset(
+        &cfg.data,
+        &LoadOptions {
+            scan: cfg.scan.clone(),
+            image_size: (size, size),
+            cache_dir: cfg.cache_dir.clone(),
+            progress: cfg.progress,
+        },
+    )?;
+    if !ds.skipped.is_empty() {
+        tracing::warn!(
+            skipped = ds.skipped.len(),
+            "bad files skipped (--skip-bad); listed in run.json"
+        );
+        eprintln!(
+            "skipped {} bad file(s) (--skip-bad); see {}/run.json",
+            ds.skipped.len(),
+            cfg.run_dir.display()
+        );
+    }
+    let steps_per_epoch = cfg.steps_per_epoch(ds.train.len())?;
+    let total_steps = steps_per_epoch as u64 * u64::from(cfg.epochs);
+    let schedule = OneCycleConfig {
+        total_steps,
+        ..cfg.schedule
+    }
+    .init()
+    .map_err(|e| ConfigError::Schedule(e.to_string()))?;
+    let spec = ReplicaSpec {
+        model: cfg.model,
+        epochs: cfg.epochs,
+        batch_size: cfg.batch_size,
+        steps_per_epoch,
+        valid_batch_size: cfg.valid_batch_size,
+        seed: cfg.seed,
+        rank: 0,
+        adam: cfg.adam,
+        image_size: size,
+        device: Device::Cpu,
+        progress: cfg.progress,
+    };
+    let mut driver = Standalone {
+        cfg,
+        classes: &ds.classes,
+        skipped: &ds.skipped,
+        fingerprint: &ds.fingerprint,
+        train_images: ds.train.len(),
+        valid_images: ds.valid.len(),
+        schedule,
+        steps_per_epoch,
+        files: None,
+        smooth: Smoothener::new(0.98),
+        started,
+        startup: 0.0,
+        first_step_unix: 0.0,
+        train_seconds: 0.0,
+        last: None,
+        params: 0,
+        hash: 0,
+    };
+    run_replica(&spec, &ds, collective, &mut driver)?;
+    let last = driver.last.clone();
+    let summary = TrainSummary {
+        model: cfg.model.to_string(),
+        params: driver.params,
+        epochs: cfg.epochs,
+        steps: total_steps,
+        train_images: ds.train.len(),
+        valid_images: ds.valid.len(),
+        skipped: ds.skipped.len(),
+        final_accuracy: last.as_ref().map_or(f64::NAN, |r| r.accuracy),
+        final_valid_loss: last.as_ref().map_or(f64::NAN, |r| r.valid_loss),
+        train_seconds: driver.train_seconds,
+        train_images_per_s: (total_steps as usize * cfg.batch_size) as f64 / driver.train_seconds,
+        total_seconds: started.elapsed().as_secs_f64(),
+        startup_seconds: driver.startup,
+        first_step_unix: driver.first_step_unix,
+        params_hash: format!("{:016x}", driver.hash),
+        run_dir: cfg.run_dir.clone(),
+    };
+    write_json(cfg.run_dir.join("summary.json"), &summary)?;
+    Ok(summary)
+}
