@@ -44,6 +44,8 @@ pub enum Output {
     Weights(Vec<u8>),
     /// Write `summary.json`.
     Summary(Box<Summary>),
+    /// Steps done in the current epoch (a live line on a terminal's stderr, nothing otherwise).
+    Progress { epoch: u32, done: u64, steps: u32 },
 }
 
 /// Normalisation statistics on the [0, 1] scale, as every rank applies them.
@@ -176,6 +178,8 @@ impl OutputWriter {
                     files,
                     table,
                     header_done: false,
+                    live: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                    progress_shown: false,
                 };
                 let mut errors = Vec::new();
                 for out in rx {
@@ -204,11 +208,44 @@ struct Writer {
     files: RunFiles,
     table: TableSink,
     header_done: bool,
+    /// stderr is a terminal: show a live progress line there.
+    live: bool,
+    progress_shown: bool,
+}
+
+/// `epoch 3 [=========>          ] 230/468`.
+fn progress_line(epoch: u32, done: u64, steps: u32) -> String {
+    const WIDTH: u64 = 30;
+    let steps = u64::from(steps.max(1));
+    let filled = (done.min(steps) * WIDTH / steps) as usize;
+    let bar: String = "=".repeat(filled) + if filled < WIDTH as usize { ">" } else { "" };
+    format!("epoch {epoch} [{bar:<w$}] {done}/{steps} steps", w = WIDTH as usize)
 }
 
 impl Writer {
+    fn clear_progress(&mut self) {
+        if self.progress_shown {
+            let mut err = std::io::stderr();
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+            self.progress_shown = false;
+        }
+    }
+
     fn write(&mut self, out: Output) -> Result<(), String> {
+        if !matches!(out, Output::Progress { .. }) {
+            self.clear_progress();
+        }
         match out {
+            Output::Progress { epoch, done, steps } => {
+                if self.live {
+                    let mut err = std::io::stderr();
+                    let _ = write!(err, "\r\x1b[2K{}", progress_line(epoch, done, steps));
+                    let _ = err.flush();
+                    self.progress_shown = true;
+                }
+                Ok(())
+            }
             Output::RunInfo(info) => self.json("run.json", &*info),
             Output::Summary(s) => self.json("summary.json", &*s),
             Output::Weights(bytes) => {
@@ -248,6 +285,13 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_line_fills_with_the_steps() {
+        assert_eq!(progress_line(0, 0, 10), format!("epoch 0 [>{}] 0/10 steps", " ".repeat(29)));
+        assert_eq!(progress_line(2, 5, 10), format!("epoch 2 [{}>{}] 5/10 steps", "=".repeat(15), " ".repeat(14)));
+        assert_eq!(progress_line(1, 10, 10), format!("epoch 1 [{}] 10/10 steps", "=".repeat(30)));
+    }
     use std::sync::{Arc, Mutex};
 
     #[test]

@@ -42,7 +42,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // `launch` is interactive: the table, a live progress line and the final line say what
+    // matters, so its default log level is `warn` (RUST_LOG=info shows every state change).
+    init_tracing(if matches!(cli.command, Command::Launch(_)) { "warn" } else { "info" });
     match run(cli) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -107,8 +109,8 @@ fn report(outcome: &RunOutcome) -> bool {
 }
 
 /// stderr subscriber: `RUST_LOG` filter (default `info`), JSON lines when `RINGTRAIN_LOG_FORMAT=json`.
-fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+fn init_tracing(default_level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -140,6 +140,13 @@ impl Shared {
             .state)
     }
 
+    /// Sends `out` to the output writer (dropped once the writer is closed).
+    pub(crate) fn emit(&self, out: Output) {
+        if let Some(tx) = &self.inner.lock().unwrap_or_else(PoisonError::into_inner).out {
+            let _ = tx.send(out);
+        }
+    }
+
     pub(crate) fn subscribe(&self) -> watch::Receiver<Snapshot> {
         self.tx.subscribe()
     }
@@ -359,6 +366,24 @@ impl Run {
                 }),
         );
         let watchdog = self.spawn_watchdog();
+        let progress = {
+            // Live progress from the ranks' heartbeats (the table shows each finished epoch).
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                let mut last = None;
+                loop {
+                    tick.tick().await;
+                    let now = shared.read(|s| s.progress());
+                    if let Some((epoch, done, steps)) = now {
+                        if last != now {
+                            shared.emit(Output::Progress { epoch, done, steps });
+                        }
+                    }
+                    last = now;
+                }
+            })
+        };
         let mut rx = self.shared.subscribe();
         let mut shutdown = std::pin::pin!(shutdown);
         let mut server_done = None;
@@ -388,6 +413,7 @@ impl Run {
             }
         }
         watchdog.abort();
+        progress.abort();
         self.finish().await
     }
 

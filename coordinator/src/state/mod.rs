@@ -240,6 +240,8 @@ pub enum RunError {
 #[derive(Debug, Clone, Copy)]
 struct Liveness {
     last_seen: Instant,
+    /// Global step from the rank's last heartbeat (progress display only).
+    step: u64,
     waiting: u32,
     left: bool,
     gone: bool,
@@ -343,6 +345,18 @@ impl RunState {
         })
     }
 
+    /// Progress for display while running: (epoch, steps done in it, steps per epoch), paced by
+    /// the slowest rank's last heartbeat. `None` before the plan exists or after the end.
+    pub fn progress(&self) -> Option<(u32, u64, u32)> {
+        let plan = self.plan.as_ref()?;
+        if self.status.is_terminal() || self.ranks.is_empty() || plan.steps_per_epoch == 0 {
+            return None;
+        }
+        let step = self.ranks.iter().map(|l| l.step).min()?;
+        let per = u64::from(plan.steps_per_epoch);
+        Some(((step / per) as u32, step % per, plan.steps_per_epoch))
+    }
+
     /// Applies one event; on `Ok`, the caller must apply the actions in order.
     pub fn on_event(&mut self, ev: Event, now: Instant) -> Actions {
         match ev {
@@ -371,6 +385,7 @@ impl RunState {
                 tracing::debug!(rank = rank.0, epoch, step, "heartbeat");
                 let l = &mut self.ranks[rank.index()];
                 l.last_seen = now;
+                l.step = l.step.max(step);
                 l.informed |= self.status.is_terminal();
                 Ok(vec![])
             }
@@ -526,6 +541,7 @@ impl RunState {
         self.ranks = vec![
             Liveness {
                 last_seen: now,
+                step: 0,
                 waiting: 0,
                 left: false,
                 gone: false,

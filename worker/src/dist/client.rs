@@ -112,7 +112,15 @@ impl Client {
     /// Starts heartbeats every `interval`. When the coordinator says the run failed, or cannot be
     /// reached for `interval × missed`, the process exits (code 3 or 1): a replica of a failed run
     /// must not keep computing, and it may be blocked in a collective that only its timeout ends.
-    pub fn start_heartbeats(&self, req: pb::HeartbeatRequest, interval: Duration, missed: u32) {
+    /// Each heartbeat carries the current global step from `step` (epoch = step / `steps_per_epoch`).
+    pub fn start_heartbeats(
+        &self,
+        mut req: pb::HeartbeatRequest,
+        interval: Duration,
+        missed: u32,
+        step: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        steps_per_epoch: u64,
+    ) {
         let mut c = self.inner.clone();
         let url = self.url.clone();
         self.rt.spawn(async move {
@@ -120,6 +128,8 @@ impl Client {
             let mut tick = tokio::time::interval(interval);
             loop {
                 tick.tick().await;
+                req.step = step.load(std::sync::atomic::Ordering::Relaxed);
+                req.epoch = (req.step / steps_per_epoch.max(1)) as u32;
                 match tokio::time::timeout(interval, c.heartbeat(req.clone())).await {
                     Ok(Ok(reply)) => {
                         let reply = reply.into_inner();

@@ -99,6 +99,7 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
     let shard = reply.shard.clone().unwrap_or_default();
     tracing::info!(run_id = %reply.run_id, rank = reply.rank, world_size = reply.world_size, round = reply.round,
         train = shard.train.len(), valid = shard.valid.len(), "joined");
+    let step_counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     client.start_heartbeats(
         pb::HeartbeatRequest {
             run_id: reply.run_id.clone(),
@@ -109,8 +110,10 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
         },
         Duration::from_secs_f64(spec.heartbeat_interval_s.max(0.05)),
         3,
+        step_counter.clone(),
+        u64::from(spec.steps_per_epoch),
     );
-    let result = train_shard(opts, &client, &reply, &spec, &shard, listener);
+    let result = train_shard(opts, &client, &reply, &spec, &shard, listener, step_counter);
     // Tell the coordinator why this rank stops, unless the coordinator stopped the run.
     if let Err(err) = &result {
         if !matches!(err, TrainError::RunFailed(_)) {
@@ -133,6 +136,7 @@ fn train_shard(
     spec: &pb::RunSpec,
     shard: &pb::Shard,
     listener: TcpListener,
+    step_counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<(), TrainError> {
     let model: Arch = spec.model.parse().map_err(TrainError::Coordinator)?;
     let refs = |files: &[pb::ImageRef]| {
@@ -196,6 +200,7 @@ fn train_shard(
         image_size: size,
         device: Device::Cpu,
         progress: false,
+        step_counter: Some(step_counter),
     };
     let mut driver = Distributed::new(
         client,

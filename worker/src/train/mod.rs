@@ -81,6 +81,8 @@ pub struct ReplicaSpec {
     pub image_size: u32,
     pub device: Device,
     pub progress: bool,
+    /// Updated with the global step after every step (heartbeats report it as progress).
+    pub step_counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// One epoch's results on this replica.
@@ -286,6 +288,9 @@ pub fn run_replica(
             }
             pb.inc(1);
             step += 1;
+            if let Some(counter) = &spec.step_counter {
+                counter.store(step, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         let step_losses: Vec<f32> =
             Vec::<f32>::try_from(&losses.to_device(Device::Cpu)).unwrap_or_default();

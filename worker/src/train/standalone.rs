@@ -239,6 +239,7 @@ pub fn train(
         image_size: size,
         device: Device::Cpu,
         progress: cfg.progress,
+        step_counter: None,
     };
     let mut driver = Standalone {
         cfg,
