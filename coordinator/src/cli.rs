@@ -181,6 +181,10 @@ pub struct LaunchArgs {
     /// Worker binary [default: ringtrain-worker next to this executable].
     #[arg(long, value_name = "PATH", env = "RINGTRAIN_WORKER_BIN")]
     pub worker_bin: Option<PathBuf>,
+    /// Do not pin each worker to its own cores (pinning happens only when workers × threads
+    /// fit in the CPUs this process may use).
+    #[arg(long, env = "RINGTRAIN_NO_PIN")]
+    pub no_pin: bool,
 }
 
 impl LaunchArgs {
@@ -189,6 +193,7 @@ impl LaunchArgs {
         LaunchOptions {
             threads_per_worker: self.threads_per_worker,
             worker_bin: self.worker_bin.clone(),
+            pin: !self.no_pin,
             ..LaunchOptions::default()
         }
     }

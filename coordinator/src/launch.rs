@@ -43,6 +43,9 @@ pub struct LaunchOptions {
     pub worker_bin: Option<PathBuf>,
     /// How long workers may take to exit after the run ended.
     pub grace: Duration,
+    /// Pin worker i to its own `threads_per_worker` cores when they fit on this machine (keeps
+    /// each worker's caches warm instead of letting the scheduler migrate it).
+    pub pin: bool,
 }
 
 impl Default for LaunchOptions {
@@ -51,6 +54,7 @@ impl Default for LaunchOptions {
             threads_per_worker: None,
             worker_bin: None,
             grace: Duration::from_secs(5),
+            pin: true,
         }
     }
 }
@@ -194,6 +198,34 @@ struct WorkerArgs {
     /// `--data`, `--train-dir`, `--valid-dir`: the worker scans the same files before Join.
     data: [String; 6],
     logs: PathBuf,
+    /// The CPUs this process may run on, when workers are pinned (worker i gets the i-th run of
+    /// `threads` of them).
+    pin_cpus: Option<Vec<usize>>,
+}
+
+/// The CPUs this process may run on (`sched_getaffinity`), in order.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this process.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+    }
+}
+
+/// The affinity mask of worker `index` with `threads` cores each, if the CPUs suffice.
+fn pin_mask(cpus: &[usize], index: usize, threads: usize) -> Option<libc::cpu_set_t> {
+    let mine = cpus.get(index * threads..(index + 1) * threads)?;
+    // SAFETY: cpu_set_t is plain data; CPU_SET only writes inside it (c < CPU_SETSIZE).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in mine {
+            libc::CPU_SET(c, &mut set);
+        }
+        Some(set)
+    }
 }
 
 fn spawn_worker(w: &WorkerArgs, index: usize, n: usize) -> Result<Proc, LaunchError> {
@@ -219,6 +251,7 @@ fn spawn_worker(w: &WorkerArgs, index: usize, n: usize) -> Result<Proc, LaunchEr
     .stdout(out)
     .stderr(err)
     .kill_on_drop(true);
+    let mask = w.pin_cpus.as_deref().and_then(|cpus| pin_mask(cpus, index, w.threads));
     // SAFETY: pid of this process, read before fork.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
@@ -238,6 +271,10 @@ fn spawn_worker(w: &WorkerArgs, index: usize, n: usize) -> Result<Proc, LaunchEr
             // The launcher may have died before prctl took effect.
             if libc::getppid() != parent {
                 return Err(std::io::Error::other("launcher exited during spawn"));
+            }
+            // A failed pin only costs speed; the worker runs anyway.
+            if let Some(set) = &mask {
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set);
             }
             Ok(())
         });
@@ -286,7 +323,10 @@ pub async fn launch(
     let url = format!("http://127.0.0.1:{port}");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = opts.threads_per_worker.unwrap_or((cores / n.max(1)).max(1));
-    tracing::info!(workers = n, threads, coordinator = %url, logs = %logs.display(), "launching workers");
+    let cpus = allowed_cpus();
+    let pin_cpus = (opts.pin && n * threads <= cpus.len()).then_some(cpus);
+    tracing::info!(workers = n, threads, pinned = pin_cpus.is_some(), coordinator = %url,
+        logs = %logs.display(), "launching workers");
     let c = run.config();
     let data = [
         "--data",
@@ -303,6 +343,7 @@ pub async fn launch(
         threads,
         data,
         logs,
+        pin_cpus,
     };
     let handle = run.handle();
     let mut server = tokio::spawn(run.serve(listener, std::future::pending()));
@@ -356,6 +397,17 @@ pub async fn launch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pin_masks_give_each_worker_its_own_cores() {
+        let cpus = [0, 1, 4, 5];
+        let m = pin_mask(&cpus, 1, 2).unwrap();
+        // SAFETY: reading a plain cpu_set_t.
+        let set: Vec<usize> = (0..8).filter(|&c| unsafe { libc::CPU_ISSET(c, &m) }).collect();
+        assert_eq!(set, vec![4, 5]);
+        assert!(pin_mask(&cpus, 2, 2).is_none(), "a third worker does not fit");
+        assert!(!allowed_cpus().is_empty());
+    }
 
     #[test]
     fn worker_ids_sort_in_spawn_order() {

@@ -69,6 +69,7 @@ fn options(dir: &Path, mode: &str) -> LaunchOptions {
         threads_per_worker: Some(1),
         worker_bin: Some(worker_script(dir, mode)),
         grace: Duration::from_secs(2),
+        pin: true,
     }
 }
 
