@@ -6,6 +6,7 @@
 
 pub mod data;
 pub mod fetch;
+pub mod logging;
 pub mod plot;
 pub mod report;
 pub mod rng;

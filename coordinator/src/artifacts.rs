@@ -219,7 +219,10 @@ fn progress_line(epoch: u32, done: u64, steps: u32) -> String {
     let steps = u64::from(steps.max(1));
     let filled = (done.min(steps) * WIDTH / steps) as usize;
     let bar: String = "=".repeat(filled) + if filled < WIDTH as usize { ">" } else { "" };
-    format!("epoch {epoch} [{bar:<w$}] {done}/{steps} steps", w = WIDTH as usize)
+    format!(
+        "epoch {epoch} [{bar:<w$}] {done}/{steps} steps",
+        w = WIDTH as usize
+    )
 }
 
 impl Writer {
@@ -288,9 +291,18 @@ mod tests {
 
     #[test]
     fn progress_line_fills_with_the_steps() {
-        assert_eq!(progress_line(0, 0, 10), format!("epoch 0 [>{}] 0/10 steps", " ".repeat(29)));
-        assert_eq!(progress_line(2, 5, 10), format!("epoch 2 [{}>{}] 5/10 steps", "=".repeat(15), " ".repeat(14)));
-        assert_eq!(progress_line(1, 10, 10), format!("epoch 1 [{}] 10/10 steps", "=".repeat(30)));
+        assert_eq!(
+            progress_line(0, 0, 10),
+            format!("epoch 0 [>{}] 0/10 steps", " ".repeat(29))
+        );
+        assert_eq!(
+            progress_line(2, 5, 10),
+            format!("epoch 2 [{}>{}] 5/10 steps", "=".repeat(15), " ".repeat(14))
+        );
+        assert_eq!(
+            progress_line(1, 10, 10),
+            format!("epoch 1 [{}] 10/10 steps", "=".repeat(30))
+        );
     }
     use std::sync::{Arc, Mutex};
 

@@ -211,7 +211,9 @@ fn allowed_cpus() -> Vec<usize> {
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
             return Vec::new();
         }
-        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
     }
 }
 
@@ -251,7 +253,10 @@ fn spawn_worker(w: &WorkerArgs, index: usize, n: usize) -> Result<Proc, LaunchEr
     .stdout(out)
     .stderr(err)
     .kill_on_drop(true);
-    let mask = w.pin_cpus.as_deref().and_then(|cpus| pin_mask(cpus, index, w.threads));
+    let mask = w
+        .pin_cpus
+        .as_deref()
+        .and_then(|cpus| pin_mask(cpus, index, w.threads));
     // SAFETY: pid of this process, read before fork.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
@@ -403,9 +408,14 @@ mod tests {
         let cpus = [0, 1, 4, 5];
         let m = pin_mask(&cpus, 1, 2).unwrap();
         // SAFETY: reading a plain cpu_set_t.
-        let set: Vec<usize> = (0..8).filter(|&c| unsafe { libc::CPU_ISSET(c, &m) }).collect();
+        let set: Vec<usize> = (0..8)
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &m) })
+            .collect();
         assert_eq!(set, vec![4, 5]);
-        assert!(pin_mask(&cpus, 2, 2).is_none(), "a third worker does not fit");
+        assert!(
+            pin_mask(&cpus, 2, 2).is_none(),
+            "a third worker does not fit"
+        );
         assert!(!allowed_cpus().is_empty());
     }
 

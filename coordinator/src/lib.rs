@@ -40,6 +40,7 @@ pub mod plan;
 pub mod rendezvous;
 pub mod server;
 pub mod service;
+mod shared;
 pub mod state;
 
 pub use config::{Model, RunConfig};

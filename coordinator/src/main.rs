@@ -7,14 +7,12 @@
 //! Logs go to stderr (`RUST_LOG` filters, default `info`; `RINGTRAIN_LOG_FORMAT=json` for
 //! clusters); results meant for people or scripts (the table, the final line) go to stdout.
 
-use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ringtrain_coordinator::cli::{LaunchArgs, ServeArgs};
 use ringtrain_coordinator::RunOutcome;
-use tracing_subscriber::EnvFilter;
 
 mod data_cmd;
 
@@ -44,7 +42,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // `launch` is interactive: the table, a live progress line and the final line say what
     // matters, so its default log level is `warn` (RUST_LOG=info shows every state change).
-    init_tracing(if matches!(cli.command, Command::Launch(_)) { "warn" } else { "info" });
+    ringtrain_common::logging::init(if matches!(cli.command, Command::Launch(_)) {
+        "warn"
+    } else {
+        "info"
+    });
     match run(cli) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -106,20 +108,4 @@ async fn ctrl_c() {
 fn report(outcome: &RunOutcome) -> bool {
     println!("{}", outcome.final_line());
     outcome.succeeded()
-}
-
-/// stderr subscriber: `RUST_LOG` filter (default `info`), JSON lines when `RINGTRAIN_LOG_FORMAT=json`.
-fn init_tracing(default_level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let json = std::env::var("RINGTRAIN_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    // try_init only fails when a subscriber is already set, which leaves logging working anyway.
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
 }

@@ -1,9 +1,8 @@
 //! Running one run: prepare (validate, scan, plan, run folder), serve gRPC until the run ends,
 //! report the outcome.
 //!
-//! Owns the shared state cell (state machine + `watch` publisher + output channel), the
-//! watchdog task and the server's lifetime; not the RPC handlers (`service.rs`) or processes
-//! (`launch.rs`).
+//! Owns preparing a run and the server's lifetime; not the shared state cell and its tasks
+//! (`shared.rs`), the RPC handlers (`service.rs`) or processes (`launch.rs`).
 //!
 //! # Contract
 //! * [`Run::prepare`] refuses to start (an error, nothing served) on an invalid config, a bad
@@ -18,7 +17,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ringtrain_common::data::{scan_dataset, DataError};
@@ -28,12 +27,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::artifacts::{Output, OutputWriter, Summary, TableSink};
+use crate::artifacts::{OutputWriter, Summary, TableSink};
 use crate::config::{ConfigError, RunConfig};
-use crate::ids::WorkerId;
 use crate::plan::{plan_run, DatasetView, PlanError};
 use crate::service::CoordinatorService;
-use crate::state::{Action, Event, Prepared, RunError, RunState, Snapshot, Status};
+pub use crate::shared::RunHandle;
+use crate::shared::{spawn_progress, spawn_ticker, Shared};
+use crate::state::{Event, Prepared, RunState, Status};
 
 /// Shards of 60,000 paths and final weights exceed tonic's 4 MiB default.
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
@@ -92,106 +92,6 @@ impl RunOutcome {
             ),
             (reason, ..) => format!("run failed: {} | run folder {dir}", reason.as_deref().unwrap_or("unknown reason")),
         }
-    }
-}
-
-struct Inner {
-    state: RunState,
-    out: Option<mpsc::Sender<Output>>,
-}
-
-/// The state machine in its mutex, its `watch` publisher and the output channel.
-pub(crate) struct Shared {
-    inner: Mutex<Inner>,
-    tx: watch::Sender<Snapshot>,
-}
-
-impl Shared {
-    /// Applies `ev` now and its actions in order, then reads the state, all under one lock
-    /// (never held across `.await`: this function is synchronous).
-    pub(crate) fn apply<R>(
-        &self,
-        ev: Event,
-        read: impl FnOnce(&RunState) -> R,
-    ) -> Result<R, RunError> {
-        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let actions = g.state.on_event(ev, now())?;
-        for action in actions {
-            match action {
-                Action::Publish => {
-                    self.tx.send_replace(g.state.snapshot());
-                }
-                Action::Output(o) => {
-                    if let Some(tx) = &g.out {
-                        // The writer only goes away at shutdown, after the last output.
-                        let _ = tx.send(o);
-                    }
-                }
-            }
-        }
-        Ok(read(&g.state))
-    }
-
-    pub(crate) fn read<R>(&self, f: impl FnOnce(&RunState) -> R) -> R {
-        f(&self
-            .inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .state)
-    }
-
-    /// Sends `out` to the output writer (dropped once the writer is closed).
-    pub(crate) fn emit(&self, out: Output) {
-        if let Some(tx) = &self.inner.lock().unwrap_or_else(PoisonError::into_inner).out {
-            let _ = tx.send(out);
-        }
-    }
-
-    pub(crate) fn subscribe(&self) -> watch::Receiver<Snapshot> {
-        self.tx.subscribe()
-    }
-
-    fn close_output(&self) {
-        self.inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .out = None;
-    }
-}
-
-/// A cloneable handle for code outside the protocol (the launcher) to observe or fail the run.
-#[derive(Clone)]
-pub struct RunHandle {
-    shared: Arc<Shared>,
-}
-
-impl RunHandle {
-    /// Fails the run with `reason` (ignored once the run ended).
-    pub fn fail(&self, reason: impl Into<String>) {
-        let _ = self.shared.apply(Event::Fail(reason.into()), |_| ());
-    }
-
-    /// Reports that a worker process exited; fails the run unless it had finished its part.
-    /// `aborted`: it exited because it was told the run failed (a consequence, not a cause).
-    pub fn process_exited(
-        &self,
-        worker_id: &str,
-        success: bool,
-        aborted: bool,
-        reason: impl Into<String>,
-    ) {
-        let ev = Event::ProcessExited {
-            worker_id: WorkerId(worker_id.into()),
-            success,
-            aborted,
-            reason: reason.into(),
-        };
-        let _ = self.shared.apply(ev, |_| ());
-    }
-
-    /// The run's observable state, updated on every change.
-    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
-        self.shared.subscribe()
     }
 }
 
@@ -260,10 +160,7 @@ impl Run {
         let state = RunState::new(prepared.clone(), now());
         let (tx, _) = watch::channel(state.snapshot());
         let linger = Duration::from_secs_f64(2.0 * prepared.config.heartbeat_interval_s);
-        let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner { state, out: None }),
-            tx,
-        });
+        let shared = Arc::new(Shared::new(state, tx));
         let weak = Arc::downgrade(&shared);
         let hook = Box::new(move |reason: String| {
             if let Some(s) = weak.upgrade() {
@@ -271,11 +168,7 @@ impl Run {
             }
         });
         let (out, writer) = OutputWriter::start(run_dir, files, table, hook);
-        shared
-            .inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .out = Some(out);
+        shared.open_output(out);
         Ok(Self {
             shared,
             writer,
@@ -316,9 +209,7 @@ impl Run {
 
     /// A handle for failing and observing the run from outside.
     pub fn handle(&self) -> RunHandle {
-        RunHandle {
-            shared: self.shared.clone(),
-        }
+        RunHandle::new(self.shared.clone())
     }
 
     /// The gRPC service (for tests that call the trait methods directly).
@@ -329,18 +220,10 @@ impl Run {
     /// Starts the task that ticks the state machine: rendezvous timeouts and the heartbeat
     /// watchdog. [`Run::serve`] starts it itself.
     pub fn spawn_watchdog(&self) -> tokio::task::JoinHandle<()> {
-        let shared = self.shared.clone();
         let period = Duration::from_secs_f64(
             (self.prepared.config.heartbeat_interval_s / 4.0).clamp(0.01, 1.0),
         );
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let _ = shared.apply(Event::Tick, |_| ());
-            }
-        })
+        spawn_ticker(self.shared.clone(), period)
     }
 
     /// Serves the run on `listener` until it finished or failed (or `shutdown` resolved, which
@@ -366,24 +249,7 @@ impl Run {
                 }),
         );
         let watchdog = self.spawn_watchdog();
-        let progress = {
-            // Live progress from the ranks' heartbeats (the table shows each finished epoch).
-            let shared = self.shared.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                let mut last = None;
-                loop {
-                    tick.tick().await;
-                    let now = shared.read(|s| s.progress());
-                    if let Some((epoch, done, steps)) = now {
-                        if last != now {
-                            shared.emit(Output::Progress { epoch, done, steps });
-                        }
-                    }
-                    last = now;
-                }
-            })
-        };
+        let progress = spawn_progress(self.shared.clone());
         let mut rx = self.shared.subscribe();
         let mut shutdown = std::pin::pin!(shutdown);
         let mut server_done = None;

@@ -27,7 +27,7 @@ use tonic::{Request, Response, Status};
 use crate::ids::{Rank, WorkerId};
 use crate::plan::RunPlan;
 use crate::rendezvous::{Candidate, Membership, RendezvousError};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::state::epoch::EpochReport;
 use crate::state::{self, Event, JoinArgs, Prepared, RunError, Snapshot};
 

@@ -64,7 +64,9 @@ async fn two_workers_finish_a_run_and_leave_a_complete_run_folder() {
     assert_eq!(info["ranks"][0]["worker_id"], "w0");
     assert_eq!(info["ranks"][1]["train_images"], 8);
     assert_eq!(info["classes"], serde_json::json!(["c0", "c1"]));
-    assert!((info["normalize"]["mean"][0].as_f64().unwrap() - 100.0 / 800.0 / 255.0 * 2.0).abs() < 1e-6);
+    assert!(
+        (info["normalize"]["mean"][0].as_f64().unwrap() - 100.0 / 800.0 / 255.0 * 2.0).abs() < 1e-6
+    );
     assert_eq!(info["config"]["epochs"], 2);
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run_dir.join("summary.json")).unwrap()).unwrap();

@@ -73,6 +73,50 @@ pub struct JoinArgs {
     pub protocol_version: Option<u32>,
 }
 
+impl JoinArgs {
+    /// The distributed worker's options; `--coordinator` and `--data` are required here.
+    pub fn into_options(self) -> anyhow::Result<crate::dist::WorkerOptions> {
+        let j = self;
+        let Some(coordinator) = j.coordinator else {
+            anyhow::bail!(
+                "nothing to do: give --coordinator URL to join a run, or a subcommand (see --help)"
+            );
+        };
+        let data = j
+            .data
+            .ok_or_else(|| anyhow::anyhow!("--data DIR is required with --coordinator"))?;
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "worker".into());
+        let opts = crate::dist::WorkerOptions {
+            coordinator,
+            data,
+            worker_id: j
+                .worker_id
+                .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
+            threads: j.threads,
+            collective_listen: j.collective_listen,
+            advertise_host: j.advertise_host,
+            cache_dir: if j.no_cache {
+                None
+            } else {
+                j.cache_dir.or_else(crate::config::default_cache_dir)
+            },
+            model: j.model,
+            run_id: j.run_id,
+            connect_timeout: std::time::Duration::from_secs_f64(j.connect_timeout_s.max(0.0)),
+            scan: ringtrain_common::data::ScanOptions {
+                train_dir: j.train_dir,
+                valid_dir: j.valid_dir,
+                skip_bad: false,
+            },
+            progress: false,
+            protocol_version: j.protocol_version,
+        };
+        Ok(opts)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Train standalone (world size 1) on an image-folder dataset.

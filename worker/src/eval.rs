@@ -7,7 +7,7 @@ use std::path::Path;
 use ringtrain_common::data::{load_dataset, LoadOptions, ScanOptions};
 use serde::Deserialize;
 use tch::nn::VarStore;
-use tch::{Device, Kind, Tensor};
+use tch::Device;
 
 use crate::data::{Normalize, ValidSet};
 use crate::model::{Arch, Model};
@@ -31,14 +31,23 @@ enum RecordedNorm {
 impl RecordedNorm {
     fn get(&self) -> anyhow::Result<Normalize> {
         match self {
-            RecordedNorm::Scalar { mean, std } => Ok(Normalize { mean: *mean, std: *std }),
+            RecordedNorm::Scalar { mean, std } => Ok(Normalize {
+                mean: *mean,
+                std: *std,
+            }),
             RecordedNorm::PerChannel { mean, std } => match (mean.first(), std.first()) {
-                (Some(&m), Some(&s)) => Ok(Normalize { mean: f64::from(m), std: f64::from(s) }),
+                (Some(&m), Some(&s)) => Ok(Normalize {
+                    mean: f64::from(m),
+                    std: f64::from(s),
+                }),
                 _ => anyhow::bail!("run.json: empty normalisation statistics"),
             },
         }
     }
 }
+
+/// Validation batch size (speed and memory only).
+const VALID_BATCH: usize = 1024;
 
 /// Accuracy, mean loss, correct and count.
 pub fn evaluate(
@@ -76,18 +85,7 @@ pub fn evaluate(
     vs.load(weights)
         .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", weights.display()))?;
     let valid = ValidSet::new(&ds.valid, record.normalize.get()?, Device::Cpu);
-    let (loss, correct, count) = tch::no_grad(|| {
-        let logits = model.forward_t(&valid.images, false);
-        let loss = logits
-            .cross_entropy_loss::<Tensor>(&valid.labels, None, tch::Reduction::Sum, -100, 0.0)
-            .double_value(&[]);
-        let correct = logits
-            .argmax(-1, false)
-            .eq_tensor(&valid.labels)
-            .sum(Kind::Int64)
-            .int64_value(&[]) as u64;
-        (loss, correct, valid.len() as u64)
-    });
+    let (loss, correct, count) = crate::train::validate(&model, &valid, VALID_BATCH);
     Ok((
         correct as f64 / count.max(1) as f64,
         loss / count.max(1) as f64,

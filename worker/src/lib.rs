@@ -34,43 +34,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
 /// Runs a parsed command line; the binary's `main` only parses and sets up logging.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let Some(command) = cli.command else {
-        let j = cli.join;
-        let Some(coordinator) = j.coordinator else {
-            anyhow::bail!(
-                "nothing to do: give --coordinator URL to join a run, or a subcommand (see --help)"
-            );
-        };
-        let data = j
-            .data
-            .ok_or_else(|| anyhow::anyhow!("--data DIR is required with --coordinator"))?;
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "worker".into());
-        let opts = dist::WorkerOptions {
-            coordinator,
-            data,
-            worker_id: j
-                .worker_id
-                .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
-            threads: j.threads,
-            collective_listen: j.collective_listen,
-            advertise_host: j.advertise_host,
-            cache_dir: if j.no_cache {
-                None
-            } else {
-                j.cache_dir.or_else(config::default_cache_dir)
-            },
-            model: j.model,
-            run_id: j.run_id,
-            connect_timeout: std::time::Duration::from_secs_f64(j.connect_timeout_s.max(0.0)),
-            scan: ringtrain_common::data::ScanOptions {
-                train_dir: j.train_dir,
-                valid_dir: j.valid_dir,
-                skip_bad: false,
-            },
-            progress: false,
-            protocol_version: j.protocol_version,
-        };
+        let opts = cli.join.into_options()?;
         dist::run_worker(&opts)?;
         return Ok(());
     };

@@ -28,6 +28,7 @@
 
 mod link;
 pub mod ring;
+mod ring_config;
 mod tensor;
 mod wire;
 

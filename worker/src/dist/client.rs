@@ -69,44 +69,47 @@ impl Client {
         })
     }
 
-    pub fn join(&self, req: pb::JoinRequest) -> Result<pb::JoinReply, TrainError> {
-        let mut c = self.inner.clone();
+    /// Runs one unary call to completion on the RPC runtime, from the (non-async) caller thread.
+    fn call<T, F>(
+        &self,
+        what: &str,
+        rpc: impl FnOnce(CoordinatorClient<Channel>) -> F,
+    ) -> Result<T, TrainError>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         self.rt
-            .block_on(c.join(req))
-            .map(|r| r.into_inner())
-            .map_err(|s| rpc_error(&self.url, "join", s))
+            .block_on(rpc(self.inner.clone()))
+            .map(tonic::Response::into_inner)
+            .map_err(|s| rpc_error(&self.url, what, s))
+    }
+
+    pub fn join(&self, req: pb::JoinRequest) -> Result<pb::JoinReply, TrainError> {
+        self.call("join", |mut c| async move { c.join(req).await })
     }
 
     pub fn pixel_stats(&self, req: pb::PixelStatsReport) -> Result<pb::NormStats, TrainError> {
-        let mut c = self.inner.clone();
-        self.rt
-            .block_on(c.report_pixel_stats(req))
-            .map(|r| r.into_inner())
-            .map_err(|s| rpc_error(&self.url, "pixel stats", s))
+        self.call("pixel stats", |mut c| async move {
+            c.report_pixel_stats(req).await
+        })
     }
 
     pub fn epoch_plan(&self, req: pb::EpochPlanRequest) -> Result<pb::EpochPlan, TrainError> {
-        let mut c = self.inner.clone();
-        self.rt
-            .block_on(c.get_epoch_plan(req))
-            .map(|r| r.into_inner())
-            .map_err(|s| rpc_error(&self.url, "epoch plan", s))
+        self.call(
+            "epoch plan",
+            |mut c| async move { c.get_epoch_plan(req).await },
+        )
     }
 
     pub fn report_epoch(&self, req: pb::EpochReport) -> Result<pb::Verdict, TrainError> {
-        let mut c = self.inner.clone();
-        self.rt
-            .block_on(c.report_epoch(req))
-            .map(|r| r.into_inner())
-            .map_err(|s| rpc_error(&self.url, "epoch report", s))
+        self.call(
+            "epoch report",
+            |mut c| async move { c.report_epoch(req).await },
+        )
     }
 
     pub fn leave(&self, req: pb::LeaveRequest) -> Result<pb::Verdict, TrainError> {
-        let mut c = self.inner.clone();
-        self.rt
-            .block_on(c.leave(req))
-            .map(|r| r.into_inner())
-            .map_err(|s| rpc_error(&self.url, "leave", s))
+        self.call("leave", |mut c| async move { c.leave(req).await })
     }
 
     /// Starts heartbeats every `interval`. When the coordinator says the run failed, or cannot be

@@ -130,8 +130,9 @@ fn progress_bar(steps: usize, epoch: u32, enabled: bool) -> ProgressBar {
     pb
 }
 
-/// Loss sum, correct count and count over the validation split, in eval mode.
-fn validate(model: &Model, valid: &ValidSet, batch: usize) -> (f64, u64, u64) {
+/// Loss sum, correct count and count over the validation split, in eval mode, in batches of
+/// `batch` (results do not depend on it).
+pub(crate) fn validate(model: &Model, valid: &ValidSet, batch: usize) -> (f64, u64, u64) {
     tch::no_grad(|| {
         let n = valid.len() as i64;
         let device = valid.images.device();

@@ -1,0 +1,173 @@
+//! The shared state cell of a run and the tasks that drive it without a request.
+//!
+//! Owns [`Shared`] (the state machine in a `std::sync::Mutex` never held across `.await`, its
+//! `watch` publisher and the output channel), [`RunHandle`] (failing and observing the run from
+//! outside the protocol), the ticker (rendezvous timeouts, heartbeat watchdog) and the live
+//! progress task. Not serving (`server.rs`) or the RPC handlers (`service.rs`).
+//!
+//! Tests: through `coordinator/tests/{service,serve,launch}.rs`.
+
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::artifacts::Output;
+use crate::ids::WorkerId;
+use crate::server::now;
+use crate::state::{Action, Event, RunError, RunState, Snapshot};
+
+struct Inner {
+    state: RunState,
+    out: Option<mpsc::Sender<Output>>,
+}
+
+/// The state machine in its mutex, its `watch` publisher and the output channel.
+pub(crate) struct Shared {
+    inner: Mutex<Inner>,
+    tx: watch::Sender<Snapshot>,
+}
+
+impl Shared {
+    pub(crate) fn new(state: RunState, tx: watch::Sender<Snapshot>) -> Self {
+        Self {
+            inner: Mutex::new(Inner { state, out: None }),
+            tx,
+        }
+    }
+
+    /// Connects the output writer; outputs before this are dropped.
+    pub(crate) fn open_output(&self, out: mpsc::Sender<Output>) {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .out = Some(out);
+    }
+
+    /// Applies `ev` now and its actions in order, then reads the state, all under one lock
+    /// (never held across `.await`: this function is synchronous).
+    pub(crate) fn apply<R>(
+        &self,
+        ev: Event,
+        read: impl FnOnce(&RunState) -> R,
+    ) -> Result<R, RunError> {
+        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let actions = g.state.on_event(ev, now())?;
+        for action in actions {
+            match action {
+                Action::Publish => {
+                    self.tx.send_replace(g.state.snapshot());
+                }
+                Action::Output(o) => {
+                    if let Some(tx) = &g.out {
+                        // The writer only goes away at shutdown, after the last output.
+                        let _ = tx.send(o);
+                    }
+                }
+            }
+        }
+        Ok(read(&g.state))
+    }
+
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&RunState) -> R) -> R {
+        f(&self
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .state)
+    }
+
+    /// Sends `out` to the output writer (dropped once the writer is closed).
+    pub(crate) fn emit(&self, out: Output) {
+        if let Some(tx) = &self
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .out
+        {
+            let _ = tx.send(out);
+        }
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.tx.subscribe()
+    }
+
+    pub(crate) fn close_output(&self) {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .out = None;
+    }
+}
+
+/// A cloneable handle for code outside the protocol (the launcher) to observe or fail the run.
+#[derive(Clone)]
+pub struct RunHandle {
+    shared: Arc<Shared>,
+}
+
+impl RunHandle {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// Fails the run with `reason` (ignored once the run ended).
+    pub fn fail(&self, reason: impl Into<String>) {
+        let _ = self.shared.apply(Event::Fail(reason.into()), |_| ());
+    }
+
+    /// Reports that a worker process exited; fails the run unless it had finished its part.
+    /// `aborted`: it exited because it was told the run failed (a consequence, not a cause).
+    pub fn process_exited(
+        &self,
+        worker_id: &str,
+        success: bool,
+        aborted: bool,
+        reason: impl Into<String>,
+    ) {
+        let ev = Event::ProcessExited {
+            worker_id: WorkerId(worker_id.into()),
+            success,
+            aborted,
+            reason: reason.into(),
+        };
+        let _ = self.shared.apply(ev, |_| ());
+    }
+
+    /// The run's observable state, updated on every change.
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.shared.subscribe()
+    }
+}
+
+/// Ticks the state machine every `period`: rendezvous timeouts and the heartbeat watchdog.
+pub(crate) fn spawn_ticker(shared: Arc<Shared>, period: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let _ = shared.apply(Event::Tick, |_| ());
+        }
+    })
+}
+
+/// Emits live progress (from the ranks' heartbeats) once a second when it changed; the table
+/// shows each finished epoch.
+pub(crate) fn spawn_progress(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last = None;
+        loop {
+            tick.tick().await;
+            let now = shared.read(|s| s.progress());
+            if let Some((epoch, done, steps)) = now {
+                if last != now {
+                    shared.emit(Output::Progress { epoch, done, steps });
+                }
+            }
+            last = now;
+        }
+    })
+}
