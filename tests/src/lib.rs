@@ -27,11 +27,38 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// The real MNIST idx files (`../shared/data/mnist`), overridable with `RINGTRAIN_MNIST_IDX`.
+/// The real MNIST idx files: `$RINGTRAIN_MNIST_IDX`, else `../shared/data/mnist` beside the
+/// workspace (where CI puts it), else beside the checkout this clone was made from (a local
+/// `git clone` of a working copy, as in a hand-run clean-clone check).
+///
+/// Panics with the places it looked when none holds the files: the tests that need real MNIST
+/// must not pass without it.
 pub fn shared_mnist_idx() -> PathBuf {
-    std::env::var_os("RINGTRAIN_MNIST_IDX")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("../shared/data/mnist"))
+    if let Some(dir) = std::env::var_os("RINGTRAIN_MNIST_IDX") {
+        return PathBuf::from(dir);
+    }
+    let root = workspace_root();
+    let mut candidates = vec![root.join("../shared/data/mnist")];
+    let origin = std::process::Command::new("git")
+        .args(["config", "--get", "remote.origin.url"])
+        .current_dir(&root)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|u| u.starts_with('/'));
+    if let Some(origin) = origin {
+        candidates.push(Path::new(&origin).join("../shared/data/mnist"));
+    }
+    for c in &candidates {
+        if c.join("train-images-idx3-ubyte.gz").is_file()
+            || c.join("train-images-idx3-ubyte").is_file()
+        {
+            return c.clone();
+        }
+    }
+    panic!(
+        "real MNIST idx files not found in {candidates:?}; set RINGTRAIN_MNIST_IDX to their folder"
+    )
 }
 
 /// Folder for a test's logs, kept after the run for post-mortems: `target/test-logs/<name>`.
