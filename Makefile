@@ -5,7 +5,7 @@ SHELL := /bin/bash
 TORCH_VENV ?= $(or $(RINGTRAIN_TORCH_VENV),$(HOME)/.cache/ringtrain/torch-2.11.0)
 MNIST_DIR ?= $(or $(RINGTRAIN_MNIST_DIR),$(HOME)/.cache/ringtrain/data/mnist_png)
 MNIST_IDX ?= $(RINGTRAIN_MNIST_IDX)
-RUN_DIR ?= runs/lesson7-resnet
+RUN_DIR ?= runs/lesson7-resnet-$(shell date +%Y%m%d-%H%M%S)
 WORKERS ?= 2
 CARGO ?= cargo
 

@@ -1,9 +1,10 @@
 //! ringtrain-common: the pure logic both sides of a ringtrain run need.
 //!
-//! Owns the wire types (`pb`), the one-cycle schedule, dataset scanning/decoding/caching and the
-//! MNIST fetch/import paths. Never links libtorch and never needs a tokio runtime: everything
-//! here is testable with plain slices and files.
+//! Owns the wire types (`pb`), the one-cycle schedule, dataset scanning/decoding/caching, the
+//! checkpoint store and the MNIST fetch/import paths. Never links libtorch and never needs a
+//! tokio runtime: everything here is testable with plain slices and files.
 
+pub mod checkpoint;
 pub mod data;
 pub mod fetch;
 pub mod logging;

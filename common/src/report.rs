@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::plot::{line_chart, Series};
 
@@ -24,7 +24,7 @@ pub struct ReportError {
 }
 
 /// One row of the table.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochRow {
     pub epoch: u32,
     /// fastai's smoothed training loss (exponential moving average, beta 0.98, debiased) at the
@@ -124,6 +124,53 @@ impl RunFiles {
             rows: Vec::new(),
             step_points: Vec::new(),
         })
+    }
+
+    /// Reopens the metric files of a resumed run in `dir`: keeps the rows of the first
+    /// `epochs_done` epochs and their steps, drops anything later (work after the checkpoint
+    /// that is about to be redone), rewrites both files and appends from there.
+    pub fn resume(dir: &Path, epochs_done: u32) -> Result<Self, ReportError> {
+        let mpath = dir.join("metrics.jsonl");
+        let rows: Vec<EpochRow> = std::fs::read_to_string(&mpath)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<EpochRow>(l).ok())
+            .filter(|r| r.epoch < epochs_done)
+            .collect();
+        let spath = dir.join("steps.csv");
+        let steps: Vec<(u64, u32, f64, f64, f64)> = std::fs::read_to_string(&spath)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                match f.as_slice() {
+                    [s, e, lr, b, loss] => Some((
+                        s.parse().ok()?,
+                        e.parse().ok()?,
+                        lr.parse().ok()?,
+                        b.parse().ok()?,
+                        loss.parse().ok()?,
+                    )),
+                    _ => None,
+                }
+            })
+            .filter(|s| s.1 < epochs_done)
+            .collect();
+        let mut files = Self::create(dir)?;
+        for (step, epoch, lr, beta1, loss) in steps {
+            files.step(step, epoch, lr, beta1, loss)?;
+        }
+        for r in rows {
+            let line = serde_json::to_string(&r).map_err(|e| ReportError {
+                path: mpath.clone(),
+                reason: e.to_string(),
+            })?;
+            writeln!(files.metrics, "{line}").map_err(io(&mpath))?;
+            files.rows.push(r);
+        }
+        files.steps.flush().map_err(io(&spath))?;
+        Ok(files)
     }
 
     /// Records one training step.
@@ -236,7 +283,7 @@ impl RunFiles {
 }
 
 /// fastai's `SmoothenValue`: debiased exponential moving average.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Smoothener {
     beta: f64,
     n: i32,

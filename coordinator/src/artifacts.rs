@@ -7,6 +7,8 @@
 //! RUN_DIR/plots/*.svg
 //! RUN_DIR/final.safetensors   rank 0's weights at the end
 //! RUN_DIR/summary.json        final accuracy, valid loss, throughput, params_hash, status
+//! RUN_DIR/checkpoints/e<epoch>-s<step>/   one per epoch end (ringtrain_common::checkpoint)
+//! RUN_DIR/best, RUN_DIR/latest            links to the best (validation accuracy) and newest
 //! ```
 //!
 //! Owns file formats and the writer thread; not what to write when (the run state machine
@@ -26,6 +28,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
+use std::sync::Arc;
+
+use ringtrain_common::checkpoint::{checkpoint_name, CheckpointState, CheckpointStore};
 use ringtrain_common::data::Skipped;
 use ringtrain_common::report::{header, row, RunFiles};
 use serde::Serialize;
@@ -46,6 +51,22 @@ pub enum Output {
     Summary(Box<Summary>),
     /// Steps done in the current epoch (a live line on a terminal's stderr, nothing otherwise).
     Progress { epoch: u32, done: u64, steps: u32 },
+    /// Write a checkpoint, point `latest` (and `best`) at it, prune old ones.
+    Checkpoint(Box<CheckpointOut>),
+    /// A line for people between the table's rows (a round restart).
+    Notice(String),
+}
+
+/// A checkpoint to write.
+#[derive(Debug)]
+pub struct CheckpointOut {
+    pub state: CheckpointState,
+    pub model: Arc<Vec<u8>>,
+    pub optimizer: Arc<Vec<u8>>,
+    /// The name of the best checkpoint so far (this one or an older one).
+    pub best: Option<String>,
+    /// Newest checkpoints to keep besides the best.
+    pub keep: usize,
 }
 
 /// Normalisation statistics on the [0, 1] scale, as every rank applies them.
@@ -250,6 +271,12 @@ impl Writer {
                 Ok(())
             }
             Output::RunInfo(info) => self.json("run.json", &*info),
+            Output::Notice(line) => {
+                let _ = writeln!(self.table, "{line}");
+                let _ = self.table.flush();
+                Ok(())
+            }
+            Output::Checkpoint(c) => self.checkpoint(&c),
             Output::Summary(s) => self.json("summary.json", &*s),
             Output::Weights(bytes) => {
                 let path = self.dir.join("final.safetensors");
@@ -274,6 +301,26 @@ impl Writer {
                 self.files.epoch(r.row).map_err(|e| e.to_string())
             }
         }
+    }
+
+    /// Writes one checkpoint atomically, then moves the links and prunes. A failure leaves
+    /// every earlier checkpoint as it was (the store's contract) and fails the run.
+    fn checkpoint(&self, c: &CheckpointOut) -> Result<(), String> {
+        let store = CheckpointStore::new(&self.dir);
+        let dir = store
+            .write(&c.state, &c.model, &c.optimizer)
+            .map_err(|e| e.to_string())?;
+        let name = checkpoint_name(c.state.epoch, c.state.global_step);
+        store
+            .set_pointer("latest", &name)
+            .map_err(|e| e.to_string())?;
+        if let Some(best) = &c.best {
+            store.set_pointer("best", best).map_err(|e| e.to_string())?;
+        }
+        let protect: Vec<String> = c.best.iter().cloned().collect();
+        let removed = store.prune(c.keep, &protect).map_err(|e| e.to_string())?;
+        tracing::info!(checkpoint = %dir.display(), epoch = c.state.epoch, step = c.state.global_step, ?removed, "checkpoint written");
+        Ok(())
     }
 
     fn json(&self, name: &str, value: &impl Serialize) -> Result<(), String> {

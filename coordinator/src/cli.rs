@@ -134,6 +134,23 @@ pub struct RunArgs {
     #[arg(long, env = "RINGTRAIN_VALID_DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub valid_dir: Option<String>,
+    /// Checkpoints kept besides the best one [default: 3].
+    #[arg(long, env = "RINGTRAIN_CHECKPOINT_KEEP")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_keep: Option<u32>,
+    /// Round restarts allowed after losing a worker; launch also restarts dead workers up to
+    /// this many times [default: 3].
+    #[arg(long, env = "RINGTRAIN_MAX_RESTARTS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_restarts: Option<u32>,
+    /// Resume from the run folder's latest good checkpoint if it has one, else start fresh.
+    #[arg(long, env = "RINGTRAIN_AUTO_RESUME")]
+    #[serde(skip_serializing_if = "is_false")]
+    pub auto_resume: bool,
+    /// Continue the run in RUN_DIR from its latest good checkpoint (its stored settings win).
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "run_dir")]
+    #[serde(skip)]
+    pub resume: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -145,7 +162,18 @@ impl RunArgs {
                 reason: format!("--moms takes two values A,B, got {m:?}"),
             });
         }
-        config::load(self.config.as_deref(), self)
+        let mut c = config::load(self.config.as_deref(), self)?;
+        if let Some(dir) = &self.resume {
+            c.run_dir = Some(dir.clone());
+            c.auto_resume = true;
+            c.resume_required = true;
+        }
+        Ok(c)
+    }
+
+    /// True when `--resume` asks to continue an existing run.
+    pub fn resume_requested(&self) -> bool {
+        self.resume.is_some()
     }
 }
 

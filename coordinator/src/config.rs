@@ -119,6 +119,19 @@ pub struct RunConfig {
     pub run_dir: Option<PathBuf>,
     /// Run id workers must match (default: `<model>-<unix time>-<pid>`).
     pub run_id: Option<String>,
+    /// Checkpoints kept besides the best one (the newest ones).
+    pub checkpoint_keep: u32,
+    /// Round restarts allowed after losing a worker (a dead, silent or preempted rank ends the
+    /// round; the next round resumes from the last checkpoint). `launch` also restarts dead
+    /// worker processes up to this many times in total. 0: the first loss fails the run.
+    pub max_restarts: u32,
+    /// Resume from the run folder's latest good checkpoint when it has one, start fresh when it
+    /// has none (what a restarted coordinator in a cluster wants). Without it, a run folder
+    /// that already holds checkpoints is refused unless `--resume` names it.
+    pub auto_resume: bool,
+    /// Set by `--resume RUN_DIR`: a run folder without a good checkpoint is an error.
+    #[serde(skip)]
+    pub resume_required: bool,
 }
 
 impl Default for RunConfig {
@@ -151,6 +164,10 @@ impl Default for RunConfig {
             wd: 0.01,
             run_dir: None,
             run_id: None,
+            checkpoint_keep: 3,
+            max_restarts: 3,
+            auto_resume: false,
+            resume_required: false,
         }
     }
 }
@@ -317,6 +334,31 @@ impl RunConfig {
             }
         }
         Ok(())
+    }
+
+    /// This (the current invocation's) configuration continuing the run `stored` (from a
+    /// checkpoint): everything that defines the run's arithmetic comes from `stored`; how it is
+    /// served (listen address, workers, timeouts, restarts, data mount point, run folder) stays.
+    pub fn continuing(mut self, stored: &RunConfig) -> Self {
+        let s = stored.clone();
+        self.train_dir = s.train_dir;
+        self.valid_dir = s.valid_dir;
+        self.skip_bad = s.skip_bad;
+        self.model = s.model;
+        self.epochs = s.epochs;
+        self.max_lr = s.max_lr;
+        self.batch_size = s.batch_size;
+        self.valid_batch_size = s.valid_batch_size;
+        self.seed = s.seed;
+        self.pct_start = s.pct_start;
+        self.div_factor = s.div_factor;
+        self.final_div_factor = s.final_div_factor;
+        self.moms = s.moms;
+        self.beta2 = s.beta2;
+        self.eps = s.eps;
+        self.wd = s.wd;
+        self.run_id = s.run_id;
+        self
     }
 
     /// The same configuration with every default that depends on the model or the clock filled

@@ -1,5 +1,5 @@
 //! `ringtrain launch`: one machine, one command: the coordinator in-process plus N worker
-//! processes, supervised (torchrun's local agent, without restarts).
+//! processes, supervised (torchrun's local agent).
 //!
 //! Owns spawning, supervising and killing worker processes; not the run's rules (`state`) or
 //! serving (`server.rs`).
@@ -10,8 +10,11 @@
 //!   --collective-listen 127.0.0.1:0 --data DATA --train-dir TRAIN --valid-dir VALID` (DATA
 //!   absolute), ids zero-padded so that sorted order (= rank order) is spawn order; its stdout and
 //!   stderr go to `RUN_DIR/logs/worker-<i>.log`.
-//! * A worker that exits non-zero, by a signal, or with 0 before it left the run, fails the run
-//!   at once: "rank R (worker local-00i, pid P) exited with code C; see RUN_DIR/logs/worker-i.log".
+//! * A worker that dies (non-zero exit other than 3, or a signal) is started again with the
+//!   same worker id, up to `max_restarts` times in total over the run; the coordinator ends the
+//!   round and the next one resumes from the last checkpoint with the replacement. Its log is
+//!   appended to. With no restart left, the death fails the run at once: "rank R (worker
+//!   local-00i, pid P) exited with code C; see RUN_DIR/logs/worker-i.log (no restarts left …)".
 //! * `interrupt` (Ctrl-C): SIGINT to every worker, the run fails with "interrupted".
 //! * When the run ended, workers get [`LaunchOptions::grace`] (5 s) to exit, then SIGKILL.
 //!   Children also die with the launcher: `PR_SET_PDEATHSIG(SIGKILL)` covers a killed launcher,
@@ -234,7 +237,12 @@ fn spawn_worker(w: &WorkerArgs, index: usize, n: usize) -> Result<Proc, LaunchEr
     let (bin, logs) = (&w.bin, &w.logs);
     let worker_id = worker_id(index, n);
     let log = logs.join(format!("worker-{index}.log"));
-    let out = std::fs::File::create(&log).map_err(io_err(format!("creating {}", log.display())))?;
+    // Appended to: a restarted worker (or a resumed run) keeps the earlier log.
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(io_err(format!("creating {}", log.display())))?;
     let err = out
         .try_clone()
         .map_err(io_err(format!("opening {}", log.display())))?;
@@ -351,6 +359,8 @@ pub async fn launch(
         pin_cpus,
     };
     let handle = run.handle();
+    let max_restarts = run.config().max_restarts;
+    let mut restarts = 0u32;
     let mut server = tokio::spawn(run.serve(listener, std::future::pending()));
     // Spawned from this task (a runtime worker thread that lives as long as the runtime): the
     // death signal follows the spawning thread, not the process.
@@ -379,13 +389,35 @@ pub async fn launch(
                         p.worker_id, p.pid, describe_exit(status), p.log.display()
                     );
                     tracing::info!(worker_id = %p.worker_id, pid = p.pid, status = %describe_exit(status), "worker exited");
-                    handle.process_exited(&p.worker_id, status.success(), status.code() == Some(EXIT_ABORTED), reason);
+                    let aborted = status.code() == Some(EXIT_ABORTED);
+                    let died = !status.success() && !aborted;
+                    let worker_id = p.worker_id.clone();
+                    if died && restarts < max_restarts && !handle.is_over() {
+                        restarts += 1;
+                        eprintln!("ringtrain: {reason}; restarting it (restart {restarts} of {max_restarts})");
+                        handle.process_exited(&worker_id, false, false, reason);
+                        match spawn_worker(&args, i, n) {
+                            Ok(p) => children.0[i] = p,
+                            Err(e) => handle.fail(e.to_string()),
+                        }
+                    } else if died {
+                        // First as an exit (it may be the root cause of a peer's report), then
+                        // as the end: nobody will take its place.
+                        handle.process_exited(&worker_id, false, false, reason.clone());
+                        handle.fail(format!("{reason} (no restarts left: max_restarts = {max_restarts})"));
+                    } else {
+                        handle.process_exited(&worker_id, status.success(), aborted, reason.clone());
+                        if aborted && !handle.is_over() {
+                            // Gave up although the run goes on: nobody will take its place.
+                            handle.fail(reason);
+                        }
+                    }
                 }
             }
             () = &mut interrupt, if !interrupted => {
                 interrupted = true;
                 children.signal(libc::SIGINT);
-                handle.fail("interrupted");
+                handle.fail("interrupted; the checkpoints stay: continue with --resume RUN_DIR");
             }
         }
     };

@@ -25,8 +25,11 @@
 //!   with `min_workers < workers` it closes `last_call_s` (30 s) after the minimum joined.
 //! * **A worker that does not fit** (protocol version, run id, model, dataset fingerprint,
 //!   duplicate id, full round) is refused at Join and the run goes on without it.
-//! * **The coordinator dies**: workers stop hearing it and exit after `heartbeat_missed`
-//!   periods; there is no resume yet. Ctrl-C fails the run with "interrupted".
+//! * **The coordinator dies**: workers retry for `--connect-timeout-s`; a coordinator started
+//!   again on the same run folder (`--auto-resume`/`--resume`) continues from the latest good
+//!   checkpoint and the workers re-join. Ctrl-C/SIGTERM stop the run as "interrupted".
+//! * **A worker is lost** while restarts are left (`max_restarts`): the round ends and the next
+//!   one resumes from the last checkpoint (`state/rounds.rs`); see the README's failure table.
 //! * **The disk fails**: a run-folder write that fails fails the run naming the file;
 //!   `run.json`, `summary.json` and `final.safetensors` are replaced atomically, never half
 //!   written.

@@ -10,7 +10,7 @@
 //! * A worker whose Join call was abandoned (its connection dropped) before the round closed is
 //!   removed again; below `min_workers` the last-call deadline is cancelled.
 //! * The round times out when it has not closed `join_timeout` after it opened; then the run
-//!   fails (there is one round per run today: `round` is always 1).
+//!   fails. A run that loses a worker opens a new `Rendezvous` with the next round number.
 //! * Pure and synchronous: time comes in as `now`, so tests drive it without sleeping.
 //!
 //! ```text
@@ -153,6 +153,7 @@ pub enum RendezvousError {
 /// The membership state machine of one round.
 #[derive(Debug, Clone)]
 pub struct Rendezvous {
+    round: u32,
     settings: RendezvousSettings,
     opened: Instant,
     joined: BTreeMap<WorkerId, Candidate>,
@@ -163,7 +164,13 @@ pub struct Rendezvous {
 impl Rendezvous {
     /// Opens round 1 at `now`.
     pub fn new(settings: RendezvousSettings, now: Instant) -> Self {
+        Self::with_round(settings, now, 1)
+    }
+
+    /// Opens round `round` at `now` (after a restart).
+    pub fn with_round(settings: RendezvousSettings, now: Instant, round: u32) -> Self {
         Self {
+            round,
             settings,
             opened: now,
             joined: BTreeMap::new(),
@@ -278,7 +285,10 @@ impl Rendezvous {
                 candidate,
             })
             .collect();
-        let m = Arc::new(Membership { round: 1, members });
+        let m = Arc::new(Membership {
+            round: self.round,
+            members,
+        });
         tracing::info!(
             before = "open",
             after = "closed",

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ringtrain_common::checkpoint::{CheckpointError, CheckpointStore};
 use ringtrain_common::data::{scan_dataset, DataError};
 use ringtrain_common::pb::coordinator_server::CoordinatorServer;
 use ringtrain_common::report::{ReportError, RunFiles};
@@ -33,7 +34,7 @@ use crate::plan::{plan_run, DatasetView, PlanError};
 use crate::service::CoordinatorService;
 pub use crate::shared::RunHandle;
 use crate::shared::{spawn_progress, spawn_ticker, Shared};
-use crate::state::{Event, Prepared, RunState, Status};
+use crate::state::{Event, Prepared, Progress, ResumePoint, Resumed, RunState, Status};
 
 /// Shards of 60,000 paths and final weights exceed tonic's 4 MiB default.
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
@@ -61,6 +62,12 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Server(String),
+    /// The checkpoint folder cannot be written, or a checkpoint cannot be read.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The run folder cannot be resumed (or must not be overwritten).
+    #[error("{0}")]
+    Resume(String),
 }
 
 /// How a run ended.
@@ -120,8 +127,11 @@ impl Run {
     pub fn prepare_with_table(config: RunConfig, table: TableSink) -> Result<Self, ServeError> {
         config.validate()?;
         let config = config.resolved(unix_time());
+        let (config, resumed) = find_resume(config)?;
         let run_id = config.run_id.clone().unwrap_or_default();
         let run_dir = config.run_dir.clone().unwrap_or_default();
+        // Fail before any work when checkpoints cannot be written (read-only or full disk).
+        CheckpointStore::new(&run_dir).probe_writable()?;
         let effective = serde_json::to_string(&config).unwrap_or_default();
         tracing::info!(run_id = %run_id, config = %effective, "effective configuration");
         // Absolute, so workers started from another folder find the same files.
@@ -150,14 +160,25 @@ impl Run {
             fingerprint = %dataset.fingerprint,
             "dataset scanned"
         );
-        let files = RunFiles::create(&run_dir)?;
+        let files = match &resumed {
+            Some(r) => {
+                if r.progress.dataset_fingerprint != dataset.fingerprint {
+                    return Err(ServeError::Resume(format!(
+                        "the dataset at {} is not the one run {run_id} trained on (fingerprint {} , checkpoint says {}); resume with the same files",
+                        dataset.root, dataset.fingerprint, r.progress.dataset_fingerprint
+                    )));
+                }
+                RunFiles::resume(&run_dir, r.point.epoch)?
+            }
+            None => RunFiles::create(&run_dir)?,
+        };
         let prepared = Arc::new(Prepared {
             config,
             run_id,
             run_dir: run_dir.clone(),
             dataset,
         });
-        let state = RunState::new(prepared.clone(), now());
+        let state = RunState::resuming(prepared.clone(), now(), resumed);
         let (tx, _) = watch::channel(state.snapshot());
         let linger = Duration::from_secs_f64(2.0 * prepared.config.heartbeat_interval_s);
         let shared = Arc::new(Shared::new(state, tx));
@@ -255,7 +276,7 @@ impl Run {
         let mut server_done = None;
         tokio::select! {
             _ = rx.wait_for(|s| s.status.is_terminal()) => {}
-            () = &mut shutdown => self.handle().fail("interrupted"),
+            () = &mut shutdown => self.handle().fail("interrupted; the checkpoints stay: continue with --resume RUN_DIR"),
             res = &mut server => {
                 let why = match &res {
                     Ok(Ok(())) => "stopped".to_string(),
@@ -320,6 +341,73 @@ impl Run {
             run_dir: self.prepared.run_dir.clone(),
         })
     }
+}
+
+/// Decides whether `config` starts a run or continues one from its run folder's latest good
+/// checkpoint (`auto_resume`, set by `--auto-resume` and `--resume`); a folder that holds
+/// checkpoints is never silently overwritten.
+fn find_resume(config: RunConfig) -> Result<(RunConfig, Option<Resumed>), ServeError> {
+    let run_dir = config.run_dir.clone().unwrap_or_default();
+    let store = CheckpointStore::new(&run_dir);
+    let existing = store.list().unwrap_or_default();
+    if !config.auto_resume {
+        if !existing.is_empty() {
+            return Err(ServeError::Resume(format!(
+                "run folder {} already holds checkpoints ({}); continue it with --resume {0}, or choose another --run-dir",
+                run_dir.display(),
+                existing.join(", ")
+            )));
+        }
+        return Ok((config, None));
+    }
+    let Some((loaded, skipped)) = store.latest_good()? else {
+        if config.resume_required {
+            return Err(ServeError::Resume(format!(
+                "nothing to resume: {} has no good checkpoint",
+                store.dir().display()
+            )));
+        }
+        return Ok((config, None));
+    };
+    for (dir, why) in &skipped {
+        tracing::warn!(checkpoint = %dir.display(), reason = %why, "skipping a bad checkpoint");
+    }
+    let st = &loaded.state;
+    let bad = |what: &str, e: &dyn std::fmt::Display| {
+        ServeError::Resume(format!("checkpoint {}: {what}: {e}", loaded.dir.display()))
+    };
+    let stored: RunConfig =
+        serde_json::from_value(st.config.clone()).map_err(|e| bad("config", &e))?;
+    let progress: Progress =
+        serde_json::from_value(st.progress.clone()).map_err(|e| bad("progress", &e))?;
+    let config = config.continuing(&stored);
+    config.validate()?;
+    let name = loaded
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    tracing::info!(run_id = %st.run_id, checkpoint = %loaded.dir.display(), epoch = st.epoch, step = st.global_step, "resuming from checkpoint");
+    eprintln!(
+        "ringtrain: resuming run {} from {} (epoch {} of {}, step {})",
+        st.run_id,
+        loaded.dir.display(),
+        st.epoch,
+        st.epochs,
+        st.global_step
+    );
+    let resumed = Resumed {
+        point: ResumePoint {
+            epoch: st.epoch,
+            global_step: st.global_step,
+            model: Arc::new(loaded.model),
+            optimizer: Arc::new(loaded.optimizer),
+            checkpoint: name,
+        },
+        progress,
+        round: st.round,
+    };
+    Ok((config, Some(resumed)))
 }
 
 /// Prepares and serves one run on `listener` (`ringtrain serve`): returns when the run finished

@@ -7,10 +7,12 @@
 //! * Errors: version/run/model/dataset mismatch and "not running yet" → `FAILED_PRECONDITION`;
 //!   duplicate worker or closed round → `ALREADY_EXISTS`; rendezvous timeout →
 //!   `DEADLINE_EXCEEDED`; unknown rank or a rank used by another worker → `NOT_FOUND`; malformed
-//!   request → `INVALID_ARGUMENT`; a failed run → `ABORTED` with the reason, except where the
-//!   reply has a status field (Heartbeat, ReportEpoch, Leave), which then says `FAILED`.
+//!   request → `INVALID_ARGUMENT`; a request of an ended round → `ABORTED` (re-join); a failed
+//!   run → `FAILED_PRECONDITION` with the reason and metadata `ringtrain-run-status: failed`,
+//!   except where the reply has a status field (Heartbeat, ReportEpoch, Leave), which then says
+//!   `FAILED`.
 //! * Barrier calls (Join, ReportPixelStats, ReportEpoch) wait on the state's `watch` channel and
-//!   return as soon as the barrier completes or the run fails: never a hang.
+//!   return as soon as the barrier completes, the round ends or the run fails: never a hang.
 //! * While a barrier call waits, its rank counts as alive; a Join whose caller disconnects
 //!   before the round closes is withdrawn from the round.
 //!
@@ -60,8 +62,25 @@ fn to_status(e: RunError) -> Status {
             Status::invalid_argument(msg)
         }
         RunError::UnknownRank { .. } | RunError::WrongWorker { .. } => Status::not_found(msg),
-        RunError::Failed { .. } => Status::aborted(msg),
+        RunError::Failed { .. } => run_failed(msg),
+        RunError::StaleRound { .. } => Status::aborted(msg),
     }
+}
+
+/// Metadata key marking a status as "the run failed" (the worker exits with code 3).
+pub const RUN_STATUS_KEY: &str = "ringtrain-run-status";
+
+fn run_failed(msg: String) -> Status {
+    let mut md = tonic::metadata::MetadataMap::new();
+    md.insert(
+        RUN_STATUS_KEY,
+        tonic::metadata::MetadataValue::from_static("failed"),
+    );
+    Status::with_metadata(tonic::Code::FailedPrecondition, msg, md)
+}
+
+fn stale(snap: &Snapshot) -> Status {
+    to_status(RunError::StaleRound { round: snap.round })
 }
 
 fn wire_status(s: state::Status) -> pb::RunStatus {
@@ -121,14 +140,23 @@ impl CoordinatorService {
         Self { shared }
     }
 
-    /// Waits until `done` holds or the run failed; returns the snapshot that ended the wait.
-    async fn wait(&self, done: impl Fn(&Snapshot) -> bool) -> Result<Snapshot, Status> {
+    /// Waits until `done` holds, the round `token` ended (then `ABORTED`; 0: any round) or the
+    /// run failed; returns the snapshot that ended the wait.
+    async fn wait(&self, token: u64, done: impl Fn(&Snapshot) -> bool) -> Result<Snapshot, Status> {
         let mut rx = self.shared.subscribe();
         let snap = rx
-            .wait_for(|s| done(s) || s.status == state::Status::Failed)
+            .wait_for(|s| {
+                done(s)
+                    || s.status == state::Status::Failed
+                    || (token != 0 && s.round_token != token)
+            })
             .await
-            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?;
-        Ok(snap.clone())
+            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?
+            .clone();
+        if token != 0 && snap.round_token != token && snap.status != state::Status::Failed {
+            return Err(stale(&snap));
+        }
+        Ok(snap)
     }
 }
 
@@ -139,7 +167,13 @@ fn failure_reason(s: &Snapshot) -> String {
         .unwrap_or_default()
 }
 
-fn join_reply(p: &Prepared, m: &Membership, plan: &RunPlan, rank: Rank) -> pb::JoinReply {
+fn join_reply(
+    p: &Prepared,
+    snap: &Snapshot,
+    m: &Membership,
+    plan: &RunPlan,
+    rank: Rank,
+) -> pb::JoinReply {
     let c = &p.config;
     let d = &p.dataset;
     let refs = |positions: &[usize], files: &[(String, u32)]| -> Vec<pb::ImageRef> {
@@ -181,6 +215,14 @@ fn join_reply(p: &Prepared, m: &Membership, plan: &RunPlan, rank: Rank) -> pb::J
             train: refs(train, &d.train),
             valid: refs(valid, &d.valid),
         }),
+        round_token: snap.round_token,
+        resume: snap.resume.as_ref().map(|r| pb::Resume {
+            epoch: r.epoch,
+            global_step: r.global_step,
+            model_safetensors: r.model.to_vec(),
+            optimizer_safetensors: r.optimizer.to_vec(),
+            checkpoint: r.checkpoint.clone(),
+        }),
     }
 }
 
@@ -203,14 +245,23 @@ impl Coordinator for CoordinatorService {
                 device: r.device,
             },
         };
-        self.shared
-            .apply(Event::Join(args), |_| ())
+        let joined_round = self
+            .shared
+            .apply(Event::Join(args), |s| s.snapshot().round)
             .map_err(to_status)?;
         let mut pending = PendingJoin {
             shared: self.shared.clone(),
             worker_id: Some(worker_id.clone()),
         };
-        let snap = self.wait(|s| s.plan.is_some()).await?;
+        let snap = self
+            .wait(0, |s| {
+                s.round != joined_round
+                    || (s.plan.is_some()
+                        && s.membership
+                            .as_ref()
+                            .is_some_and(|m| m.rank_of(&worker_id).is_some()))
+            })
+            .await?;
         pending.worker_id = None;
         if snap.status == state::Status::Failed {
             let timed_out = snap.failure.as_ref().is_some_and(|f| f.rendezvous_timeout);
@@ -218,11 +269,11 @@ impl Coordinator for CoordinatorService {
             return Err(if timed_out {
                 Status::deadline_exceeded(reason)
             } else {
-                Status::aborted(format!("run failed: {reason}"))
+                run_failed(format!("run failed: {reason}"))
             });
         }
         let (Some(m), Some(plan)) = (&snap.membership, &snap.plan) else {
-            return Err(Status::internal("round closed without a plan"));
+            return Err(stale(&snap));
         };
         let rank = m.rank_of(&worker_id).ok_or_else(|| {
             Status::aborted(format!(
@@ -231,7 +282,7 @@ impl Coordinator for CoordinatorService {
         })?;
         let prepared = self.shared.read(|s| s.prepared().clone());
         tracing::info!(run_id = %prepared.run_id, round = m.round, rank = rank.0, world_size = m.world_size(), worker_id = %worker_id, "rank assigned");
-        Ok(Response::new(join_reply(&prepared, m, plan, rank)))
+        Ok(Response::new(join_reply(&prepared, &snap, m, plan, rank)))
     }
 
     async fn heartbeat(
@@ -241,6 +292,7 @@ impl Coordinator for CoordinatorService {
         let r = request.into_inner();
         let ev = Event::Heartbeat {
             run_id: r.run_id,
+            round_token: r.round_token,
             rank: Rank(r.rank),
             worker_id: WorkerId(r.worker_id),
             epoch: r.epoch,
@@ -274,6 +326,7 @@ impl Coordinator for CoordinatorService {
             .apply(
                 Event::PixelStats {
                     run_id: r.run_id,
+                    round_token: r.round_token,
                     rank,
                     stats,
                 },
@@ -281,17 +334,14 @@ impl Coordinator for CoordinatorService {
             )
             .map_err(to_status)?;
         let _alive = Waiting::start(&self.shared, rank);
-        let snap = self.wait(|s| s.norm.is_some()).await?;
+        let snap = self.wait(r.round_token, |s| s.norm.is_some()).await?;
         match snap.norm {
             Some(n) if snap.status != state::Status::Failed => Ok(Response::new(pb::NormStats {
                 mean: vec![n.mean() as f32],
                 std: vec![n.std() as f32],
                 count: n.count,
             })),
-            _ => Err(Status::aborted(format!(
-                "run failed: {}",
-                failure_reason(&snap)
-            ))),
+            _ => Err(run_failed(format!("run failed: {}", failure_reason(&snap)))),
         }
     }
 
@@ -302,7 +352,7 @@ impl Coordinator for CoordinatorService {
         let r = request.into_inner();
         let sched = self
             .shared
-            .read(|s| s.epoch_plan(&r.run_id, Rank(r.rank), r.epoch))
+            .read(|s| s.epoch_plan(&r.run_id, r.round_token, Rank(r.rank), r.epoch))
             .map_err(to_status)?;
         Ok(Response::new(pb::EpochPlan {
             epoch: r.epoch,
@@ -327,10 +377,14 @@ impl Coordinator for CoordinatorService {
             valid_count: r.valid_count,
             params_hash: r.params_hash,
             train_seconds: r.train_seconds,
+            model: r.model_safetensors,
+            optimizer: r.optimizer_safetensors,
         };
+        let token = r.round_token;
         match self.shared.apply(
             Event::Epoch {
                 run_id: r.run_id,
+                round_token: token,
                 report,
             },
             |_| (),
@@ -340,7 +394,7 @@ impl Coordinator for CoordinatorService {
             Err(e) => return Err(to_status(e)),
         }
         let _alive = Waiting::start(&self.shared, rank);
-        let snap = self.wait(|s| s.epochs_done > epoch).await?;
+        let snap = self.wait(token, |s| s.epochs_done > epoch).await?;
         if snap.status == state::Status::Failed {
             return Ok(Response::new(failed_verdict(failure_reason(&snap))));
         }
@@ -357,8 +411,10 @@ impl Coordinator for CoordinatorService {
         let r = request.into_inner();
         let ev = Event::Leave {
             run_id: r.run_id,
+            round_token: r.round_token,
             rank: Rank(r.rank),
             ok: r.ok,
+            recoverable: r.recoverable,
             reason: r.reason,
             weights: r.weights_safetensors,
         };

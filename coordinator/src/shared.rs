@@ -135,6 +135,11 @@ impl RunHandle {
         let _ = self.shared.apply(ev, |_| ());
     }
 
+    /// True once the run finished or failed.
+    pub fn is_over(&self) -> bool {
+        self.shared.read(|s| s.verdict().0.is_terminal())
+    }
+
     /// The run's observable state, updated on every change.
     pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
         self.shared.subscribe()

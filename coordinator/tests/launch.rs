@@ -4,6 +4,7 @@
 
 mod common;
 
+use ringtrain_coordinator::config::RunConfig;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -90,7 +91,10 @@ async fn launches_workers_and_finishes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashing_worker_fails_the_run_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    let config = common::config(dir.path(), 2);
+    let config = RunConfig {
+        max_restarts: 0,
+        ..common::config(dir.path(), 2)
+    };
     let outcome = launch(
         config,
         options(dir.path(), "crash:local-001"),
@@ -106,7 +110,10 @@ async fn a_crashing_worker_fails_the_run_naming_it() {
         "{reason}"
     );
     assert!(
-        reason.ends_with(&format!(") exited with code 1; see {}", log.display())),
+        reason.ends_with(&format!(
+            ") exited with code 1; see {} (no restarts left: max_restarts = 0)",
+            log.display()
+        )),
         "{reason}"
     );
 }
@@ -122,7 +129,10 @@ async fn interrupt_fails_the_run_and_stops_the_workers() {
         .unwrap();
     assert_eq!(
         (outcome.status, outcome.reason.as_deref()),
-        (Status::Failed, Some("interrupted"))
+        (
+            Status::Failed,
+            Some("interrupted; the checkpoints stay: continue with --resume RUN_DIR")
+        )
     );
     assert!(
         started.elapsed() < Duration::from_secs(20),

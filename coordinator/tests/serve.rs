@@ -120,11 +120,14 @@ async fn shutdown_fails_the_run_as_interrupted() {
         .unwrap();
     assert_eq!(
         (outcome.status, outcome.reason.as_deref()),
-        (Status::Failed, Some("interrupted"))
+        (
+            Status::Failed,
+            Some("interrupted; the checkpoints stay: continue with --resume RUN_DIR")
+        )
     );
     assert_eq!(worker.await.unwrap(), 1, "the waiting Join got an error");
     let summary = std::fs::read_to_string(dir.path().join("run/summary.json")).unwrap();
-    assert!(summary.contains("\"interrupted\""), "{summary}");
+    assert!(summary.contains("\"interrupted; "), "{summary}");
 }
 
 #[tokio::test]

@@ -30,9 +30,10 @@ async fn join_two(svc: &CoordinatorService, fp: &str) -> (pb::JoinReply, pb::Joi
     (a.unwrap(), b.unwrap())
 }
 
-fn epoch_report(rank: u32, epoch: u32, hash: &str) -> pb::EpochReport {
+fn epoch_report(rank: u32, epoch: u32, hash: &str, t: u64) -> pb::EpochReport {
     pb::EpochReport {
         run_id: "test-run".into(),
+        round_token: t,
         rank,
         epoch,
         step_losses: vec![0.5; 2],
@@ -41,6 +42,8 @@ fn epoch_report(rank: u32, epoch: u32, hash: &str) -> pb::EpochReport {
         valid_count: 4,
         params_hash: hash.into(),
         train_seconds: 1.0,
+        model_safetensors: if rank == 0 { b"m".to_vec() } else { vec![] },
+        optimizer_safetensors: if rank == 0 { b"o".to_vec() } else { vec![] },
     }
 }
 
@@ -56,7 +59,7 @@ async fn join_refuses_wrong_version_model_fingerprint_and_duplicates() {
     let e = join(&svc, r).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(
-        e.message().contains("version 7") && e.message().contains("version 1"),
+        e.message().contains("version 7") && e.message().contains("version 2"),
         "{}",
         e.message()
     );
@@ -165,9 +168,10 @@ async fn barriers_wait_for_every_rank() {
     let dir = tempfile::tempdir().unwrap();
     let run = prepare(common::config(dir.path(), 2));
     let svc = run.service();
-    join_two(&svc, run.fingerprint()).await;
-    let px = |rank, sum| pb::PixelStatsReport {
+    let t = join_two(&svc, run.fingerprint()).await.0.round_token;
+    let px = move |rank, sum| pb::PixelStatsReport {
         run_id: "test-run".into(),
+        round_token: t,
         rank,
         sum,
         sum_sq: 0,
@@ -191,6 +195,7 @@ async fn barriers_wait_for_every_rank() {
     let plan = svc
         .get_epoch_plan(Request::new(pb::EpochPlanRequest {
             run_id: "test-run".into(),
+            round_token: t,
             rank: 1,
             epoch: 1,
         }))
@@ -202,7 +207,7 @@ async fn barriers_wait_for_every_rank() {
         (4, 4, 4)
     );
 
-    let mut r = epoch_report(0, 0, "h");
+    let mut r = epoch_report(0, 0, "h", t);
     r.step_losses = vec![0.5; 4];
     let e0 = tokio::spawn({
         let svc = svc.clone();
@@ -232,10 +237,10 @@ async fn different_hashes_fail_both_ranks_with_the_hashes() {
         ..common::config(dir.path(), 2)
     });
     let svc = run.service();
-    join_two(&svc, run.fingerprint()).await;
+    let t = join_two(&svc, run.fingerprint()).await.0.round_token;
     let (v0, v1) = tokio::join!(
-        svc.report_epoch(Request::new(epoch_report(0, 0, "aaaa"))),
-        svc.report_epoch(Request::new(epoch_report(1, 0, "bbbb")))
+        svc.report_epoch(Request::new(epoch_report(0, 0, "aaaa", t))),
+        svc.report_epoch(Request::new(epoch_report(1, 0, "bbbb", t)))
     );
     for v in [v0.unwrap().into_inner(), v1.unwrap().into_inner()] {
         assert_eq!(v.status, pb::RunStatus::Failed as i32);
@@ -255,12 +260,12 @@ async fn silent_rank_fails_the_run_and_releases_waiting_calls() {
     });
     let svc = run.service();
     let _watchdog = run.spawn_watchdog();
-    join_two(&svc, run.fingerprint()).await;
+    let t = join_two(&svc, run.fingerprint()).await.0.round_token;
     // Rank 0 reports and waits in the barrier (alive); rank 1 ("b") never calls again.
     let waiting = tokio::spawn({
         let svc = svc.clone();
         async move {
-            svc.report_epoch(Request::new(epoch_report(0, 0, "h")))
+            svc.report_epoch(Request::new(epoch_report(0, 0, "h", t)))
                 .await
         }
     });
@@ -276,6 +281,7 @@ async fn silent_rank_fails_the_run_and_releases_waiting_calls() {
     );
     let hb = pb::HeartbeatRequest {
         run_id: "test-run".into(),
+        round_token: t,
         rank: 0,
         worker_id: "a".into(),
         epoch: 0,
@@ -316,31 +322,37 @@ async fn leave_with_failure_fails_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let run = prepare(common::config(dir.path(), 2));
     let svc = run.service();
-    join_two(&svc, run.fingerprint()).await;
+    let t = join_two(&svc, run.fingerprint()).await.0.round_token;
     let leave = pb::LeaveRequest {
         run_id: "test-run".into(),
+        round_token: t,
         rank: 1,
         ok: false,
         reason: "out of memory".into(),
         weights_safetensors: vec![],
+        recoverable: false,
     };
     let v = svc.leave(Request::new(leave)).await.unwrap().into_inner();
     assert_eq!(
         (v.status, v.reason.as_str()),
         (pb::RunStatus::Failed as i32, "rank 1 (b): out of memory")
     );
-    // Other calls now fail fast: pixel stats has no status field, so ABORTED.
+    // Other calls now fail fast: pixel stats has no status field, so FAILED_PRECONDITION
+    // marked as a failed run (ABORTED means "re-join").
     let px = pb::PixelStatsReport {
         run_id: "test-run".into(),
+        round_token: t,
         rank: 0,
         sum: 0,
         sum_sq: 0,
         count: 1,
     };
     let e = svc.report_pixel_stats(Request::new(px)).await.unwrap_err();
-    assert_eq!(e.code(), Code::Aborted);
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(e.metadata().get("ringtrain-run-status").unwrap(), "failed");
     let bad = pb::HeartbeatRequest {
         run_id: "test-run".into(),
+        round_token: t,
         rank: 5,
         worker_id: "a".into(),
         epoch: 0,

@@ -166,6 +166,8 @@ fn a_killed_worker_fails_the_run_fast_with_its_rank_and_leaves_no_orphans() {
             "0.5",
             "--collective-timeout-s",
             "30",
+            "--max-restarts",
+            "0",
         ])
         .env("RINGTRAIN_CACHE_DIR", tmp.path().join("cache"))
         .stdin(Stdio::null())

@@ -154,6 +154,18 @@ pub enum Command {
         #[arg(long, default_value = "testing")]
         valid_dir: String,
     },
+    /// Classify PNG images with a checkpoint, like the lesson's `learn.predict`.
+    Predict {
+        /// Checkpoint folder, a link such as RUN_DIR/best, or a run folder (its best checkpoint).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// One JSON object per image instead of one line of text.
+        #[arg(long)]
+        json: bool,
+        /// PNG images to classify.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
     /// Print the layer table of a model, like fastai's `learn.summary()`.
     Summary {
         /// Network: basic, resnet or dense.

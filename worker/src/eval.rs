@@ -35,15 +35,31 @@ impl RecordedNorm {
                 mean: *mean,
                 std: *std,
             }),
-            RecordedNorm::PerChannel { mean, std } => match (mean.first(), std.first()) {
-                (Some(&m), Some(&s)) => Ok(Normalize {
-                    mean: f64::from(m),
-                    std: f64::from(s),
-                }),
-                _ => anyhow::bail!("run.json: empty normalisation statistics"),
-            },
+            RecordedNorm::PerChannel { mean, std } => channel_norm(mean, std),
         }
     }
+}
+
+/// The normalisation of recorded per-channel statistics (f32, as the coordinator sends them to
+/// the workers and as checkpoints store them): the images are grayscale, so the first channel.
+pub fn channel_norm(mean: &[f32], std: &[f32]) -> anyhow::Result<Normalize> {
+    match (mean.first(), std.first()) {
+        (Some(&m), Some(&s)) => Ok(Normalize {
+            mean: f64::from(m),
+            std: f64::from(s),
+        }),
+        _ => anyhow::bail!("empty normalisation statistics"),
+    }
+}
+
+/// Builds `arch` for `classes` outputs on the CPU and loads `weights`, a safetensors file under
+/// the model's state_dict names (`final.safetensors`, a checkpoint's `model.safetensors`).
+pub fn load_model(arch: Arch, classes: usize, weights: &Path) -> anyhow::Result<(VarStore, Model)> {
+    let mut vs = VarStore::new(Device::Cpu);
+    let model = Model::new(&vs.root(), arch, classes as i64);
+    vs.load(weights)
+        .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", weights.display()))?;
+    Ok((vs, model))
 }
 
 /// Validation batch size (speed and memory only).
@@ -80,11 +96,12 @@ pub fn evaluate(
         data.display(),
         record.classes
     );
-    let mut vs = VarStore::new(Device::Cpu);
-    let model = Model::new(&vs.root(), record.model, record.classes.len() as i64);
-    vs.load(weights)
-        .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", weights.display()))?;
-    let valid = ValidSet::new(&ds.valid, record.normalize.get()?, Device::Cpu);
+    let (_vs, model) = load_model(record.model, record.classes.len(), weights)?;
+    let norm = record
+        .normalize
+        .get()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", record_path.display()))?;
+    let valid = ValidSet::new(&ds.valid, norm, Device::Cpu);
     let (loss, correct, count) = crate::train::validate(&model, &valid, VALID_BATCH);
     Ok((
         correct as f64 / count.max(1) as f64,

@@ -1,8 +1,9 @@
 //! ringtrain-worker: one training replica. The only crate that links libtorch.
 //!
 //! Owns data tensors and augmentation (`data`), the lesson-7 models (`model`), the flat parameter
-//! layout (`flat`), Adam (`optim`), the collective interface (`collective`) and the training loop
-//! (`train`). Scanning, decoding and the schedule come from `ringtrain-common`.
+//! layout (`flat`), Adam (`optim`), the collective interface (`collective`), the training loop
+//! (`train`) and inference with a checkpoint (`predict`). Scanning, decoding, the schedule and
+//! the checkpoint store come from `ringtrain-common`.
 
 pub mod cli;
 pub mod collective;
@@ -13,6 +14,7 @@ pub mod eval;
 pub mod flat;
 pub mod model;
 pub mod optim;
+pub mod predict;
 pub mod train;
 
 use std::io::IsTerminal;
@@ -49,6 +51,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let (acc, loss, correct, count) =
                 eval::evaluate(&run_dir, &data, &weights, &valid_dir)?;
             println!("accuracy {acc:.6} ({correct} of {count}) valid_loss {loss:.6}");
+        }
+        Command::Predict {
+            checkpoint,
+            json,
+            images,
+        } => {
+            let out = predict::predict(&checkpoint, &images)?;
+            let lines = if json { out.json_lines() } else { out.lines() };
+            for line in lines {
+                println!("{line}");
+            }
         }
         Command::Summary { model, classes } => {
             let vs = tch::nn::VarStore::new(tch::Device::Cpu);

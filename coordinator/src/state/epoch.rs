@@ -39,6 +39,10 @@ pub struct EpochReport {
     pub params_hash: String,
     /// Seconds spent in training steps.
     pub train_seconds: f64,
+    /// Rank 0 only: parameters and BatchNorm buffers after the epoch (safetensors).
+    pub model: Vec<u8>,
+    /// Rank 0 only: Adam's moments after the epoch (safetensors).
+    pub optimizer: Vec<u8>,
 }
 
 /// One step for `steps.csv`.
@@ -77,8 +81,8 @@ pub enum EpochError {
     NonFiniteLoss { epoch: u32, step: u64, loss: f64 },
 }
 
-/// Run-long state of the epoch barriers.
-#[derive(Debug, Clone)]
+/// Run-long state of the epoch barriers (saved in every checkpoint).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochAggregator {
     smoother: Smoothener,
     /// Slowest rank's train seconds, per completed epoch.
@@ -237,6 +241,8 @@ mod tests {
             valid_count: 2,
             params_hash: hash.into(),
             train_seconds: 1.0 + f64::from(rank),
+            model: Vec::new(),
+            optimizer: Vec::new(),
         }
     }
 

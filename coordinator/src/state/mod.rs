@@ -18,16 +18,22 @@
 //!   `std::sync::Mutex`, applies the returned actions before unlocking, and publishes
 //!   [`RunState::snapshot`] on a `watch` channel for waiters.
 //!
+//! * A lost rank ends the round instead of the run while restarts are left (`rounds.rs`):
+//!   `Running → Rendezvous` with the next round, resuming from the last checkpoint.
+//!
 //! ```text
-//!   Rendezvous ──round closed──▶ Running ──all left ok──▶ Finished
-//!        │                         │
-//!        └──timeout / error────────┴──divergence, silent rank, Leave(ok=false), child exit──▶ Failed
+//!        ┌──── lost rank (silent, exited, recoverable Leave, member re-joins) ◀───┐
+//!        ▼                                                                       │
+//!   Rendezvous ──round closed──▶ Running ──all left ok──▶ Finished               │
+//!        │                         │  └──────────────────────────────────────────┘
+//!        └──timeout / error────────┴──divergence, Leave(ok=false), no restarts left──▶ Failed
 //! ```
 //! Tests: `tests.rs` beside this file.
 
 pub mod epoch;
 mod records;
 mod reports;
+mod rounds;
 #[cfg(test)]
 mod tests;
 
@@ -47,6 +53,7 @@ use crate::rendezvous::{
     RendezvousSettings,
 };
 use epoch::{EpochAggregator, EpochReport};
+pub use rounds::{Progress, ResumePoint, Resumed};
 
 /// The wire protocol version this coordinator speaks (`PROTOCOL_VERSION_CURRENT`).
 pub const PROTOCOL_VERSION: u32 = ringtrain_common::pb::ProtocolVersion::Current as u32;
@@ -116,6 +123,11 @@ pub struct Snapshot {
     pub plan: Option<Arc<RunPlan>>,
     pub norm: Option<PixelStats>,
     pub epochs_done: u32,
+    /// The current round and its token (requests of other rounds are stale).
+    pub round: u32,
+    pub round_token: u64,
+    /// Where the current round starts from (`None`: the beginning).
+    pub resume: Option<Arc<ResumePoint>>,
 }
 
 /// A Join request, as the state machine sees it.
@@ -138,6 +150,7 @@ pub enum Event {
     /// A rank is alive (its epoch/step are for logs).
     Heartbeat {
         run_id: String,
+        round_token: u64,
         rank: Rank,
         worker_id: WorkerId,
         epoch: u32,
@@ -146,16 +159,23 @@ pub enum Event {
     /// A rank's pixel sums.
     PixelStats {
         run_id: String,
+        round_token: u64,
         rank: Rank,
         stats: PixelStats,
     },
     /// A rank's epoch report.
-    Epoch { run_id: String, report: EpochReport },
-    /// A rank's last word.
+    Epoch {
+        run_id: String,
+        round_token: u64,
+        report: EpochReport,
+    },
+    /// A rank's last word in its round; `recoverable` failures end the round, not the run.
     Leave {
         run_id: String,
+        round_token: u64,
         rank: Rank,
         ok: bool,
+        recoverable: bool,
         reason: String,
         weights: Vec<u8>,
     },
@@ -235,6 +255,9 @@ pub enum RunError {
     /// The run has failed.
     #[error("run failed: {reason}")]
     Failed { reason: String },
+    /// The request belongs to a round that ended (or to another coordinator process).
+    #[error("round over: the request is for another round; this is round {round}, re-join")]
+    StaleRound { round: u32 },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -264,6 +287,13 @@ pub struct RunState {
     reports: BTreeMap<Rank, EpochReport>,
     epoch_started: Instant,
     agg: EpochAggregator,
+    round: u32,
+    round_token: u64,
+    restarts: u32,
+    resume: Option<Arc<ResumePoint>>,
+    /// Steps done by the last completed epoch.
+    global_step: u64,
+    best: Option<(f64, String)>,
 }
 
 type Actions = Result<Vec<Action>, RunError>;
@@ -271,6 +301,11 @@ type Actions = Result<Vec<Action>, RunError>;
 impl RunState {
     /// A run waiting for its workers from `now`.
     pub fn new(prepared: Arc<Prepared>, now: Instant) -> Self {
+        Self::resuming(prepared, now, None)
+    }
+
+    /// A run waiting for its workers from `now`, continuing `resumed` when given.
+    pub fn resuming(prepared: Arc<Prepared>, now: Instant, resumed: Option<Resumed>) -> Self {
         let c = &prepared.config;
         let settings = RendezvousSettings {
             min_workers: c.min_workers(),
@@ -278,8 +313,19 @@ impl RunState {
             join_timeout: Duration::from_secs_f64(c.join_timeout_s),
             last_call: Duration::from_secs_f64(c.last_call_s),
         };
+        let round = resumed.as_ref().map_or(1, |r| r.round + 1);
+        let (agg, best, restarts) = resumed
+            .as_ref()
+            .map_or_else(|| (EpochAggregator::default(), None, 0), rounds::restored);
         Self {
-            rdzv: Rendezvous::new(settings, now),
+            round,
+            round_token: rounds::round_token(round),
+            restarts,
+            global_step: resumed.as_ref().map_or(0, |r| r.point.global_step),
+            resume: resumed.map(|r| Arc::new(r.point)),
+            best,
+            agg,
+            rdzv: Rendezvous::with_round(settings, now, round),
             prepared,
             started: now,
             status: Status::Rendezvous,
@@ -291,7 +337,6 @@ impl RunState {
             norm: None,
             reports: BTreeMap::new(),
             epoch_started: now,
-            agg: EpochAggregator::default(),
         }
     }
 
@@ -304,6 +349,9 @@ impl RunState {
             plan: self.plan.clone(),
             norm: self.norm,
             epochs_done: self.agg.done(),
+            round: self.round,
+            round_token: self.round_token,
+            resume: self.resume.clone(),
         }
     }
 
@@ -333,10 +381,11 @@ impl RunState {
     pub fn epoch_plan(
         &self,
         run_id: &str,
+        round_token: u64,
         rank: Rank,
         epoch: u32,
     ) -> Result<EpochSchedule, RunError> {
-        let plan = self.running_rank(run_id, rank)?;
+        let plan = self.running_rank(run_id, round_token, rank)?;
         plan.epoch_schedule(epoch).ok_or_else(|| {
             RunError::BadRequest(format!(
                 "epoch {epoch} does not exist; the run has {} epochs",
@@ -367,12 +416,13 @@ impl RunState {
             }
             Event::Heartbeat {
                 run_id,
+                round_token,
                 rank,
                 worker_id,
                 epoch,
                 step,
             } => {
-                self.check_rank(&run_id, rank)?;
+                self.check_rank(&run_id, round_token, rank)?;
                 let expected = self.worker_id(rank);
                 // An empty id is accepted: the rank alone identifies the caller.
                 if !worker_id.0.is_empty() && worker_id != expected {
@@ -391,17 +441,35 @@ impl RunState {
             }
             Event::PixelStats {
                 run_id,
+                round_token,
                 rank,
                 stats,
-            } => self.pixel_stats(&run_id, rank, stats, now),
-            Event::Epoch { run_id, report } => self.epoch(&run_id, report, now),
+            } => self.pixel_stats(&run_id, round_token, rank, stats, now),
+            Event::Epoch {
+                run_id,
+                round_token,
+                report,
+            } => self.epoch(&run_id, round_token, report, now),
             Event::Leave {
                 run_id,
+                round_token,
                 rank,
                 ok,
+                recoverable,
                 reason,
                 weights,
-            } => self.leave(&run_id, rank, ok, reason, weights, now),
+            } => self.leave(
+                &run_id,
+                round_token,
+                rank,
+                reports::LeaveArgs {
+                    ok,
+                    recoverable,
+                    reason,
+                    weights,
+                },
+                now,
+            ),
             Event::WaitStart(rank) => {
                 if let Some(l) = self.ranks.get_mut(rank.index()) {
                     l.waiting += 1;
@@ -448,10 +516,12 @@ impl RunState {
                         Action::Publish,
                     ]);
                 }
-                if success && left {
+                if (success && left) || rank.is_none() {
+                    // Finished its part, or not a member of this round (a process that died
+                    // waiting in the rendezvous withdrew with its Join call).
                     return Ok(vec![]);
                 }
-                Ok(self.fail(reason, Cause::Other, now))
+                Ok(self.restart_round(reason, Cause::Other, now))
             }
             Event::Fail(reason) => Ok(self.fail(reason, Cause::Other, now)),
             Event::Tick => self.tick(now),
@@ -509,10 +579,25 @@ impl RunState {
                 "worker {worker_id} sent no collective_addr"
             )));
         }
+        let mut out = Vec::new();
+        let member = self.membership.as_ref().and_then(|m| m.rank_of(&worker_id));
+        if let (Status::Running, Some(rank)) = (self.status, member) {
+            // A member joining again has left its round (it restarted, or its collective
+            // broke): the round cannot complete.
+            out = self.restart_round(
+                format!("rank {rank} ({worker_id}) re-joined, leaving its round"),
+                Cause::Other,
+                now,
+            );
+            if self.status == Status::Failed {
+                return Ok(out);
+            }
+        }
         let acts = self
             .rdzv
             .on_event(RendezvousEvent::Join(a.candidate), now)?;
-        Ok(self.rendezvous_actions(acts, now))
+        out.extend(self.rendezvous_actions(acts, now));
+        Ok(out)
     }
 
     fn rendezvous_actions(&mut self, acts: Vec<RendezvousAction>, now: Instant) -> Vec<Action> {
@@ -560,7 +645,7 @@ impl RunState {
                 self.plan = Some(Arc::new(plan));
                 self.status = Status::Running;
                 self.epoch_started = now;
-                tracing::info!(run_id = %self.prepared.run_id, round = 1, world_size, before = "rendezvous", after = "running", "run state");
+                tracing::info!(run_id = %self.prepared.run_id, round = self.round, world_size, before = "rendezvous", after = "running", "run state");
                 vec![
                     Action::Output(Output::RunInfo(Box::new(self.run_info()))),
                     Action::Publish,
@@ -575,8 +660,13 @@ impl RunState {
     }
 
     /// The plan, when `rank` may talk about the running round under `run_id`.
-    fn running_rank(&self, run_id: &str, rank: Rank) -> Result<&Arc<RunPlan>, RunError> {
-        self.check_rank(run_id, rank)?;
+    fn running_rank(
+        &self,
+        run_id: &str,
+        round_token: u64,
+        rank: Rank,
+    ) -> Result<&Arc<RunPlan>, RunError> {
+        self.check_rank(run_id, round_token, rank)?;
         match self.status {
             // `round_closed` sets the plan before it sets Running, and nothing unsets it.
             Status::Running => Ok(self
@@ -590,12 +680,15 @@ impl RunState {
         }
     }
 
-    fn check_rank(&self, run_id: &str, rank: Rank) -> Result<(), RunError> {
+    fn check_rank(&self, run_id: &str, round_token: u64, rank: Rank) -> Result<(), RunError> {
         if run_id != self.prepared.run_id {
             return Err(RunError::RunIdMismatch {
                 got: run_id.into(),
                 want: self.prepared.run_id.clone(),
             });
+        }
+        if round_token != self.round_token && self.status != Status::Failed {
+            return Err(RunError::StaleRound { round: self.round });
         }
         let Some(m) = &self.membership else {
             return Err(match &self.failure {
@@ -642,7 +735,7 @@ impl RunState {
             c.heartbeat_missed,
             now.saturating_duration_since(l.last_seen).as_secs_f64()
         );
-        Ok(self.fail(reason, Cause::Other, now))
+        Ok(self.restart_round(reason, Cause::Other, now))
     }
 
     fn fail(&mut self, reason: String, cause: Cause, now: Instant) -> Vec<Action> {

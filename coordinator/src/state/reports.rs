@@ -11,15 +11,24 @@ use super::{Action, Actions, Cause, RunError, RunState, Status};
 use crate::artifacts::Output;
 use crate::ids::Rank;
 
+/// What a Leave says besides who sent it.
+pub(super) struct LeaveArgs {
+    pub ok: bool,
+    pub recoverable: bool,
+    pub reason: String,
+    pub weights: Vec<u8>,
+}
+
 impl RunState {
     pub(super) fn pixel_stats(
         &mut self,
         run_id: &str,
+        round_token: u64,
         rank: Rank,
         stats: PixelStats,
         now: Instant,
     ) -> Actions {
-        let world_size = self.running_rank(run_id, rank)?.world_size;
+        let world_size = self.running_rank(run_id, round_token, rank)?.world_size;
         self.ranks[rank.index()].last_seen = now;
         if self.norm.is_some() {
             return Ok(vec![]);
@@ -41,8 +50,14 @@ impl RunState {
         ])
     }
 
-    pub(super) fn epoch(&mut self, run_id: &str, r: EpochReport, now: Instant) -> Actions {
-        let plan = self.running_rank(run_id, r.rank)?.clone();
+    pub(super) fn epoch(
+        &mut self,
+        run_id: &str,
+        round_token: u64,
+        r: EpochReport,
+        now: Instant,
+    ) -> Actions {
+        let plan = self.running_rank(run_id, round_token, r.rank)?.clone();
         self.ranks[r.rank.index()].last_seen = now;
         let done = self.agg.done();
         if r.epoch < done {
@@ -68,21 +83,41 @@ impl RunState {
                 r.rank
             )));
         }
+        if r.rank.0 == 0 && (r.model.is_empty() || r.optimizer.is_empty()) {
+            return Err(RunError::BadRequest(
+                "rank 0 sent no model or optimizer state for the epoch's checkpoint".into(),
+            ));
+        }
         self.reports.entry(r.rank).or_insert(r);
         if self.reports.len() < plan.world_size as usize {
             return Ok(vec![]);
         }
-        let reports: Vec<EpochReport> = std::mem::take(&mut self.reports).into_values().collect();
+        let mut reports: Vec<EpochReport> =
+            std::mem::take(&mut self.reports).into_values().collect();
+        let (model, optimizer) = reports.first_mut().map_or_else(Default::default, |r0| {
+            (
+                std::mem::take(&mut r0.model),
+                std::mem::take(&mut r0.optimizer),
+            )
+        });
         let seconds = now
             .saturating_duration_since(self.epoch_started)
             .as_secs_f64();
         match self.agg.complete(&reports, &plan, seconds) {
             Ok(result) => {
                 self.epoch_started = now;
+                self.global_step += u64::from(plan.steps_per_epoch);
                 let row = &result.row;
                 tracing::info!(run_id = %self.prepared.run_id, epoch = row.epoch, loss = row.train_loss, valid_loss = row.valid_loss, accuracy = row.accuracy, lr = row.lr, "epoch complete");
+                let checkpoint = self.checkpoint_after_epoch(
+                    model,
+                    optimizer,
+                    row.accuracy,
+                    result.params_hash.clone(),
+                );
                 Ok(vec![
                     Action::Output(Output::Epoch(Box::new(result))),
+                    Action::Output(checkpoint),
                     Action::Publish,
                 ])
             }
@@ -93,13 +128,18 @@ impl RunState {
     pub(super) fn leave(
         &mut self,
         run_id: &str,
+        round_token: u64,
         rank: Rank,
-        ok: bool,
-        reason: String,
-        weights: Vec<u8>,
+        args: LeaveArgs,
         now: Instant,
     ) -> Actions {
-        self.check_rank(run_id, rank)?;
+        let LeaveArgs {
+            ok,
+            recoverable,
+            reason,
+            weights,
+        } = args;
+        self.check_rank(run_id, round_token, rank)?;
         if self.status == Status::Rendezvous {
             return Err(RunError::NotRunning {
                 status: self.status,
@@ -120,6 +160,13 @@ impl RunState {
             } else {
                 reason
             };
+            if recoverable {
+                return Ok(self.restart_round(
+                    format!("rank {rank} ({worker_id}): {why}"),
+                    Cause::Report(rank),
+                    now,
+                ));
+            }
             return Ok(self.fail(
                 format!("rank {rank} ({worker_id}): {why}"),
                 Cause::Report(rank),

@@ -8,6 +8,8 @@ use crate::config::RunConfig;
 use crate::plan::DatasetView;
 
 const RUN: &str = "run-1";
+/// Round 1's token (`rounds::round_token` is predictable in tests).
+const T1: u64 = 1001;
 
 /// 2 workers, 8 training images, batch 4: 2 per rank per step, 2 steps per epoch, 2 epochs.
 fn prepared() -> Arc<Prepared> {
@@ -16,6 +18,7 @@ fn prepared() -> Arc<Prepared> {
         workers: 2,
         batch_size: 4,
         epochs: Some(2),
+        max_restarts: 0,
         ..RunConfig::default()
     };
     let files = |split: &str, n: usize| {
@@ -69,6 +72,7 @@ fn running(t0: Instant) -> RunState {
 fn report(rank: u32, epoch: u32, hash: &str) -> Event {
     Event::Epoch {
         run_id: RUN.into(),
+        round_token: T1,
         report: EpochReport {
             rank: Rank(rank),
             epoch,
@@ -78,6 +82,8 @@ fn report(rank: u32, epoch: u32, hash: &str) -> Event {
             valid_count: 2,
             params_hash: hash.into(),
             train_seconds: 1.0,
+            model: if rank == 0 { b"m".to_vec() } else { vec![] },
+            optimizer: if rank == 0 { b"o".to_vec() } else { vec![] },
         },
     }
 }
@@ -85,6 +91,8 @@ fn report(rank: u32, epoch: u32, hash: &str) -> Event {
 fn leave(rank: u32, ok: bool, weights: &[u8]) -> Event {
     Event::Leave {
         run_id: RUN.into(),
+        round_token: T1,
+        recoverable: false,
         rank: Rank(rank),
         ok,
         reason: "boom".into(),
@@ -112,7 +120,7 @@ fn join_refusals() {
         RunError::VersionMismatch {
             worker_id: w.clone(),
             got: 0,
-            want: 1
+            want: PROTOCOL_VERSION
         }
     );
     assert_eq!(
@@ -193,6 +201,7 @@ fn calls_before_the_round_or_for_unknown_ranks_are_refused() {
     let mut s = RunState::new(prepared(), t0);
     let hb = |rank: u32, run: &str, id: &str| Event::Heartbeat {
         run_id: run.into(),
+        round_token: T1,
         rank: Rank(rank),
         worker_id: WorkerId(id.into()),
         epoch: 0,
@@ -222,10 +231,10 @@ fn calls_before_the_round_or_for_unknown_ranks_are_refused() {
     ));
     s.on_event(hb(0, RUN, "w-a"), t0).unwrap();
     assert!(matches!(
-        s.epoch_plan(RUN, Rank(0), 2),
+        s.epoch_plan(RUN, T1, Rank(0), 2),
         Err(RunError::BadRequest(_))
     ));
-    assert_eq!(s.epoch_plan(RUN, Rank(1), 1).unwrap().first_step, 2);
+    assert_eq!(s.epoch_plan(RUN, T1, Rank(1), 1).unwrap().first_step, 2);
 }
 
 #[test]
@@ -234,6 +243,7 @@ fn pixel_barrier_merges_once_everyone_reported() {
     let mut s = running(t0);
     let px = |rank, sum| Event::PixelStats {
         run_id: RUN.into(),
+        round_token: T1,
         rank: Rank(rank),
         stats: PixelStats {
             sum,
@@ -344,6 +354,7 @@ fn watchdog_fails_a_silent_rank_but_not_a_waiting_one() {
     let mut s = running(t0);
     let hb = |rank: u32| Event::Heartbeat {
         run_id: RUN.into(),
+        round_token: T1,
         rank: Rank(rank),
         worker_id: WorkerId(String::new()),
         epoch: 0,
@@ -370,7 +381,7 @@ fn watchdog_fails_a_silent_rank_but_not_a_waiting_one() {
         .unwrap();
     assert_eq!(
         reason(&s),
-        "rank 0 (w-a) missed 3 heartbeats: not heard from for 15.1 s"
+        "rank 0 (w-a) missed 3 heartbeats: not heard from for 15.1 s (no restarts left: max_restarts = 0)"
     );
     assert!(!s.all_informed());
     s.on_event(hb(0), t0 + Duration::from_secs(36)).unwrap();
@@ -409,10 +420,11 @@ fn process_exits() {
         aborted: false,
         reason: format!("{id} exited"),
     };
-    // Before the round closes, any exit fails the run.
+    // Before the round closes an exit changes nothing here: the Join call dropped with the
+    // process, and the launcher decides whether the run can still start.
     let mut s = RunState::new(prepared(), t0);
     s.on_event(exited("w-a", true), t0).unwrap();
-    assert_eq!(reason(&s), "w-a exited");
+    assert_eq!(s.verdict().0, Status::Rendezvous);
     // After a rank left ok, its clean exit is expected.
     let mut s = running(t0);
     for e in 0..2 {
@@ -423,7 +435,10 @@ fn process_exits() {
     s.on_event(exited("w-a", true), t0).unwrap();
     assert_eq!(s.verdict().0, Status::Running);
     s.on_event(exited("w-b", false), t0).unwrap();
-    assert_eq!(reason(&s), "w-b exited");
+    assert_eq!(
+        reason(&s),
+        "w-b exited (no restarts left: max_restarts = 0)"
+    );
     assert!(s.all_informed(), "left and gone ranks need no telling");
 }
 
@@ -440,6 +455,8 @@ fn an_exit_right_after_a_peer_report_becomes_the_root_cause() {
     s.on_event(
         Event::Leave {
             run_id: RUN.into(),
+            round_token: T1,
+            recoverable: false,
             rank: Rank(0),
             ok: false,
             reason: "peer rank 1 lost".into(),
@@ -463,6 +480,8 @@ fn an_exit_right_after_a_peer_report_becomes_the_root_cause() {
     s.on_event(
         Event::Leave {
             run_id: RUN.into(),
+            round_token: T1,
+            recoverable: false,
             rank: Rank(0),
             ok: false,
             reason: "x".into(),

@@ -35,6 +35,8 @@ pub fn config(dir: &Path, workers: u32) -> RunConfig {
         epochs: Some(2),
         run_dir: Some(dir.join("run")),
         run_id: Some("test-run".into()),
+        // These tests check the all-or-nothing paths; restarts are tested end to end.
+        max_restarts: 0,
         ..RunConfig::default()
     }
 }
@@ -87,7 +89,7 @@ pub async fn fake_worker(
             return 1;
         }
     };
-    let (rank, run_id) = (reply.rank, reply.run_id.clone());
+    let (rank, run_id, token) = (reply.rank, reply.run_id.clone(), reply.round_token);
     let spec = reply.spec.unwrap();
     let shard = reply.shard.unwrap();
     let mut hb = c.clone();
@@ -97,6 +99,7 @@ pub async fn fake_worker(
         worker_id: worker_id.into(),
         epoch: 0,
         step: 0,
+        round_token: token,
     };
     let interval = Duration::from_secs_f64(spec.heartbeat_interval_s);
     tokio::spawn(async move {
@@ -116,6 +119,7 @@ pub async fn fake_worker(
         sum: 100,
         sum_sq: 100 * 255,
         count: 400,
+        round_token: token,
     };
     if c.report_pixel_stats(px).await.is_err() {
         return 3;
@@ -126,6 +130,7 @@ pub async fn fake_worker(
                 run_id: run_id.clone(),
                 rank,
                 epoch,
+                round_token: token,
             })
             .await
             .unwrap()
@@ -142,6 +147,17 @@ pub async fn fake_worker(
             valid_count: n,
             params_hash: format!("hash-{epoch}"),
             train_seconds: 0.5,
+            round_token: token,
+            model_safetensors: if rank == 0 {
+                b"fake-model".to_vec()
+            } else {
+                vec![]
+            },
+            optimizer_safetensors: if rank == 0 {
+                b"fake-optim".to_vec()
+            } else {
+                vec![]
+            },
         };
         let v = c.report_epoch(report).await.unwrap().into_inner();
         if v.status == pb::RunStatus::Failed as i32 {
@@ -159,6 +175,8 @@ pub async fn fake_worker(
         ok: true,
         reason: String::new(),
         weights_safetensors: weights,
+        round_token: token,
+        recoverable: false,
     };
     match c.leave(leave).await {
         Ok(_) => 0,

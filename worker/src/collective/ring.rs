@@ -71,7 +71,34 @@ pub struct Ring {
     recv_bytes: Vec<u8>,
 }
 
+/// Ends a ring from another thread: shuts its connections down, so a call blocked in a read or
+/// write fails at once instead of at its timeout (used when the coordinator ends the round).
+#[derive(Debug)]
+pub struct RingAbort {
+    streams: Vec<std::net::TcpStream>,
+}
+
+impl RingAbort {
+    /// Shuts every connection of the ring down (idempotent).
+    pub fn abort(&self) {
+        for s in &self.streams {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
 impl Ring {
+    /// A handle that can end this ring from another thread (none for world size 1).
+    pub fn abort_handle(&self) -> RingAbort {
+        let streams = self
+            .links
+            .iter()
+            .flat_map(|l| [l.next.try_clone().ok(), l.prev.try_clone().ok()])
+            .flatten()
+            .collect();
+        RingAbort { streams }
+    }
+
     /// Connects this rank into the ring: dials `peers[rank + 1]`, accepts the previous rank on
     /// `listener` (bound by the caller at `peers[rank]`) and checks both handshakes.
     /// World size 1 opens no socket.

@@ -3,25 +3,76 @@
 //! Owns a small tokio runtime; blocking calls run `Handle::block_on` on the caller's (training)
 //! thread, which is not a runtime thread, so this never blocks inside an async task. Heartbeats
 //! run as a task on the same runtime.
+//!
+//! # Contract
+//! * A call that cannot reach the coordinator (UNAVAILABLE, a broken connection) is retried
+//!   with backoff (0.1 s doubling to 2 s) for up to `patience`: a restarted coordinator is
+//!   waited for. Barrier calls are idempotent, so a retry is safe.
+//! * ABORTED → [`TrainError::RoundEnded`] (re-join); FAILED_PRECONDITION marked
+//!   `ringtrain-run-status: failed` → [`TrainError::RunFailed`]; anything else →
+//!   [`TrainError::Coordinator`].
+//! * Heartbeats follow the current round in [`RoundCtl`]: a stale round aborts the round's ring
+//!   (its blocked all-reduce fails at once), a failed run exits the process (code 3), a
+//!   coordinator unreachable for `patience` exits it (code 1).
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use ringtrain_common::pb::coordinator_client::CoordinatorClient;
 use ringtrain_common::pb::{self, RunStatus};
 use tokio::runtime::Runtime;
 use tonic::transport::Channel;
 
+use crate::collective::ring::RingAbort;
 use crate::train::TrainError;
+
+/// Metadata key the coordinator sets on "the run failed" errors.
+const RUN_STATUS_KEY: &str = "ringtrain-run-status";
+
+/// The round this worker is in, shared with the heartbeat task.
+#[derive(Debug, Default)]
+pub struct RoundCtl {
+    /// What to send (rank, round token); `None` between rounds.
+    pub heartbeat: Option<pb::HeartbeatRequest>,
+    /// Ends the round's ring.
+    pub abort: Option<RingAbort>,
+    /// Set by the heartbeat task when the coordinator said the round is over.
+    pub ended: bool,
+}
 
 /// A connected coordinator client.
 pub struct Client {
     rt: Runtime,
     inner: CoordinatorClient<Channel>,
     url: String,
+    patience: Duration,
+}
+
+/// Errors worth retrying: the coordinator is (re)starting or the connection broke.
+fn transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
+}
+
+fn run_failed(status: &tonic::Status) -> bool {
+    status
+        .metadata()
+        .get(RUN_STATUS_KEY)
+        .is_some_and(|v| v == "failed")
+}
+
+/// The error a failed call stands for (see the module contract).
+pub(super) fn classify(what: &str, url: &str, status: tonic::Status) -> TrainError {
+    rpc_error(url, what, status)
 }
 
 fn rpc_error(url: &str, what: &str, status: tonic::Status) -> TrainError {
     if status.code() == tonic::Code::Aborted {
+        return TrainError::RoundEnded(status.message().to_string());
+    }
+    if run_failed(&status) {
         return TrainError::RunFailed(status.message().to_string());
     }
     TrainError::Coordinator(format!(
@@ -33,7 +84,7 @@ fn rpc_error(url: &str, what: &str, status: tonic::Status) -> TrainError {
 
 impl Client {
     /// Connects to `url`, retrying with backoff for up to `patience` (the coordinator may start
-    /// after its workers).
+    /// after its workers, or restart).
     pub fn connect(url: &str, patience: Duration) -> Result<Self, TrainError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -41,7 +92,7 @@ impl Client {
             .thread_name("ringtrain-rpc")
             .build()
             .map_err(|e| TrainError::Coordinator(format!("cannot start the RPC runtime: {e}")))?;
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let mut backoff = Duration::from_millis(100);
         let inner = loop {
             match rt.block_on(CoordinatorClient::connect(url.to_string())) {
@@ -66,73 +117,100 @@ impl Client {
             rt,
             inner,
             url: url.to_string(),
+            patience,
         })
     }
 
-    /// Runs one unary call to completion on the RPC runtime, from the (non-async) caller thread.
-    fn call<T, F>(
+    /// Runs one unary call to completion on the RPC runtime, from the (non-async) caller thread,
+    /// retrying while the coordinator cannot be reached.
+    fn call<Req: Clone, T, F>(
         &self,
         what: &str,
-        rpc: impl FnOnce(CoordinatorClient<Channel>) -> F,
+        req: &Req,
+        rpc: impl Fn(CoordinatorClient<Channel>, Req) -> F,
     ) -> Result<T, TrainError>
     where
         F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        self.rt
-            .block_on(rpc(self.inner.clone()))
-            .map(tonic::Response::into_inner)
-            .map_err(|s| rpc_error(&self.url, what, s))
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.rt.block_on(rpc(self.inner.clone(), req.clone())) {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) if transient(&s) && started.elapsed() < self.patience => {
+                    tracing::warn!(url = %self.url, call = what, error = %s.message(), "coordinator unreachable; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(s) => return Err(rpc_error(&self.url, what, s)),
+            }
+        }
     }
 
-    pub fn join(&self, req: pb::JoinRequest) -> Result<pb::JoinReply, TrainError> {
-        self.call("join", |mut c| async move { c.join(req).await })
+    /// One Join attempt (the caller decides what to retry).
+    pub fn join_once(&self, req: pb::JoinRequest) -> Result<pb::JoinReply, tonic::Status> {
+        self.rt
+            .block_on(self.inner.clone().join(req))
+            .map(tonic::Response::into_inner)
+    }
+
+    /// How long calls keep retrying an unreachable coordinator.
+    pub fn patience(&self) -> Duration {
+        self.patience
+    }
+
+    /// The coordinator's URL.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     pub fn pixel_stats(&self, req: pb::PixelStatsReport) -> Result<pb::NormStats, TrainError> {
-        self.call("pixel stats", |mut c| async move {
-            c.report_pixel_stats(req).await
+        self.call("pixel stats", &req, |mut c, r| async move {
+            c.report_pixel_stats(r).await
         })
     }
 
     pub fn epoch_plan(&self, req: pb::EpochPlanRequest) -> Result<pb::EpochPlan, TrainError> {
-        self.call(
-            "epoch plan",
-            |mut c| async move { c.get_epoch_plan(req).await },
-        )
+        self.call("epoch plan", &req, |mut c, r| async move {
+            c.get_epoch_plan(r).await
+        })
     }
 
     pub fn report_epoch(&self, req: pb::EpochReport) -> Result<pb::Verdict, TrainError> {
-        self.call(
-            "epoch report",
-            |mut c| async move { c.report_epoch(req).await },
-        )
+        self.call("epoch report", &req, |mut c, r| async move {
+            c.report_epoch(r).await
+        })
     }
 
     pub fn leave(&self, req: pb::LeaveRequest) -> Result<pb::Verdict, TrainError> {
-        self.call("leave", |mut c| async move { c.leave(req).await })
+        self.call("leave", &req, |mut c, r| async move { c.leave(r).await })
     }
 
-    /// Starts heartbeats every `interval`. When the coordinator says the run failed, or cannot be
-    /// reached for `interval × missed`, the process exits (code 3 or 1): a replica of a failed run
-    /// must not keep computing, and it may be blocked in a collective that only its timeout ends.
-    /// Each heartbeat carries the current global step from `step` (epoch = step / `steps_per_epoch`).
+    /// Starts heartbeats every `interval` for whatever round `ctl` holds; each carries the
+    /// current global step from `step`.
     pub fn start_heartbeats(
         &self,
-        mut req: pb::HeartbeatRequest,
+        ctl: Arc<Mutex<RoundCtl>>,
         interval: Duration,
-        missed: u32,
-        step: std::sync::Arc<std::sync::atomic::AtomicU64>,
-        steps_per_epoch: u64,
+        step: Arc<std::sync::atomic::AtomicU64>,
     ) {
         let mut c = self.inner.clone();
         let url = self.url.clone();
+        let patience = self.patience.max(interval);
         self.rt.spawn(async move {
             let mut last_ok = tokio::time::Instant::now();
             let mut tick = tokio::time::interval(interval);
             loop {
                 tick.tick().await;
+                let req = {
+                    let g = ctl.lock().unwrap_or_else(PoisonError::into_inner);
+                    g.heartbeat.clone()
+                };
+                let Some(mut req) = req else {
+                    last_ok = tokio::time::Instant::now();
+                    continue;
+                };
                 req.step = step.load(std::sync::atomic::Ordering::Relaxed);
-                req.epoch = (req.step / steps_per_epoch.max(1)) as u32;
                 match tokio::time::timeout(interval, c.heartbeat(req.clone())).await {
                     Ok(Ok(reply)) => {
                         let reply = reply.into_inner();
@@ -143,10 +221,26 @@ impl Client {
                             std::process::exit(crate::EXIT_ABORTED);
                         }
                     }
+                    Ok(Err(status)) if status.code() == tonic::Code::Aborted => {
+                        last_ok = tokio::time::Instant::now();
+                        let mut g = ctl.lock().unwrap_or_else(PoisonError::into_inner);
+                        if g.heartbeat.as_ref().map(|h| h.round_token) == Some(req.round_token) {
+                            tracing::warn!(rank = req.rank, reason = %status.message(), "the coordinator ended this round; stopping it");
+                            g.ended = true;
+                            g.heartbeat = None;
+                            if let Some(a) = g.abort.take() {
+                                a.abort();
+                            }
+                        }
+                    }
+                    Ok(Err(status)) if run_failed(&status) => {
+                        eprintln!("ringtrain-worker: {}", status.message());
+                        std::process::exit(crate::EXIT_ABORTED);
+                    }
                     Ok(Err(status)) => tracing::warn!(%url, error = %status, "heartbeat failed"),
                     Err(_) => tracing::warn!(%url, "heartbeat timed out"),
                 }
-                if last_ok.elapsed() > interval * missed.max(1) {
+                if last_ok.elapsed() > patience {
                     tracing::error!(%url, "coordinator unreachable for {:?}; giving up", last_ok.elapsed());
                     eprintln!("ringtrain-worker: coordinator {url} unreachable for {:?}", last_ok.elapsed());
                     std::process::exit(1);

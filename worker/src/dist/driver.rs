@@ -12,6 +12,7 @@ use crate::train::{Driver, EpochResult, TrainError};
 pub(super) struct Distributed<'a> {
     client: &'a Client,
     run_id: String,
+    round_token: u64,
     rank: u32,
     steps_per_epoch: usize,
 }
@@ -20,12 +21,14 @@ impl<'a> Distributed<'a> {
     pub(super) fn new(
         client: &'a Client,
         run_id: String,
+        round_token: u64,
         rank: u32,
         steps_per_epoch: usize,
     ) -> Self {
         Self {
             client,
             run_id,
+            round_token,
             rank,
             steps_per_epoch,
         }
@@ -44,6 +47,7 @@ impl Driver for Distributed<'_> {
         let merged = self.client.pixel_stats(pb::PixelStatsReport {
             run_id: self.run_id.clone(),
             rank: self.rank,
+            round_token: self.round_token,
             sum: local.sum,
             sum_sq: local.sum_sq,
             count: local.count,
@@ -64,6 +68,7 @@ impl Driver for Distributed<'_> {
             run_id: self.run_id.clone(),
             rank: self.rank,
             epoch,
+            round_token: self.round_token,
         })?;
         if plan.lr.len() != self.steps_per_epoch || plan.beta1.len() != self.steps_per_epoch {
             return Err(TrainError::BadPlan {
@@ -81,7 +86,11 @@ impl Driver for Distributed<'_> {
     }
 
     fn epoch_done(&mut self, r: &EpochResult) -> Result<(), TrainError> {
+        let (model, optimizer) = r.state.clone().unwrap_or_default();
         let verdict = self.client.report_epoch(pb::EpochReport {
+            round_token: self.round_token,
+            model_safetensors: model,
+            optimizer_safetensors: optimizer,
             run_id: self.run_id.clone(),
             rank: self.rank,
             epoch: r.epoch,
@@ -96,23 +105,17 @@ impl Driver for Distributed<'_> {
     }
 
     fn finished(&mut self, weights: &VarStore, _params_hash: u64) -> Result<(), TrainError> {
-        let mut bytes = Vec::new();
-        if self.rank == 0 {
-            let dir = tempfile::tempdir().map_err(|e| TrainError::Io {
-                path: std::env::temp_dir(),
-                reason: e.to_string(),
-            })?;
-            let path = dir.path().join("final.safetensors");
-            weights.save(&path)?;
-            bytes = std::fs::read(&path).map_err(|e| TrainError::Io {
-                path,
-                reason: e.to_string(),
-            })?;
-        }
+        let bytes = if self.rank == 0 {
+            crate::train::state::model_bytes(weights)?
+        } else {
+            Vec::new()
+        };
         let verdict = self.client.leave(pb::LeaveRequest {
             run_id: self.run_id.clone(),
+            round_token: self.round_token,
             rank: self.rank,
             ok: true,
+            recoverable: false,
             reason: String::new(),
             weights_safetensors: bytes,
         })?;

@@ -6,7 +6,10 @@
 //!   ──▶ Leave (rank 0 sends the final weights)
 //! ```
 //! Hyper-parameters all come from the coordinator; the worker only executes. Heartbeats run on
-//! the RPC runtime; a failed run ends the process (exit code 3).
+//! the RPC runtime; a failed run ends the process (exit code 3). When the coordinator ends the
+//! round (a peer was lost, or the coordinator restarted) or the ring breaks, the worker re-joins
+//! and continues from the checkpoint in the new JoinReply; rank 0 sends the model and optimizer
+//! state with every epoch report, which the coordinator writes as the epoch's checkpoint.
 //!
 //! Tests: `tests/tests/distributed.rs` (real binaries, 2 and 3 workers, failures).
 
@@ -15,7 +18,9 @@ mod driver;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ringtrain_common::data::{load_index, scan_dataset, DatasetIndex, LoadOptions, ScanOptions};
 use ringtrain_common::pb::{self, ProtocolVersion};
@@ -24,8 +29,9 @@ use tch::Device;
 use crate::collective::ring::{Ring, RingConfig};
 use crate::model::Arch;
 use crate::optim::AdamConfig;
+use crate::train::state::ResumeState;
 use crate::train::{run_replica, ReplicaSpec, TrainError};
-pub use client::Client;
+pub use client::{Client, RoundCtl};
 use driver::Distributed;
 
 /// How this worker process takes part in a run.
@@ -47,7 +53,9 @@ pub struct WorkerOptions {
     pub protocol_version: Option<u32>,
 }
 
-/// Runs one worker to the end of the run. On error, tells the coordinator before returning.
+/// Runs one worker to the end of the run: joins, trains the round, and when the coordinator
+/// ends a round (a peer was lost) or the ring breaks, re-joins and continues from the
+/// coordinator's checkpoint. On an error of its own, tells the coordinator before returning.
 pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
     if let Some(t) = opts.threads {
         tch::set_num_threads(t as i32);
@@ -63,12 +71,110 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
             ..opts.scan.clone()
         },
     )?;
-    let listener = TcpListener::bind(opts.collective_listen).map_err(|e| {
-        TrainError::Coordinator(format!(
-            "cannot listen on {} for the collective: {e}",
-            opts.collective_listen
-        ))
-    })?;
+    let fingerprint = local.layout_fingerprint();
+    let ctl = Arc::new(Mutex::new(RoundCtl::default()));
+    let step_counter = Arc::new(AtomicU64::new(0));
+    let mut heartbeats = false;
+    loop {
+        // A fresh listener per round: connections a peer made in an ended round die with the
+        // old one instead of waiting in the backlog of the new one.
+        let listener = TcpListener::bind(opts.collective_listen).map_err(|e| {
+            TrainError::Coordinator(format!(
+                "cannot listen on {} for the collective: {e}",
+                opts.collective_listen
+            ))
+        })?;
+        let reply = join(opts, &client, &fingerprint, &listener)?;
+        let spec = reply
+            .spec
+            .clone()
+            .ok_or_else(|| TrainError::Coordinator("join reply without a run spec".into()))?;
+        let shard = reply.shard.clone().unwrap_or_default();
+        tracing::info!(run_id = %reply.run_id, rank = reply.rank, world_size = reply.world_size, round = reply.round,
+            train = shard.train.len(), valid = shard.valid.len(),
+            resume_epoch = reply.resume.as_ref().map(|r| r.epoch), "joined");
+        {
+            let mut g = lock(&ctl);
+            g.heartbeat = Some(pb::HeartbeatRequest {
+                run_id: reply.run_id.clone(),
+                rank: reply.rank,
+                worker_id: opts.worker_id.clone(),
+                epoch: 0,
+                step: 0,
+                round_token: reply.round_token,
+            });
+            g.ended = false;
+            g.abort = None;
+        }
+        if !heartbeats {
+            client.start_heartbeats(
+                ctl.clone(),
+                Duration::from_secs_f64(spec.heartbeat_interval_s.max(0.05)),
+                step_counter.clone(),
+            );
+            heartbeats = true;
+        }
+        let round = Round {
+            client: &client,
+            reply: &reply,
+            spec: &spec,
+            shard: &shard,
+            ctl: &ctl,
+            step_counter: step_counter.clone(),
+        };
+        let result = train_round(opts, &round, listener);
+        let ended = {
+            let mut g = lock(&ctl);
+            g.heartbeat = None;
+            g.abort = None;
+            g.ended
+        };
+        let leave = |ok: bool, recoverable: bool, reason: String| {
+            let _ = client.leave(pb::LeaveRequest {
+                run_id: reply.run_id.clone(),
+                round_token: reply.round_token,
+                rank: reply.rank,
+                ok,
+                recoverable,
+                reason,
+                weights_safetensors: Vec::new(),
+            });
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(TrainError::RoundEnded(why)) => {
+                tracing::warn!(reason = %why, "round ended; re-joining");
+            }
+            Err(TrainError::Collective(e)) if ended => {
+                tracing::warn!(error = %e, "round ended by the coordinator; re-joining");
+            }
+            Err(TrainError::Collective(e)) => {
+                // A lost or stalled peer: this round cannot finish, the run can.
+                tracing::warn!(error = %e, "collective failed; ending the round and re-joining");
+                leave(false, true, format!("collective: {e}"));
+            }
+            Err(e @ TrainError::RunFailed(_)) => return Err(e),
+            Err(e) => {
+                leave(false, false, e.to_string());
+                return Err(e);
+            }
+        }
+    }
+}
+
+fn lock(ctl: &Mutex<RoundCtl>) -> std::sync::MutexGuard<'_, RoundCtl> {
+    ctl.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Joins the next round, retrying while the coordinator is unreachable, a round is in progress
+/// (ALREADY_EXISTS: wait for the next one) or the round ended before it started.
+fn join(
+    opts: &WorkerOptions,
+    client: &Client,
+    fingerprint: &str,
+    listener: &TcpListener,
+) -> Result<pb::JoinReply, TrainError> {
     let port = listener
         .local_addr()
         .map_err(|e| TrainError::Coordinator(e.to_string()))?
@@ -81,63 +187,56 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
             ip.to_string()
         }
     });
-    let reply = client.join(pb::JoinRequest {
+    let req = pb::JoinRequest {
         protocol_version: opts
             .protocol_version
             .unwrap_or(ProtocolVersion::Current as u32),
         worker_id: opts.worker_id.clone(),
         run_id: opts.run_id.clone().unwrap_or_default(),
         model: opts.model.map(|m| m.to_string()).unwrap_or_default(),
-        dataset_fingerprint: local.layout_fingerprint(),
+        dataset_fingerprint: fingerprint.to_string(),
         collective_addr: format!("{host}:{port}"),
         device: "cpu".into(),
-    })?;
-    let spec = reply
-        .spec
-        .clone()
-        .ok_or_else(|| TrainError::Coordinator("join reply without a run spec".into()))?;
-    let shard = reply.shard.clone().unwrap_or_default();
-    tracing::info!(run_id = %reply.run_id, rank = reply.rank, world_size = reply.world_size, round = reply.round,
-        train = shard.train.len(), valid = shard.valid.len(), "joined");
-    let step_counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    client.start_heartbeats(
-        pb::HeartbeatRequest {
-            run_id: reply.run_id.clone(),
-            rank: reply.rank,
-            worker_id: opts.worker_id.clone(),
-            epoch: 0,
-            step: 0,
-        },
-        Duration::from_secs_f64(spec.heartbeat_interval_s.max(0.05)),
-        3,
-        step_counter.clone(),
-        u64::from(spec.steps_per_epoch),
-    );
-    let result = train_shard(opts, &client, &reply, &spec, &shard, listener, step_counter);
-    // Tell the coordinator why this rank stops, unless the coordinator stopped the run.
-    if let Err(err) = &result {
-        if !matches!(err, TrainError::RunFailed(_)) {
-            let _ = client.leave(pb::LeaveRequest {
-                run_id: reply.run_id.clone(),
-                rank: reply.rank,
-                ok: false,
-                reason: err.to_string(),
-                weights_safetensors: Vec::new(),
+    };
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let status = match client.join_once(req.clone()) {
+            Ok(reply) => return Ok(reply),
+            Err(s) => s,
+        };
+        let retry = matches!(
+            status.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
+                | tonic::Code::Aborted
+                | tonic::Code::AlreadyExists
+        );
+        if !retry || started.elapsed() >= client.patience() {
+            return Err(match client::classify("join", client.url(), status) {
+                TrainError::RoundEnded(m) => TrainError::Coordinator(m),
+                e => e,
             });
         }
+        tracing::info!(code = ?status.code(), reason = %status.message(), "cannot join yet; retrying");
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
-    result
 }
 
-fn train_shard(
-    opts: &WorkerOptions,
-    client: &Client,
-    reply: &pb::JoinReply,
-    spec: &pb::RunSpec,
-    shard: &pb::Shard,
-    listener: TcpListener,
-    step_counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
-) -> Result<(), TrainError> {
+/// One round as the coordinator described it.
+struct Round<'a> {
+    client: &'a Client,
+    reply: &'a pb::JoinReply,
+    spec: &'a pb::RunSpec,
+    shard: &'a pb::Shard,
+    ctl: &'a Mutex<RoundCtl>,
+    step_counter: Arc<AtomicU64>,
+}
+
+fn train_round(opts: &WorkerOptions, r: &Round, listener: TcpListener) -> Result<(), TrainError> {
+    let (reply, spec, shard) = (r.reply, r.spec, r.shard);
     let model: Arch = spec.model.parse().map_err(TrainError::Coordinator)?;
     let refs = |files: &[pb::ImageRef]| {
         files
@@ -174,16 +273,34 @@ fn train_shard(
     let peers: Result<Vec<SocketAddr>, TrainError> =
         reply.peers.iter().map(|p| resolve(p)).collect();
     let timeout = Duration::from_secs_f64(spec.collective_timeout_s.max(0.1));
+    // The round is part of the ring's identity: a peer of an ended round is refused.
+    let ring_id = format!("{}/round-{}", reply.run_id, reply.round);
     let mut ring = Ring::connect(
         listener,
-        RingConfig::new(
-            reply.run_id.clone(),
-            reply.rank,
-            reply.world_size,
-            peers?,
-            timeout,
-        ),
+        RingConfig::new(ring_id, reply.rank, reply.world_size, peers?, timeout),
     )?;
+    {
+        let mut g = lock(r.ctl);
+        if g.ended {
+            return Err(TrainError::RoundEnded(
+                "ended while connecting the ring".into(),
+            ));
+        }
+        g.abort = Some(ring.abort_handle());
+    }
+    let resume = reply.resume.as_ref().map(|x| ResumeState {
+        epoch: x.epoch,
+        global_step: x.global_step,
+        model: x.model_safetensors.clone(),
+        optimizer: x.optimizer_safetensors.clone(),
+    });
+    if let Some(x) = &reply.resume {
+        tracing::info!(checkpoint = %x.checkpoint, epoch = x.epoch, step = x.global_step, "continuing from checkpoint");
+    }
+    r.step_counter.store(
+        resume.as_ref().map_or(0, |x| x.global_step),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let replica = ReplicaSpec {
         model,
         epochs: spec.epochs,
@@ -200,11 +317,14 @@ fn train_shard(
         image_size: size,
         device: Device::Cpu,
         progress: false,
-        step_counter: Some(step_counter),
+        step_counter: Some(r.step_counter.clone()),
+        resume,
+        save_state: reply.rank == 0,
     };
     let mut driver = Distributed::new(
-        client,
+        r.client,
         reply.run_id.clone(),
+        reply.round_token,
         reply.rank,
         spec.steps_per_epoch as usize,
     );

@@ -10,6 +10,7 @@
 //! Tests: `tests/tests/train.rs` and `tests/tests/distributed.rs` (real binaries).
 
 pub mod standalone;
+pub mod state;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -64,6 +65,12 @@ pub enum TrainError {
     /// libtorch reported an error.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// The state to resume from does not fit this replica.
+    #[error("cannot resume: {0}")]
+    Resume(String),
+    /// The coordinator ended this round (a peer was lost); the worker re-joins.
+    #[error("round ended: {0}")]
+    RoundEnded(String),
 }
 
 /// What one replica trains: everything but the hyper-parameters the driver supplies per step.
@@ -83,6 +90,10 @@ pub struct ReplicaSpec {
     pub progress: bool,
     /// Updated with the global step after every step (heartbeats report it as progress).
     pub step_counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// Start from this state instead of the seed's initialisation.
+    pub resume: Option<state::ResumeState>,
+    /// Put the model and optimizer state into every [`EpochResult`] (rank 0: checkpoints).
+    pub save_state: bool,
 }
 
 /// One epoch's results on this replica.
@@ -100,6 +111,8 @@ pub struct EpochResult {
     pub train_seconds: f64,
     pub seconds: f64,
     pub images: usize,
+    /// With `save_state`: `model.safetensors` and `optimizer.safetensors` after the epoch.
+    pub state: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Supplies what the replica must not decide alone, and receives its results.
@@ -225,7 +238,7 @@ pub fn run_replica(
 
     // Same seed on every rank: identical initial parameters without a broadcast.
     tch::manual_seed(spec.seed as i64);
-    let vs = VarStore::new(device);
+    let mut vs = VarStore::new(device);
     let model = Model::new(&vs.root(), spec.model, ds.classes.len() as i64);
     let mut flat = FlatParams::new(&vs, || {
         // Eval mode: allocates every gradient without touching BatchNorm running statistics.
@@ -234,13 +247,24 @@ pub fn run_replica(
     })?;
     let bufs = buffers(&vs);
     let mut adam = Adam::new(&flat.params, spec.adam);
+    let (first_epoch, mut step) = match &spec.resume {
+        Some(r) => {
+            state::restore(&mut vs, &mut adam, r)?;
+            tracing::info!(
+                epoch = r.epoch,
+                step = r.global_step,
+                "resumed from the coordinator's checkpoint"
+            );
+            (r.epoch, r.global_step)
+        }
+        None => (0, 0),
+    };
     tracing::info!(model = %spec.model, params = flat.numel(), rank = spec.rank, world_size = collective.world_size(),
         train = ds.train.len(), valid = ds.valid.len(), steps_per_epoch = spec.steps_per_epoch,
         epochs = spec.epochs, threads = tch::get_num_threads(), "training starts");
     driver.started();
 
-    let mut step: u64 = 0;
-    for epoch in 0..spec.epochs {
+    for epoch in first_epoch..spec.epochs {
         let epoch_start = Instant::now();
         let plan_points = driver.epoch_plan(epoch)?;
         if plan_points.len() != spec.steps_per_epoch {
@@ -319,6 +343,11 @@ pub fn run_replica(
             train_seconds,
             seconds: epoch_start.elapsed().as_secs_f64(),
             images: spec.steps_per_epoch * spec.batch_size,
+            state: if spec.save_state {
+                Some(state::save(&vs, &adam)?)
+            } else {
+                None
+            },
         };
         driver.epoch_done(&result)?;
     }

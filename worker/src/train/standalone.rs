@@ -240,6 +240,8 @@ pub fn train(
         device: Device::Cpu,
         progress: cfg.progress,
         step_counter: None,
+        resume: None,
+        save_state: false,
     };
     let mut driver = Standalone {
         cfg,
