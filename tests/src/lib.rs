@@ -3,6 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+mod process;
+pub use process::{kill9, pids_with, read_json, spawn_logged, wait_with_limit};
+
 /// The workspace root (the folder holding the top-level `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ringtrain_tests::{bin, log_dir, run, synthetic_folder, Output};
+use ringtrain_tests::{
+    bin, kill9, log_dir, pids_with, read_json as json, run, synthetic_folder, Output,
+};
 
 fn launch(data: &Path, run_dir: &Path, workers: u32, extra: &[&str], log: &str) -> Output {
     let workers = workers.to_string();
@@ -41,30 +43,6 @@ fn launch(data: &Path, run_dir: &Path, workers: u32, extra: &[&str], log: &str) 
         Duration::from_secs(600),
     )
     .unwrap()
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(
-        &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
-    )
-    .unwrap()
-}
-
-/// Processes whose command line mentions `needle` (to find orphans).
-fn processes_mentioning(needle: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if String::from_utf8_lossy(&cmd).contains(needle) && pid != std::process::id() {
-            pids.push(pid);
-        }
-    }
-    pids
 }
 
 #[test]
@@ -193,13 +171,7 @@ fn a_killed_worker_fails_the_run_fast_with_its_rank_and_leaves_no_orphans() {
         );
         let log1 = std::fs::read_to_string(run_dir.join("logs/worker-1.log")).unwrap_or_default();
         if log1.contains("training starts") {
-            let pids: Vec<u32> = processes_mentioning(&needle)
-                .into_iter()
-                .filter(|&p| {
-                    let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-                    String::from_utf8_lossy(&cmd).contains("local-001")
-                })
-                .collect();
+            let pids = pids_with(&[&needle, "local-001"]);
             if let Some(&pid) = pids.first() {
                 std::thread::sleep(Duration::from_millis(500));
                 break pid;
@@ -208,10 +180,7 @@ fn a_killed_worker_fails_the_run_fast_with_its_rank_and_leaves_no_orphans() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let killed_at = Instant::now();
-    Command::new("kill")
-        .args(["-9", &victim.to_string()])
-        .status()
-        .unwrap();
+    kill9(victim);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
@@ -235,9 +204,9 @@ fn a_killed_worker_fails_the_run_fast_with_its_rank_and_leaves_no_orphans() {
     );
     std::thread::sleep(Duration::from_millis(500));
     assert!(
-        processes_mentioning(&needle).is_empty(),
+        pids_with(&[&needle]).is_empty(),
         "orphans left: {:?}",
-        processes_mentioning(&needle)
+        pids_with(&[&needle])
     );
 }
 
