@@ -40,6 +40,35 @@ pub struct RoundCtl {
     pub ended: bool,
 }
 
+/// Retry pacing while the coordinator cannot be reached: 0.1 s doubling to 2 s, for up to
+/// `patience` in all.
+pub(super) struct Backoff {
+    started: Instant,
+    next: Duration,
+    patience: Duration,
+}
+
+impl Backoff {
+    pub(super) fn new(patience: Duration) -> Self {
+        Self {
+            started: Instant::now(),
+            next: Duration::from_millis(100),
+            patience,
+        }
+    }
+
+    /// Sleeps before the next attempt and returns true, or returns false once `patience` is
+    /// spent.
+    pub(super) fn wait(&mut self) -> bool {
+        if self.started.elapsed() >= self.patience {
+            return false;
+        }
+        std::thread::sleep(self.next);
+        self.next = (self.next * 2).min(Duration::from_secs(2));
+        true
+    }
+}
+
 /// A connected coordinator client.
 pub struct Client {
     rt: Runtime,
@@ -92,15 +121,12 @@ impl Client {
             .thread_name("ringtrain-rpc")
             .build()
             .map_err(|e| TrainError::Coordinator(format!("cannot start the RPC runtime: {e}")))?;
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(patience);
         let inner = loop {
             match rt.block_on(CoordinatorClient::connect(url.to_string())) {
                 Ok(c) => break c,
-                Err(e) if started.elapsed() < patience => {
+                Err(e) if backoff.wait() => {
                     tracing::debug!(%url, error = %e, "coordinator not reachable yet; retrying");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
                 Err(e) => {
                     return Err(TrainError::Coordinator(format!(
@@ -132,15 +158,12 @@ impl Client {
     where
         F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(self.patience);
         loop {
             match self.rt.block_on(rpc(self.inner.clone(), req.clone())) {
                 Ok(r) => return Ok(r.into_inner()),
-                Err(s) if transient(&s) && started.elapsed() < self.patience => {
+                Err(s) if transient(&s) && backoff.wait() => {
                     tracing::warn!(url = %self.url, call = what, error = %s.message(), "coordinator unreachable; retrying");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
                 Err(s) => return Err(rpc_error(&self.url, what, s)),
             }

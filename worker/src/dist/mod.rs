@@ -20,7 +20,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ringtrain_common::data::{load_index, scan_dataset, DatasetIndex, LoadOptions, ScanOptions};
 use ringtrain_common::pb::{self, ProtocolVersion};
@@ -198,8 +198,7 @@ fn join(
         collective_addr: format!("{host}:{port}"),
         device: "cpu".into(),
     };
-    let started = Instant::now();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = client::Backoff::new(client.patience());
     loop {
         let status = match client.join_once(req.clone()) {
             Ok(reply) => return Ok(reply),
@@ -213,15 +212,13 @@ fn join(
                 | tonic::Code::Aborted
                 | tonic::Code::AlreadyExists
         );
-        if !retry || started.elapsed() >= client.patience() {
+        tracing::info!(code = ?status.code(), reason = %status.message(), "cannot join yet");
+        if !retry || !backoff.wait() {
             return Err(match client::classify("join", client.url(), status) {
                 TrainError::RoundEnded(m) => TrainError::Coordinator(m),
                 e => e,
             });
         }
-        tracing::info!(code = ?status.code(), reason = %status.message(), "cannot join yet; retrying");
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 
