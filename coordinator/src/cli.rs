@@ -143,6 +143,14 @@ pub struct RunArgs {
     #[arg(long, env = "RINGTRAIN_MAX_RESTARTS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_restarts: Option<u32>,
+    /// Also checkpoint inside epochs every this many steps [default: 0, epoch ends only].
+    #[arg(long, env = "RINGTRAIN_CHECKPOINT_EVERY_STEPS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every_steps: Option<u64>,
+    /// On SIGTERM/Ctrl-C, seconds to wait for the stop checkpoint before exiting [default: 20].
+    #[arg(long, env = "RINGTRAIN_STOP_GRACE_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_grace_s: Option<f64>,
     /// Resume from the run folder's latest good checkpoint if it has one, else start fresh.
     #[arg(long, env = "RINGTRAIN_AUTO_RESUME")]
     #[serde(skip_serializing_if = "is_false")]

@@ -129,6 +129,10 @@ pub struct RunConfig {
     /// has none (what a restarted coordinator in a cluster wants). Without it, a run folder
     /// that already holds checkpoints is refused unless `--resume` names it.
     pub auto_resume: bool,
+    /// Also checkpoint inside epochs every this many global steps (0: at epoch ends only).
+    pub checkpoint_every_steps: u64,
+    /// On SIGTERM/Ctrl-C, wait this long for the ranks' stop checkpoint before exiting.
+    pub stop_grace_s: f64,
     /// Set by `--resume RUN_DIR`: a run folder without a good checkpoint is an error.
     #[serde(skip)]
     pub resume_required: bool,
@@ -167,6 +171,8 @@ impl Default for RunConfig {
             checkpoint_keep: 3,
             max_restarts: 3,
             auto_resume: false,
+            checkpoint_every_steps: 0,
+            stop_grace_s: 20.0,
             resume_required: false,
         }
     }
@@ -290,6 +296,7 @@ impl RunConfig {
             ("last-call-s", self.last_call_s),
             ("heartbeat-interval-s", self.heartbeat_interval_s),
             ("collective-timeout-s", self.collective_timeout_s),
+            ("stop-grace-s", self.stop_grace_s),
         ] {
             if !(value.is_finite() && value > 0.0) {
                 return Err(ConfigError::BadDuration { field, value });
@@ -357,6 +364,7 @@ impl RunConfig {
         self.beta2 = s.beta2;
         self.eps = s.eps;
         self.wd = s.wd;
+        self.checkpoint_every_steps = s.checkpoint_every_steps;
         self.run_id = s.run_id;
         self
     }

@@ -15,7 +15,9 @@
 //!   round and the next one resumes from the last checkpoint with the replacement. Its log is
 //!   appended to. With no restart left, the death fails the run at once: "rank R (worker
 //!   local-00i, pid P) exited with code C; see RUN_DIR/logs/worker-i.log (no restarts left …)".
-//! * `interrupt` (Ctrl-C): SIGINT to every worker, the run fails with "interrupted".
+//! * `interrupt` (Ctrl-C, SIGTERM): the ranks take a stop checkpoint (up to `stop_grace_s`),
+//!   then SIGINT to every worker (each in its own process group, so a terminal's Ctrl-C
+//!   reaches only the launcher), and the run ends "interrupted", resumable with `--resume`.
 //! * When the run ended, workers get [`LaunchOptions::grace`] (5 s) to exit, then SIGKILL.
 //!   Children also die with the launcher: `PR_SET_PDEATHSIG(SIGKILL)` covers a killed launcher,
 //!   the [`Children`] guard covers every exit path of this function (error, panic included).
@@ -268,7 +270,7 @@ fn spawn_worker(w: &WorkerArgs, index: usize, n: usize) -> Result<Proc, LaunchEr
     // SAFETY: pid of this process, read before fork.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
-    // (prctl, getppid); it allocates nothing.
+    // (prctl, setpgid, getppid); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(
@@ -281,6 +283,9 @@ fn spawn_worker(w: &WorkerArgs, index: usize, n: usize) -> Result<Proc, LaunchEr
             {
                 return Err(std::io::Error::last_os_error());
             }
+            // Its own process group: a terminal's Ctrl-C reaches the launcher only, which
+            // first lets the ranks take a stop checkpoint, then forwards SIGINT.
+            libc::setpgid(0, 0);
             // The launcher may have died before prctl took effect.
             if libc::getppid() != parent {
                 return Err(std::io::Error::other("launcher exited during spawn"));
@@ -360,6 +365,7 @@ pub async fn launch(
     };
     let handle = run.handle();
     let max_restarts = run.config().max_restarts;
+    let stop_grace = Duration::from_secs_f64(run.config().stop_grace_s);
     let mut restarts = 0u32;
     let mut server = tokio::spawn(run.serve(listener, std::future::pending()));
     // Spawned from this task (a runtime worker thread that lives as long as the runtime): the
@@ -416,8 +422,9 @@ pub async fn launch(
             }
             () = &mut interrupt, if !interrupted => {
                 interrupted = true;
+                handle.stop_at_checkpoint(stop_grace).await;
                 children.signal(libc::SIGINT);
-                handle.fail("interrupted; the checkpoints stay: continue with --resume RUN_DIR");
+                handle.fail(crate::server::INTERRUPTED);
             }
         }
     };

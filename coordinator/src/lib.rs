@@ -27,7 +27,7 @@
 //!   duplicate id, full round) is refused at Join and the run goes on without it.
 //! * **The coordinator dies**: workers retry for `--connect-timeout-s`; a coordinator started
 //!   again on the same run folder (`--auto-resume`/`--resume`) continues from the latest good
-//!   checkpoint and the workers re-join. Ctrl-C/SIGTERM stop the run as "interrupted".
+//!   checkpoint and the workers re-join. Ctrl-C/SIGTERM take a stop checkpoint, then stop the run as "interrupted".
 //! * **A worker is lost** while restarts are left (`max_restarts`): the round ends and the next
 //!   one resumes from the last checkpoint (`state/rounds.rs`); see the README's failure table.
 //! * **The disk fails**: a run-folder write that fails fails the run naming the file;

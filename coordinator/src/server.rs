@@ -36,6 +36,9 @@ pub use crate::shared::RunHandle;
 use crate::shared::{spawn_progress, spawn_ticker, Shared};
 use crate::state::{Event, Prepared, Progress, ResumePoint, Resumed, RunState, Status};
 
+/// Why a run stopped on SIGTERM or Ctrl-C.
+pub const INTERRUPTED: &str = "interrupted; the checkpoints stay: continue with --resume RUN_DIR";
+
 /// Shards of 60,000 paths and final weights exceed tonic's 4 MiB default.
 const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
@@ -274,9 +277,10 @@ impl Run {
         let mut rx = self.shared.subscribe();
         let mut shutdown = std::pin::pin!(shutdown);
         let mut server_done = None;
+        let mut interrupted = false;
         tokio::select! {
             _ = rx.wait_for(|s| s.status.is_terminal()) => {}
-            () = &mut shutdown => self.handle().fail("interrupted; the checkpoints stay: continue with --resume RUN_DIR"),
+            () = &mut shutdown => interrupted = true,
             res = &mut server => {
                 let why = match &res {
                     Ok(Ok(())) => "stopped".to_string(),
@@ -287,7 +291,20 @@ impl Run {
                 server_done = Some(why);
             }
         }
-        if server_done.is_none() {
+        if interrupted {
+            // Preemption: a stop checkpoint if the ranks manage it in time, then go without
+            // telling the workers the run failed: they wait for a coordinator that resumes.
+            let grace = Duration::from_secs_f64(self.prepared.config.stop_grace_s);
+            self.handle().stop_at_checkpoint(grace).await;
+            let _ = stop_tx.send(());
+            if tokio::time::timeout(Duration::from_secs(5), &mut server)
+                .await
+                .is_err()
+            {
+                server.abort();
+            }
+            self.handle().fail(INTERRUPTED);
+        } else if server_done.is_none() {
             self.linger_until_informed().await;
             let _ = stop_tx.send(());
             // In-flight calls answer at once after the end; a client that holds its connection
@@ -399,6 +416,8 @@ fn find_resume(config: RunConfig) -> Result<(RunConfig, Option<Resumed>), ServeE
     let resumed = Resumed {
         point: ResumePoint {
             epoch: st.epoch,
+            step_in_epoch: st.step_in_epoch,
+            epoch_losses: Arc::new(progress.partial_losses.clone()),
             global_step: st.global_step,
             model: Arc::new(loaded.model),
             optimizer: Arc::new(loaded.optimizer),

@@ -31,6 +31,7 @@ use crate::plan::RunPlan;
 use crate::rendezvous::{Candidate, Membership, RendezvousError};
 use crate::shared::Shared;
 use crate::state::epoch::EpochReport;
+use crate::state::midepoch::MidReport;
 use crate::state::{self, Event, JoinArgs, Prepared, RunError, Snapshot};
 
 /// The tonic service; cheap to clone.
@@ -64,6 +65,7 @@ fn to_status(e: RunError) -> Status {
         RunError::UnknownRank { .. } | RunError::WrongWorker { .. } => Status::not_found(msg),
         RunError::Failed { .. } => run_failed(msg),
         RunError::StaleRound { .. } => Status::aborted(msg),
+        RunError::Stopping => Status::unavailable(msg),
     }
 }
 
@@ -210,6 +212,7 @@ fn join_reply(
             skip_bad: c.skip_bad,
             data_root: d.root.clone(),
             run_dir: p.run_dir.display().to_string(),
+            checkpoint_every_steps: c.checkpoint_every_steps,
         }),
         shard: Some(pb::Shard {
             train: refs(train, &d.train),
@@ -222,6 +225,8 @@ fn join_reply(
             model_safetensors: r.model.to_vec(),
             optimizer_safetensors: r.optimizer.to_vec(),
             checkpoint: r.checkpoint.clone(),
+            step_in_epoch: r.step_in_epoch,
+            epoch_losses: r.epoch_losses.to_vec(),
         }),
     }
 }
@@ -298,14 +303,19 @@ impl Coordinator for CoordinatorService {
             epoch: r.epoch,
             step: r.step,
         };
-        match self.shared.apply(ev, |s| s.verdict()) {
-            Ok((status, reason)) => Ok(Response::new(pb::HeartbeatReply {
+        match self
+            .shared
+            .apply(ev, |s| (s.verdict(), s.snapshot().stop_requested))
+        {
+            Ok(((status, reason), stop)) => Ok(Response::new(pb::HeartbeatReply {
                 status: wire_status(status) as i32,
                 reason,
+                stop,
             })),
             Err(RunError::Failed { reason }) => Ok(Response::new(pb::HeartbeatReply {
                 status: pb::RunStatus::Failed as i32,
                 reason,
+                stop: false,
             })),
             Err(e) => Err(to_status(e)),
         }
@@ -395,6 +405,45 @@ impl Coordinator for CoordinatorService {
         }
         let _alive = Waiting::start(&self.shared, rank);
         let snap = self.wait(token, |s| s.epochs_done > epoch).await?;
+        if snap.status == state::Status::Failed {
+            return Ok(Response::new(failed_verdict(failure_reason(&snap))));
+        }
+        Ok(Response::new(pb::Verdict {
+            status: pb::RunStatus::Running as i32,
+            reason: String::new(),
+        }))
+    }
+
+    async fn checkpoint(
+        &self,
+        request: Request<pb::CheckpointReport>,
+    ) -> Result<Response<pb::Verdict>, Status> {
+        let r = request.into_inner();
+        let (rank, step, token) = (Rank(r.rank), r.global_step, r.round_token);
+        let report = MidReport {
+            rank,
+            epoch: r.epoch,
+            step_in_epoch: r.step_in_epoch,
+            global_step: step,
+            step_losses: r.step_losses,
+            params_hash: r.params_hash,
+            model: r.model_safetensors,
+            optimizer: r.optimizer_safetensors,
+            stop: r.stop,
+            preempted: r.preempted,
+        };
+        let ev = Event::Checkpoint {
+            run_id: r.run_id,
+            round_token: token,
+            report,
+        };
+        match self.shared.apply(ev, |_| ()) {
+            Ok(()) => {}
+            Err(RunError::Failed { reason }) => return Ok(Response::new(failed_verdict(reason))),
+            Err(e) => return Err(to_status(e)),
+        }
+        let _alive = Waiting::start(&self.shared, rank);
+        let snap = self.wait(token, |s| s.checkpoint_step >= step).await?;
         if snap.status == state::Status::Failed {
             return Ok(Response::new(failed_verdict(failure_reason(&snap))));
         }

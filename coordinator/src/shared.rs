@@ -135,6 +135,25 @@ impl RunHandle {
         let _ = self.shared.apply(ev, |_| ());
     }
 
+    /// Asks the ranks for a stop checkpoint and waits up to `grace` for it (or for the run's
+    /// end); returns whether it was taken.
+    pub async fn stop_at_checkpoint(&self, grace: Duration) -> bool {
+        let _ = self.shared.apply(Event::RequestStop, |_| ());
+        let mut rx = self.shared.subscribe();
+        let done =
+            tokio::time::timeout(grace, rx.wait_for(|s| s.stopped || s.status.is_terminal()))
+                .await
+                .is_ok();
+        let stopped = self.shared.read(|s| s.snapshot().stopped);
+        if !done {
+            tracing::warn!(
+                grace_s = grace.as_secs_f64(),
+                "no stop checkpoint within the grace period; the last checkpoint stays"
+            );
+        }
+        stopped
+    }
+
     /// True once the run finished or failed.
     pub fn is_over(&self) -> bool {
         self.shared.read(|s| s.verdict().0.is_terminal())

@@ -121,7 +121,11 @@ async fn a_crashing_worker_fails_the_run_naming_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupt_fails_the_run_and_stops_the_workers() {
     let dir = tempfile::tempdir().unwrap();
-    let config = common::config(dir.path(), 2);
+    // The fake workers never take the stop checkpoint: the grace period bounds the wait.
+    let config = RunConfig {
+        stop_grace_s: 1.0,
+        ..common::config(dir.path(), 2)
+    };
     let started = std::time::Instant::now();
     let interrupt = tokio::time::sleep(Duration::from_secs(2));
     let outcome = launch(config, options(dir.path(), "hang"), interrupt)

@@ -62,6 +62,9 @@ pub struct JoinArgs {
     /// How long to keep trying to reach the coordinator, seconds.
     #[arg(long, default_value_t = 600.0)]
     pub connect_timeout_s: f64,
+    /// After SIGTERM, seconds to wait for the stop checkpoint before exiting (code 143).
+    #[arg(long, default_value_t = 25.0, env = "RINGTRAIN_WORKER_STOP_GRACE_S")]
+    pub stop_grace_s: f64,
     /// Name of the training split folder.
     #[arg(long, default_value = "training")]
     pub train_dir: String,
@@ -105,6 +108,7 @@ impl JoinArgs {
             model: j.model,
             run_id: j.run_id,
             connect_timeout: std::time::Duration::from_secs_f64(j.connect_timeout_s.max(0.0)),
+            stop_grace: std::time::Duration::from_secs_f64(j.stop_grace_s.max(0.0)),
             scan: ringtrain_common::data::ScanOptions {
                 train_dir: j.train_dir,
                 valid_dir: j.valid_dir,

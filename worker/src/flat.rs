@@ -2,8 +2,11 @@
 //!
 //! ```text
 //!  params: [ 0.0.0.weight | 0.0.2.bias | 0.0.2.weight | ... ]   one f32 buffer, names sorted
-//!  grads:  [ same layout                                    ]   autograd accumulates here
+//!  comm:   [ grads: same layout                   | control ]  one all-reduce per step
 //! ```
+//! `grads` is a view of `comm`; the extra `control` element rides along in the step's
+//! all-reduce, so the ranks agree on a decision (stop and checkpoint now) at the same step
+//! without another message.
 //! With this layout a step needs one all-reduce and one fused optimiser update for the whole
 //! model instead of one per tensor; that matters most on GPUs, where this small model is bound
 //! by kernel launches.
@@ -46,7 +49,10 @@ pub struct Slot {
 pub struct FlatParams {
     pub slots: Vec<Slot>,
     pub params: Tensor,
+    /// The gradients: `comm[..numel]`.
     pub grads: Tensor,
+    /// What the step's all-reduce reduces: the gradients and one control element.
+    pub comm: Tensor,
     handles: Vec<Tensor>,
 }
 
@@ -89,7 +95,9 @@ impl FlatParams {
             handles.push(t);
         }
         warmup();
-        let grads = params.zeros_like();
+        let n = params.numel() as i64;
+        let comm = Tensor::zeros([n + 1], (params.kind(), params.device()));
+        let grads = comm.narrow(0, 0, n);
         for (t, s) in handles.iter().zip(&slots) {
             let mut g = t.grad();
             if !g.defined() {
@@ -103,6 +111,7 @@ impl FlatParams {
             slots,
             params,
             grads,
+            comm,
             handles,
         };
         me.check_aliasing()?;
@@ -136,6 +145,16 @@ impl FlatParams {
             }
         }
         Ok(())
+    }
+
+    /// Sets the control element that the next all-reduce of `comm` averages over the ranks.
+    pub fn set_control(&mut self, value: f64) {
+        let _ = self.comm.narrow(0, self.numel(), 1).fill_(value);
+    }
+
+    /// The control element (after the all-reduce: the mean over the ranks).
+    pub fn control(&self) -> f64 {
+        self.comm.double_value(&[self.numel()])
     }
 
     /// Zeroes all gradients (one kernel).

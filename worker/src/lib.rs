@@ -24,11 +24,15 @@ use cli::{Cli, Command};
 /// Exit code of a worker whose run the coordinator declared failed.
 pub const EXIT_ABORTED: i32 = 3;
 
+/// Exit code of a worker stopped by SIGTERM (128 + 15, after its stop checkpoint if any).
+pub const EXIT_TERMINATED: i32 = 143;
+
 /// The exit code for an error returned by [`run`]: [`EXIT_ABORTED`] when the coordinator stopped
-/// the run, 1 otherwise.
+/// the run, [`EXIT_TERMINATED`] after SIGTERM, 1 otherwise.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     match err.downcast_ref::<train::TrainError>() {
         Some(train::TrainError::RunFailed(_)) => EXIT_ABORTED,
+        Some(train::TrainError::Terminated) => EXIT_TERMINATED,
         _ => 1,
     }
 }

@@ -31,8 +31,11 @@
 //! Tests: `tests.rs` beside this file.
 
 pub mod epoch;
+pub mod midepoch;
 mod records;
 mod reports;
+#[cfg(test)]
+mod round_tests;
 mod rounds;
 #[cfg(test)]
 mod tests;
@@ -128,6 +131,12 @@ pub struct Snapshot {
     pub round_token: u64,
     /// Where the current round starts from (`None`: the beginning).
     pub resume: Option<Arc<ResumePoint>>,
+    /// Global step of the last checkpoint taken inside an epoch.
+    pub checkpoint_step: u64,
+    /// The coordinator asked for a stop checkpoint.
+    pub stop_requested: bool,
+    /// That stop checkpoint is complete (or there was nothing to checkpoint).
+    pub stopped: bool,
 }
 
 /// A Join request, as the state machine sees it.
@@ -179,6 +188,14 @@ pub enum Event {
         reason: String,
         weights: Vec<u8>,
     },
+    /// A rank's checkpoint inside an epoch.
+    Checkpoint {
+        run_id: String,
+        round_token: u64,
+        report: midepoch::MidReport,
+    },
+    /// The coordinator is stopping: ask the ranks for a stop checkpoint.
+    RequestStop,
     /// A barrier call of `rank` started waiting.
     WaitStart(Rank),
     /// A barrier call of `rank` ended (replied or dropped).
@@ -255,6 +272,9 @@ pub enum RunError {
     /// The run has failed.
     #[error("run failed: {reason}")]
     Failed { reason: String },
+    /// The coordinator is stopping (after its stop checkpoint): try again later.
+    #[error("the coordinator is stopping; retry (a restarted coordinator resumes the run)")]
+    Stopping,
     /// The request belongs to a round that ended (or to another coordinator process).
     #[error("round over: the request is for another round; this is round {round}, re-join")]
     StaleRound { round: u32 },
@@ -294,6 +314,11 @@ pub struct RunState {
     /// Steps done by the last completed epoch.
     global_step: u64,
     best: Option<(f64, String)>,
+    /// Pending reports of a checkpoint inside an epoch.
+    mid: BTreeMap<Rank, midepoch::MidReport>,
+    checkpoint_step: u64,
+    stop_requested: bool,
+    stopped: bool,
 }
 
 type Actions = Result<Vec<Action>, RunError>;
@@ -321,10 +346,17 @@ impl RunState {
             round,
             round_token: rounds::round_token(round),
             restarts,
-            global_step: resumed.as_ref().map_or(0, |r| r.point.global_step),
+            // Steps done by the last completed epoch (a checkpoint may sit inside an epoch).
+            global_step: resumed.as_ref().map_or(0, |r| {
+                r.point.global_step - u64::from(r.point.step_in_epoch)
+            }),
+            checkpoint_step: resumed.as_ref().map_or(0, |r| r.point.global_step),
             resume: resumed.map(|r| Arc::new(r.point)),
             best,
             agg,
+            mid: BTreeMap::new(),
+            stop_requested: false,
+            stopped: false,
             rdzv: Rendezvous::with_round(settings, now, round),
             prepared,
             started: now,
@@ -352,6 +384,9 @@ impl RunState {
             round: self.round,
             round_token: self.round_token,
             resume: self.resume.clone(),
+            checkpoint_step: self.checkpoint_step,
+            stop_requested: self.stop_requested,
+            stopped: self.stopped,
         }
     }
 
@@ -450,6 +485,21 @@ impl RunState {
                 round_token,
                 report,
             } => self.epoch(&run_id, round_token, report, now),
+            Event::Checkpoint {
+                run_id,
+                round_token,
+                report,
+            } => self.mid_checkpoint(&run_id, round_token, report, now),
+            Event::RequestStop => {
+                if self.stop_requested {
+                    return Ok(vec![]);
+                }
+                self.stop_requested = true;
+                // Nothing runs that could take a checkpoint: stopped already.
+                self.stopped = self.status != Status::Running;
+                tracing::warn!(run_id = %self.prepared.run_id, stopped = self.stopped, "stop requested; asking the ranks for a stop checkpoint");
+                Ok(vec![Action::Publish])
+            }
             Event::Leave {
                 run_id,
                 round_token,
@@ -545,6 +595,9 @@ impl RunState {
                 })
             }
             _ => {}
+        }
+        if self.stopped {
+            return Err(RunError::Stopping);
         }
         if a.protocol_version != PROTOCOL_VERSION {
             return Err(RunError::VersionMismatch {

@@ -7,6 +7,7 @@ use std::time::Instant;
 use ringtrain_common::data::PixelStats;
 
 use super::epoch::EpochReport;
+use super::rounds::Position;
 use super::{Action, Actions, Cause, RunError, RunState, Status};
 use crate::artifacts::Output;
 use crate::ids::Rank;
@@ -109,10 +110,17 @@ impl RunState {
                 self.global_step += u64::from(plan.steps_per_epoch);
                 let row = &result.row;
                 tracing::info!(run_id = %self.prepared.run_id, epoch = row.epoch, loss = row.train_loss, valid_loss = row.valid_loss, accuracy = row.accuracy, lr = row.lr, "epoch complete");
-                let checkpoint = self.checkpoint_after_epoch(
+                let at = Position {
+                    epoch: self.agg.done(),
+                    step_in_epoch: 0,
+                    global_step: self.global_step,
+                    epoch_losses: Vec::new(),
+                };
+                let checkpoint = self.checkpoint(
+                    at,
                     model,
                     optimizer,
-                    row.accuracy,
+                    Some(row.accuracy),
                     result.params_hash.clone(),
                 );
                 Ok(vec![

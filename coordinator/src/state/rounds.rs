@@ -27,8 +27,12 @@ use crate::rendezvous::{Rendezvous, RendezvousSettings};
 /// The state a round starts from (rank 0's at the end of an epoch, or a checkpoint on disk).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResumePoint {
-    /// Epoch to run next.
+    /// Epoch to run next (or to continue).
     pub epoch: u32,
+    /// Steps of `epoch` already done (0 at an epoch boundary).
+    pub step_in_epoch: u32,
+    /// Their losses (mean over the ranks).
+    pub epoch_losses: Arc<Vec<f32>>,
     /// Steps done so far (Adam's step count).
     pub global_step: u64,
     /// Parameters and BatchNorm buffers (safetensors).
@@ -49,6 +53,20 @@ pub struct Progress {
     pub restarts: u32,
     /// The dataset the run trains on (`layout_fingerprint`); a resume refuses another.
     pub dataset_fingerprint: String,
+    /// Losses (mean over the ranks) of the steps done in an unfinished epoch.
+    #[serde(default)]
+    pub partial_losses: Vec<f32>,
+}
+
+/// Where a checkpoint sits in the run.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Position {
+    /// Epoch to run next or to continue.
+    pub epoch: u32,
+    pub step_in_epoch: u32,
+    pub global_step: u64,
+    /// Losses of the steps done in `epoch`.
+    pub epoch_losses: Vec<f32>,
 }
 
 /// A run continued from a checkpoint on disk.
@@ -94,6 +112,16 @@ impl RunState {
         }
     }
 
+    /// Ends the running round after a stop checkpoint (preemption, a stopping coordinator):
+    /// expected, so not counted against `max_restarts`.
+    pub(super) fn end_round(&mut self, reason: String, now: Instant) -> Vec<Action> {
+        if self.status != Status::Running {
+            return vec![];
+        }
+        let line = self.open_next_round(&reason, now);
+        vec![Action::Output(Output::Notice(line)), Action::Publish]
+    }
+
     /// Ends the running round because of `reason` and opens the next one, or fails the run when
     /// no restart is left.
     pub(super) fn restart_round(
@@ -114,11 +142,28 @@ impl RunState {
             );
         }
         self.restarts += 1;
+        let line = self.open_next_round(&reason, now);
+        vec![
+            Action::Output(Output::Notice(format!(
+                "{line} (restart {} of {max})",
+                self.restarts
+            ))),
+            Action::Publish,
+        ]
+    }
+
+    /// Opens the next round from the last checkpoint; returns the line for people.
+    fn open_next_round(&mut self, reason: &str, now: Instant) -> String {
         self.round += 1;
         self.round_token = round_token(self.round);
         let from = self.resume.as_ref().map_or_else(
             || "the start".to_string(),
-            |p| format!("checkpoint {} (epoch {})", p.checkpoint, p.epoch),
+            |p| {
+                format!(
+                    "checkpoint {} (epoch {}, step {})",
+                    p.checkpoint, p.epoch, p.step_in_epoch
+                )
+            },
         );
         tracing::warn!(run_id = %self.prepared.run_id, round = self.round, restarts = self.restarts, %reason, %from, "round ended; waiting for workers to re-join");
         self.status = Status::Rendezvous;
@@ -129,36 +174,43 @@ impl RunState {
         self.pixel.clear();
         self.norm = None;
         self.reports.clear();
-        vec![
-            Action::Output(Output::Notice(format!(
-                "round {} ended: {reason}; round {} resumes from {from} (restart {} of {max})",
-                self.round - 1,
-                self.round,
-                self.restarts
-            ))),
-            Action::Publish,
-        ]
+        self.mid.clear();
+        format!(
+            "round {} ended: {reason}; round {} resumes from {from}",
+            self.round - 1,
+            self.round
+        )
     }
 
-    /// The checkpoint of the epoch that just completed, from rank 0's state.
-    pub(super) fn checkpoint_after_epoch(
+    /// The checkpoint at `at`, from rank 0's state; `accuracy` is the validation accuracy of an
+    /// epoch that just completed (`None` inside an epoch, which never becomes the best).
+    pub(super) fn checkpoint(
         &mut self,
+        at: Position,
         model: Vec<u8>,
         optimizer: Vec<u8>,
-        accuracy: f64,
+        accuracy: Option<f64>,
         params_hash: String,
     ) -> Output {
-        let epoch = self.agg.done();
-        let name = checkpoint_name(epoch, self.global_step);
-        let is_best = self.best.as_ref().is_none_or(|(a, _)| accuracy > *a);
-        if is_best {
-            self.best = Some((accuracy, name.clone()));
+        let Position {
+            epoch,
+            step_in_epoch,
+            global_step,
+            epoch_losses,
+        } = at;
+        let name = checkpoint_name(epoch, global_step);
+        if let Some(acc) = accuracy {
+            if self.best.as_ref().is_none_or(|(a, _)| acc > *a) {
+                self.best = Some((acc, name.clone()));
+            }
         }
         let model = Arc::new(model);
         let optimizer = Arc::new(optimizer);
         self.resume = Some(Arc::new(ResumePoint {
             epoch,
-            global_step: self.global_step,
+            step_in_epoch,
+            epoch_losses: Arc::new(epoch_losses.clone()),
+            global_step,
             model: model.clone(),
             optimizer: optimizer.clone(),
             checkpoint: name.clone(),
@@ -170,6 +222,7 @@ impl RunState {
             best: self.best.clone(),
             restarts: self.restarts,
             dataset_fingerprint: p.dataset.fingerprint.clone(),
+            partial_losses: epoch_losses,
         };
         let state = CheckpointState {
             format: FORMAT,
@@ -186,11 +239,11 @@ impl RunState {
             },
             epochs: p.config.epochs(),
             epoch,
-            step_in_epoch: 0,
-            global_step: self.global_step,
+            step_in_epoch,
+            global_step,
             world_size: self.membership.as_ref().map_or(0, |m| m.world_size()),
             seed: p.config.seed,
-            valid_accuracy: Some(accuracy),
+            valid_accuracy: accuracy.or_else(|| self.agg.rows.last().map(|r| r.accuracy)),
             params_hash,
             round: self.round,
             created_unix_ms: unix_ms(),

@@ -7,18 +7,23 @@ use super::*;
 use crate::config::RunConfig;
 use crate::plan::DatasetView;
 
-const RUN: &str = "run-1";
+pub(super) const RUN: &str = "run-1";
 /// Round 1's token (`rounds::round_token` is predictable in tests).
-const T1: u64 = 1001;
+pub(super) const T1: u64 = 1001;
 
 /// 2 workers, 8 training images, batch 4: 2 per rank per step, 2 steps per epoch, 2 epochs.
 fn prepared() -> Arc<Prepared> {
+    prepared_with(0)
+}
+
+/// The run above, allowed `max_restarts` round restarts.
+pub(super) fn prepared_with(max_restarts: u32) -> Arc<Prepared> {
     let config = RunConfig {
         data: "d".into(),
         workers: 2,
         batch_size: 4,
         epochs: Some(2),
-        max_restarts: 0,
+        max_restarts,
         ..RunConfig::default()
     };
     let files = |split: &str, n: usize| {
@@ -42,7 +47,7 @@ fn prepared() -> Arc<Prepared> {
     })
 }
 
-fn join_args(id: &str) -> JoinArgs {
+pub(super) fn join_args(id: &str) -> JoinArgs {
     JoinArgs {
         protocol_version: PROTOCOL_VERSION,
         run_id: String::new(),
@@ -56,12 +61,17 @@ fn join_args(id: &str) -> JoinArgs {
     }
 }
 
-fn published(actions: &[Action]) -> bool {
+pub(super) fn published(actions: &[Action]) -> bool {
     actions.iter().any(|a| matches!(a, Action::Publish))
 }
 
 fn running(t0: Instant) -> RunState {
-    let mut s = RunState::new(prepared(), t0);
+    running_with(prepared(), t0)
+}
+
+/// `p`'s run with both workers joined.
+pub(super) fn running_with(p: Arc<Prepared>, t0: Instant) -> RunState {
+    let mut s = RunState::new(p, t0);
     s.on_event(Event::Join(join_args("w-b")), t0).unwrap();
     let acts = s.on_event(Event::Join(join_args("w-a")), t0).unwrap();
     assert!(published(&acts));
@@ -69,7 +79,7 @@ fn running(t0: Instant) -> RunState {
     s
 }
 
-fn report(rank: u32, epoch: u32, hash: &str) -> Event {
+pub(super) fn report(rank: u32, epoch: u32, hash: &str) -> Event {
     Event::Epoch {
         run_id: RUN.into(),
         round_token: T1,

@@ -2,6 +2,9 @@
 //! and what they check it with: every variant must end with the parameters of the undisturbed
 //! run, or (fewer workers) near its accuracy.
 
+// Compiled into each test binary that declares `mod recovery;`; each uses a part of it.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -109,11 +112,16 @@ pub fn wait_for_checkpoint(run_dir: &Path, epoch: u32, child: &mut Child, logs: 
 
 /// The reference: the same job, undisturbed, in `tmp/reference`; returns its final hash.
 pub fn undisturbed(tmp: &Path, data: &Path) -> String {
-    let run_dir = tmp.join("reference");
+    undisturbed_with(tmp, data, &[], "reference")
+}
+
+/// [`undisturbed`] with `extra` flags, in `tmp/<name>`.
+pub fn undisturbed_with(tmp: &Path, data: &Path, extra: &[&str], name: &str) -> String {
+    let run_dir = tmp.join(name);
     let out = launch(
         &run_args(data, &run_dir),
-        &[],
-        "recovery-reference",
+        extra,
+        &format!("recovery-{name}"),
         &tmp.join("cache"),
     );
     assert!(out.success(), "{}\n{}", out.stdout, out.stderr);
@@ -123,4 +131,46 @@ pub fn undisturbed(tmp: &Path, data: &Path) -> String {
     assert!(run_dir.join("best/MANIFEST.json").exists());
     assert!(run_dir.join("latest/model.safetensors").exists());
     final_hash(&run_dir)
+}
+
+/// Steps per epoch of the job (480 images, global batch 24).
+pub const STEPS_PER_EPOCH: u64 = 20;
+
+/// True for the name of a checkpoint taken inside an epoch (`e<epoch>-s<step>`, step not at
+/// the epoch's start).
+pub fn is_mid_epoch(name: &str) -> bool {
+    let parse = || -> Option<(u64, u64)> {
+        let (e, s) = name.strip_prefix('e')?.split_once("-s")?;
+        Some((e.parse().ok()?, s.parse().ok()?))
+    };
+    parse().is_some_and(|(e, s)| s != e * STEPS_PER_EPOCH)
+}
+
+/// The trainable parameters in a safetensors file (name → bytes), BatchNorm running
+/// statistics left out: a stop checkpoint averages those across ranks at a step the undisturbed
+/// run did not, which changes their rounding but never the parameters.
+pub fn parameters(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let mut out: Vec<(String, Vec<u8>)> = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| {
+            !(k.starts_with("__") || k.contains("running_") || k.contains("num_batches"))
+        })
+        .map(|(k, v)| {
+            let o = &v["data_offsets"];
+            let (a, b) = (
+                o[0].as_u64().unwrap() as usize,
+                o[1].as_u64().unwrap() as usize,
+            );
+            (k.clone(), data[a..b].to_vec())
+        })
+        .collect();
+    out.sort();
+    assert!(out.len() > 10, "{}: too few tensors", path.display());
+    out
 }

@@ -38,6 +38,8 @@ pub struct RoundCtl {
     pub abort: Option<RingAbort>,
     /// Set by the heartbeat task when the coordinator said the round is over.
     pub ended: bool,
+    /// Set by the heartbeat task when the coordinator asks for a stop checkpoint.
+    pub stop: bool,
 }
 
 /// Retry pacing while the coordinator cannot be reached: 0.1 s doubling to 2 s, for up to
@@ -209,6 +211,34 @@ impl Client {
         self.call("leave", &req, |mut c, r| async move { c.leave(r).await })
     }
 
+    /// On SIGTERM: sets `terminated` (the training loop then stops at a checkpoint the ranks
+    /// agree on) and exits the process with code 143 after `grace` if it is still running.
+    pub fn watch_sigterm(&self, terminated: Arc<std::sync::atomic::AtomicBool>, grace: Duration) {
+        self.rt.spawn(async move {
+            let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            else {
+                return;
+            };
+            term.recv().await;
+            tracing::warn!(
+                grace_s = grace.as_secs_f64(),
+                "SIGTERM: stopping at the next step with a checkpoint"
+            );
+            terminated.store(true, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(grace).await;
+            eprintln!("ringtrain-worker: no stop checkpoint within {grace:?} of SIGTERM; exiting");
+            std::process::exit(crate::EXIT_TERMINATED);
+        });
+    }
+
+    /// A checkpoint inside an epoch (waits for every rank).
+    pub fn checkpoint(&self, req: pb::CheckpointReport) -> Result<pb::Verdict, TrainError> {
+        self.call("checkpoint", &req, |mut c, r| async move {
+            c.checkpoint(r).await
+        })
+    }
+
     /// Starts heartbeats every `interval` for whatever round `ctl` holds; each carries the
     /// current global step from `step`.
     pub fn start_heartbeats(
@@ -238,6 +268,13 @@ impl Client {
                     Ok(Ok(reply)) => {
                         let reply = reply.into_inner();
                         last_ok = tokio::time::Instant::now();
+                        if reply.stop {
+                            let mut g = ctl.lock().unwrap_or_else(PoisonError::into_inner);
+                            if g.heartbeat.as_ref().map(|h| h.round_token) == Some(req.round_token)
+                            {
+                                g.stop = true;
+                            }
+                        }
                         if reply.status == RunStatus::Failed as i32 {
                             tracing::error!(rank = req.rank, reason = %reply.reason, "coordinator stopped the run");
                             eprintln!("ringtrain-worker: run failed: {}", reply.reason);

@@ -5,12 +5,18 @@ use ringtrain_common::pb::{self, RunStatus};
 use ringtrain_common::schedule::SchedulePoint;
 use tch::nn::VarStore;
 
-use super::Client;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use super::{Client, RoundCtl};
 use crate::data::Normalize;
+use crate::train::MidCheckpoint;
 use crate::train::{Driver, EpochResult, TrainError};
 
 pub(super) struct Distributed<'a> {
     client: &'a Client,
+    ctl: &'a Mutex<RoundCtl>,
+    terminated: &'a AtomicBool,
     run_id: String,
     round_token: u64,
     rank: u32,
@@ -18,8 +24,11 @@ pub(super) struct Distributed<'a> {
 }
 
 impl<'a> Distributed<'a> {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         client: &'a Client,
+        ctl: &'a Mutex<RoundCtl>,
+        terminated: &'a AtomicBool,
         run_id: String,
         round_token: u64,
         rank: u32,
@@ -27,6 +36,8 @@ impl<'a> Distributed<'a> {
     ) -> Self {
         Self {
             client,
+            ctl,
+            terminated,
             run_id,
             round_token,
             rank,
@@ -102,6 +113,36 @@ impl Driver for Distributed<'_> {
             train_seconds: r.train_seconds,
         })?;
         check(&verdict)
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.terminated.load(Ordering::Relaxed)
+            || self.ctl.lock().unwrap_or_else(PoisonError::into_inner).stop
+    }
+
+    fn checkpoint(&mut self, c: &MidCheckpoint) -> Result<(), TrainError> {
+        let (model, optimizer) = c.state.clone().unwrap_or_default();
+        let verdict = self.client.checkpoint(pb::CheckpointReport {
+            run_id: self.run_id.clone(),
+            round_token: self.round_token,
+            rank: self.rank,
+            epoch: c.epoch,
+            step_in_epoch: c.step_in_epoch,
+            global_step: c.global_step,
+            step_losses: c.step_losses.clone(),
+            params_hash: format!("{:016x}", c.params_hash),
+            model_safetensors: model,
+            optimizer_safetensors: optimizer,
+            stop: c.stop,
+            preempted: self.terminated.load(Ordering::Relaxed),
+        })?;
+        check(&verdict)?;
+        if c.stop {
+            // The coordinator ends the round after a stop checkpoint; it answers the waiting
+            // call with ABORTED, so this is only reached if it did not.
+            return Err(TrainError::RoundEnded("stop checkpoint taken".into()));
+        }
+        Ok(())
     }
 
     fn finished(&mut self, weights: &VarStore, _params_hash: u64) -> Result<(), TrainError> {

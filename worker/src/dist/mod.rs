@@ -18,7 +18,7 @@ mod driver;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,6 +47,8 @@ pub struct WorkerOptions {
     pub model: Option<Arch>,
     pub run_id: Option<String>,
     pub connect_timeout: Duration,
+    /// After SIGTERM, exit at the latest this much later (stop checkpoint or not).
+    pub stop_grace: Duration,
     pub scan: ScanOptions,
     pub progress: bool,
     /// Overrides the announced protocol version (tests only).
@@ -74,8 +76,13 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
     let fingerprint = local.layout_fingerprint();
     let ctl = Arc::new(Mutex::new(RoundCtl::default()));
     let step_counter = Arc::new(AtomicU64::new(0));
+    let terminated = Arc::new(AtomicBool::new(false));
+    client.watch_sigterm(terminated.clone(), opts.stop_grace);
     let mut heartbeats = false;
     loop {
+        if terminated.load(Ordering::SeqCst) {
+            return Err(TrainError::Terminated);
+        }
         // A fresh listener per round: connections a peer made in an ended round die with the
         // old one instead of waiting in the backlog of the new one.
         let listener = TcpListener::bind(opts.collective_listen).map_err(|e| {
@@ -104,6 +111,7 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
                 round_token: reply.round_token,
             });
             g.ended = false;
+            g.stop = false;
             g.abort = None;
         }
         if !heartbeats {
@@ -120,6 +128,7 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
             spec: &spec,
             shard: &shard,
             ctl: &ctl,
+            terminated: &terminated,
             step_counter: step_counter.clone(),
         };
         let result = train_round(opts, &round, listener);
@@ -142,6 +151,11 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
         };
         match result {
             Ok(()) => return Ok(()),
+            Err(_) if terminated.load(Ordering::SeqCst) => {
+                // Whatever broke, this worker was told to go: say so and exit.
+                leave(false, true, "preempted (SIGTERM)".into());
+                return Err(TrainError::Terminated);
+            }
             Err(TrainError::RoundEnded(why)) => {
                 tracing::warn!(reason = %why, "round ended; re-joining");
             }
@@ -229,6 +243,7 @@ struct Round<'a> {
     spec: &'a pb::RunSpec,
     shard: &'a pb::Shard,
     ctl: &'a Mutex<RoundCtl>,
+    terminated: &'a AtomicBool,
     step_counter: Arc<AtomicU64>,
 }
 
@@ -290,6 +305,8 @@ fn train_round(opts: &WorkerOptions, r: &Round, listener: TcpListener) -> Result
         global_step: x.global_step,
         model: x.model_safetensors.clone(),
         optimizer: x.optimizer_safetensors.clone(),
+        step_in_epoch: x.step_in_epoch,
+        epoch_losses: x.epoch_losses.clone(),
     });
     if let Some(x) = &reply.resume {
         tracing::info!(checkpoint = %x.checkpoint, epoch = x.epoch, step = x.global_step, "continuing from checkpoint");
@@ -317,9 +334,12 @@ fn train_round(opts: &WorkerOptions, r: &Round, listener: TcpListener) -> Result
         step_counter: Some(r.step_counter.clone()),
         resume,
         save_state: reply.rank == 0,
+        checkpoint_every: spec.checkpoint_every_steps,
     };
     let mut driver = Distributed::new(
         r.client,
+        r.ctl,
+        r.terminated,
         reply.run_id.clone(),
         reply.round_token,
         reply.rank,

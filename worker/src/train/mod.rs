@@ -71,6 +71,9 @@ pub enum TrainError {
     /// The coordinator ended this round (a peer was lost); the worker re-joins.
     #[error("round ended: {0}")]
     RoundEnded(String),
+    /// SIGTERM: the worker stopped (after its stop checkpoint, when there was time for one).
+    #[error("terminated by SIGTERM")]
+    Terminated,
 }
 
 /// What one replica trains: everything but the hyper-parameters the driver supplies per step.
@@ -94,6 +97,8 @@ pub struct ReplicaSpec {
     pub resume: Option<state::ResumeState>,
     /// Put the model and optimizer state into every [`EpochResult`] (rank 0: checkpoints).
     pub save_state: bool,
+    /// Checkpoint inside epochs every this many global steps (0: never).
+    pub checkpoint_every: u64,
 }
 
 /// One epoch's results on this replica.
@@ -127,6 +132,33 @@ pub trait Driver {
     fn epoch_done(&mut self, result: &EpochResult) -> Result<(), TrainError>;
     /// Training finished; `weights` holds parameters and BatchNorm buffers.
     fn finished(&mut self, weights: &VarStore, params_hash: u64) -> Result<(), TrainError>;
+    /// Whether this replica wants the run stopped at a checkpoint (SIGTERM, or the coordinator
+    /// asked); it goes into the next step's all-reduce, so every rank agrees on the step.
+    fn stop_requested(&self) -> bool {
+        false
+    }
+    /// A checkpoint inside an epoch (every `checkpoint_every` steps, or the agreed stop). After
+    /// a stop checkpoint the driver returns the error that ends this replica's round.
+    fn checkpoint(&mut self, _c: &MidCheckpoint) -> Result<(), TrainError> {
+        Ok(())
+    }
+}
+
+/// A checkpoint inside an epoch, as this replica sees it.
+#[derive(Debug, Clone)]
+pub struct MidCheckpoint {
+    pub epoch: u32,
+    /// Steps of the epoch done.
+    pub step_in_epoch: u32,
+    pub global_step: u64,
+    /// This replica's losses of those steps.
+    pub step_losses: Vec<f32>,
+    /// Parameters and (averaged) BatchNorm buffers.
+    pub params_hash: u64,
+    /// With `save_state`: `model.safetensors` and `optimizer.safetensors`.
+    pub state: Option<(Vec<u8>, Vec<u8>)>,
+    /// The ranks agreed to stop here.
+    pub stop: bool,
 }
 
 fn progress_bar(steps: usize, epoch: u32, enabled: bool) -> ProgressBar {
@@ -247,17 +279,18 @@ pub fn run_replica(
     })?;
     let bufs = buffers(&vs);
     let mut adam = Adam::new(&flat.params, spec.adam);
-    let (first_epoch, mut step) = match &spec.resume {
+    let (first_epoch, mut step, mut skip) = match &spec.resume {
         Some(r) => {
             state::restore(&mut vs, &mut adam, r)?;
             tracing::info!(
                 epoch = r.epoch,
+                step_in_epoch = r.step_in_epoch,
                 step = r.global_step,
                 "resumed from the coordinator's checkpoint"
             );
-            (r.epoch, r.global_step)
+            (r.epoch, r.global_step, r.step_in_epoch as usize)
         }
-        None => (0, 0),
+        None => (0, 0, 0),
     };
     tracing::info!(model = %spec.model, params = flat.numel(), rank = spec.rank, world_size = collective.world_size(),
         train = ds.train.len(), valid = ds.valid.len(), steps_per_epoch = spec.steps_per_epoch,
@@ -288,15 +321,26 @@ pub fn run_replica(
             });
         }
         let pb = progress_bar(spec.steps_per_epoch, epoch, spec.progress);
-        let first_step = step;
+        let first_step = step - skip as u64;
         let losses = Tensor::zeros([spec.steps_per_epoch as i64], (Kind::Float, device));
-        for (s, point) in plan_points.iter().enumerate() {
+        // Resumed inside this epoch: its first `skip` steps are done, their losses known.
+        if let Some(r) = spec.resume.as_ref().filter(|_| skip > 0) {
+            let done = Tensor::from_slice(&r.epoch_losses).to_device(device);
+            tch::no_grad(|| losses.narrow(0, 0, done.numel() as i64).copy_(&done));
+            pb.inc(skip as u64);
+        }
+        for (s, point) in plan_points
+            .iter()
+            .enumerate()
+            .skip(std::mem::take(&mut skip))
+        {
             let (x, y) = train_set.batch(&plan, s);
             let logits = model.forward_t(&x, true);
             let loss = logits.cross_entropy_for_logits(&y);
             flat.zero_grad();
             loss.backward();
-            collective.all_reduce_mean(&mut flat.grads)?;
+            flat.set_control(if driver.stop_requested() { 1.0 } else { 0.0 });
+            collective.all_reduce_mean(&mut flat.comm)?;
             adam.step(&mut flat.params, &flat.grads, point.lr, point.beta1);
             // Kept on the device; read once per epoch (and every 20 steps for the progress bar).
             tch::no_grad(|| losses.get(s as i64).copy_(&loss));
@@ -315,6 +359,31 @@ pub fn run_replica(
             step += 1;
             if let Some(counter) = &spec.step_counter {
                 counter.store(step, std::sync::atomic::Ordering::Relaxed);
+            }
+            // Every rank computes the same two conditions: the step count and the reduced
+            // control element. The epoch's last step has its own checkpoint below.
+            let stop = flat.control() > 0.0;
+            let periodic = spec.checkpoint_every > 0 && step % spec.checkpoint_every == 0;
+            if (stop || periodic) && s + 1 < spec.steps_per_epoch {
+                average_buffers(&bufs, collective)?;
+                let n = s as i64 + 1;
+                let c = MidCheckpoint {
+                    epoch,
+                    step_in_epoch: n as u32,
+                    global_step: step,
+                    step_losses: Vec::<f32>::try_from(
+                        &losses.narrow(0, 0, n).to_device(Device::Cpu),
+                    )
+                    .unwrap_or_default(),
+                    params_hash: replica_hash(&flat, &bufs),
+                    state: if spec.save_state {
+                        Some(state::save(&vs, &adam)?)
+                    } else {
+                        None
+                    },
+                    stop,
+                };
+                driver.checkpoint(&c)?;
             }
         }
         let step_losses: Vec<f32> =

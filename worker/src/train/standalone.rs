@@ -242,6 +242,7 @@ pub fn train(
         step_counter: None,
         resume: None,
         save_state: false,
+        checkpoint_every: 0,
     };
     let mut driver = Standalone {
         cfg,

@@ -23,8 +23,11 @@ use crate::optim::Adam;
 /// Where a resumed replica starts.
 #[derive(Debug, Clone)]
 pub struct ResumeState {
-    /// Epoch to run next.
+    /// Epoch to run next (or to continue).
     pub epoch: u32,
+    /// Steps of `epoch` already done, and their losses (mean over the ranks).
+    pub step_in_epoch: u32,
+    pub epoch_losses: Vec<f32>,
     /// Steps done so far (Adam's step count).
     pub global_step: u64,
     /// `model.safetensors` bytes.
