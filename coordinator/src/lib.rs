@@ -41,6 +41,7 @@ pub mod ids;
 pub mod launch;
 pub mod plan;
 pub mod rendezvous;
+mod resume;
 pub mod server;
 pub mod service;
 mod shared;

@@ -34,7 +34,7 @@ use crate::plan::{plan_run, DatasetView, PlanError};
 use crate::service::CoordinatorService;
 pub use crate::shared::RunHandle;
 use crate::shared::{spawn_progress, spawn_ticker, Shared};
-use crate::state::{Event, Prepared, Progress, ResumePoint, Resumed, RunState, Status};
+use crate::state::{Event, Prepared, RunState, Status};
 
 /// Why a run stopped on SIGTERM or Ctrl-C.
 pub const INTERRUPTED: &str = "interrupted; the checkpoints stay: continue with --resume RUN_DIR";
@@ -130,7 +130,7 @@ impl Run {
     pub fn prepare_with_table(config: RunConfig, table: TableSink) -> Result<Self, ServeError> {
         config.validate()?;
         let config = config.resolved(unix_time());
-        let (config, resumed) = find_resume(config)?;
+        let (config, resumed) = crate::resume::find_resume(config)?;
         let run_id = config.run_id.clone().unwrap_or_default();
         let run_dir = config.run_dir.clone().unwrap_or_default();
         // Fail before any work when checkpoints cannot be written (read-only or full disk).
@@ -358,75 +358,6 @@ impl Run {
             run_dir: self.prepared.run_dir.clone(),
         })
     }
-}
-
-/// Decides whether `config` starts a run or continues one from its run folder's latest good
-/// checkpoint (`auto_resume`, set by `--auto-resume` and `--resume`); a folder that holds
-/// checkpoints is never silently overwritten.
-fn find_resume(config: RunConfig) -> Result<(RunConfig, Option<Resumed>), ServeError> {
-    let run_dir = config.run_dir.clone().unwrap_or_default();
-    let store = CheckpointStore::new(&run_dir);
-    let existing = store.list().unwrap_or_default();
-    if !config.auto_resume {
-        if !existing.is_empty() {
-            return Err(ServeError::Resume(format!(
-                "run folder {} already holds checkpoints ({}); continue it with --resume {0}, or choose another --run-dir",
-                run_dir.display(),
-                existing.join(", ")
-            )));
-        }
-        return Ok((config, None));
-    }
-    let Some((loaded, skipped)) = store.latest_good()? else {
-        if config.resume_required {
-            return Err(ServeError::Resume(format!(
-                "nothing to resume: {} has no good checkpoint",
-                store.dir().display()
-            )));
-        }
-        return Ok((config, None));
-    };
-    for (dir, why) in &skipped {
-        tracing::warn!(checkpoint = %dir.display(), reason = %why, "skipping a bad checkpoint");
-    }
-    let st = &loaded.state;
-    let bad = |what: &str, e: &dyn std::fmt::Display| {
-        ServeError::Resume(format!("checkpoint {}: {what}: {e}", loaded.dir.display()))
-    };
-    let stored: RunConfig =
-        serde_json::from_value(st.config.clone()).map_err(|e| bad("config", &e))?;
-    let progress: Progress =
-        serde_json::from_value(st.progress.clone()).map_err(|e| bad("progress", &e))?;
-    let config = config.continuing(&stored);
-    config.validate()?;
-    let name = loaded
-        .dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    tracing::info!(run_id = %st.run_id, checkpoint = %loaded.dir.display(), epoch = st.epoch, step = st.global_step, "resuming from checkpoint");
-    eprintln!(
-        "ringtrain: resuming run {} from {} (epoch {} of {}, step {})",
-        st.run_id,
-        loaded.dir.display(),
-        st.epoch,
-        st.epochs,
-        st.global_step
-    );
-    let resumed = Resumed {
-        point: ResumePoint {
-            epoch: st.epoch,
-            step_in_epoch: st.step_in_epoch,
-            epoch_losses: Arc::new(progress.partial_losses.clone()),
-            global_step: st.global_step,
-            model: Arc::new(loaded.model),
-            optimizer: Arc::new(loaded.optimizer),
-            checkpoint: name,
-        },
-        progress,
-        round: st.round,
-    };
-    Ok((config, Some(resumed)))
 }
 
 /// Prepares and serves one run on `listener` (`ringtrain serve`): returns when the run finished

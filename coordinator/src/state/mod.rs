@@ -30,6 +30,7 @@
 //! ```
 //! Tests: `tests.rs` beside this file.
 
+mod admission;
 pub mod epoch;
 pub mod midepoch;
 mod records;
@@ -50,10 +51,9 @@ use ringtrain_common::data::PixelStats;
 use crate::artifacts::Output;
 use crate::config::RunConfig;
 use crate::ids::{Rank, WorkerId};
-use crate::plan::{plan_run, DatasetView, EpochSchedule, RunPlan};
+use crate::plan::{DatasetView, EpochSchedule, RunPlan};
 use crate::rendezvous::{
-    Candidate, Membership, Rendezvous, RendezvousAction, RendezvousError, RendezvousEvent,
-    RendezvousSettings,
+    Candidate, Membership, Rendezvous, RendezvousError, RendezvousEvent, RendezvousSettings,
 };
 use epoch::{EpochAggregator, EpochReport};
 pub use rounds::{Progress, ResumePoint, Resumed};
@@ -540,175 +540,9 @@ impl RunState {
                 success,
                 aborted,
                 reason,
-            } => {
-                let rank = self.membership.as_ref().and_then(|m| m.rank_of(&worker_id));
-                let left = rank.is_some_and(|r| self.ranks[r.index()].left);
-                if let Some(r) = rank {
-                    self.ranks[r.index()].gone = true;
-                }
-                if self.status.is_terminal() {
-                    let root_cause = self.failure.as_ref().is_some_and(|f| {
-                        f.reported_by.is_some_and(|by| Some(by) != rank)
-                            && now.saturating_duration_since(f.at) <= ROOT_CAUSE_WINDOW
-                    });
-                    if success || aborted || !root_cause {
-                        return Ok(vec![]);
-                    }
-                    tracing::info!(%reason, "a worker exit right after a peer's report is the root cause");
-                    self.failure = Some(Arc::new(Failure {
-                        reason,
-                        rendezvous_timeout: false,
-                        reported_by: None,
-                        at: now,
-                    }));
-                    return Ok(vec![
-                        Action::Output(Output::Summary(Box::new(self.summary(now)))),
-                        Action::Publish,
-                    ]);
-                }
-                if (success && left) || rank.is_none() {
-                    // Finished its part, or not a member of this round (a process that died
-                    // waiting in the rendezvous withdrew with its Join call).
-                    return Ok(vec![]);
-                }
-                Ok(self.restart_round(reason, Cause::Other, now))
-            }
+            } => Ok(self.process_exited(&worker_id, success, aborted, reason, now)),
             Event::Fail(reason) => Ok(self.fail(reason, Cause::Other, now)),
             Event::Tick => self.tick(now),
-        }
-    }
-
-    fn join(&mut self, a: JoinArgs, now: Instant) -> Actions {
-        let worker_id = a.candidate.worker_id.clone();
-        match (&self.status, &self.failure) {
-            (Status::Failed, Some(f)) if f.rendezvous_timeout => {
-                return Err(RendezvousError::Timeout {
-                    waited: Duration::from_secs_f64(self.prepared.config.join_timeout_s),
-                    joined: self.rdzv.joined(),
-                    wanted: self.prepared.config.workers,
-                }
-                .into());
-            }
-            (Status::Failed, f) => {
-                return Err(RunError::Failed {
-                    reason: f.as_ref().map(|f| f.reason.clone()).unwrap_or_default(),
-                })
-            }
-            _ => {}
-        }
-        if self.stopped {
-            return Err(RunError::Stopping);
-        }
-        if a.protocol_version != PROTOCOL_VERSION {
-            return Err(RunError::VersionMismatch {
-                worker_id,
-                got: a.protocol_version,
-                want: PROTOCOL_VERSION,
-            });
-        }
-        if !a.run_id.is_empty() && a.run_id != self.prepared.run_id {
-            return Err(RunError::RunIdMismatch {
-                got: a.run_id,
-                want: self.prepared.run_id.clone(),
-            });
-        }
-        let model = self.prepared.config.model.as_str();
-        if !a.model.is_empty() && a.model != model {
-            return Err(RunError::ModelMismatch {
-                worker_id,
-                got: a.model,
-                want: model.into(),
-            });
-        }
-        if a.dataset_fingerprint != self.prepared.dataset.fingerprint {
-            return Err(RunError::DatasetMismatch {
-                worker_id,
-                got: a.dataset_fingerprint,
-                want: self.prepared.dataset.fingerprint.clone(),
-            });
-        }
-        if a.candidate.collective_addr.is_empty() {
-            return Err(RunError::BadRequest(format!(
-                "worker {worker_id} sent no collective_addr"
-            )));
-        }
-        let mut out = Vec::new();
-        let member = self.membership.as_ref().and_then(|m| m.rank_of(&worker_id));
-        if let (Status::Running, Some(rank)) = (self.status, member) {
-            // A member joining again has left its round (it restarted, or its collective
-            // broke): the round cannot complete.
-            out = self.restart_round(
-                format!("rank {rank} ({worker_id}) re-joined, leaving its round"),
-                Cause::Other,
-                now,
-            );
-            if self.status == Status::Failed {
-                return Ok(out);
-            }
-        }
-        let acts = self
-            .rdzv
-            .on_event(RendezvousEvent::Join(a.candidate), now)?;
-        out.extend(self.rendezvous_actions(acts, now));
-        Ok(out)
-    }
-
-    fn rendezvous_actions(&mut self, acts: Vec<RendezvousAction>, now: Instant) -> Vec<Action> {
-        let mut out = Vec::new();
-        for act in acts {
-            match act {
-                RendezvousAction::Closed(m) => out.extend(self.round_closed(m, now)),
-                RendezvousAction::TimedOut { waited, joined } => {
-                    let c = &self.prepared.config;
-                    let reason = format!(
-                        "rendezvous timed out after {:.0} s: {joined} of {} workers joined (at least {} needed)",
-                        waited.as_secs_f64(),
-                        c.workers,
-                        c.min_workers()
-                    );
-                    out.extend(self.fail(reason, Cause::RendezvousTimeout, now));
-                }
-            }
-        }
-        out
-    }
-
-    fn round_closed(&mut self, m: Arc<Membership>, now: Instant) -> Vec<Action> {
-        let d = &self.prepared.dataset;
-        let world_size = m.world_size();
-        self.ranks = vec![
-            Liveness {
-                last_seen: now,
-                step: 0,
-                waiting: 0,
-                left: false,
-                gone: false,
-                informed: false
-            };
-            world_size as usize
-        ];
-        self.membership = Some(m);
-        match plan_run(
-            &self.prepared.config,
-            d.train.len(),
-            d.valid.len(),
-            world_size,
-        ) {
-            Ok(plan) => {
-                self.plan = Some(Arc::new(plan));
-                self.status = Status::Running;
-                self.epoch_started = now;
-                tracing::info!(run_id = %self.prepared.run_id, round = self.round, world_size, before = "rendezvous", after = "running", "run state");
-                vec![
-                    Action::Output(Output::RunInfo(Box::new(self.run_info()))),
-                    Action::Publish,
-                ]
-            }
-            Err(e) => self.fail(
-                format!("cannot start with world size {world_size}: {e}"),
-                Cause::Other,
-                now,
-            ),
         }
     }
 

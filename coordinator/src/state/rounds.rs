@@ -10,7 +10,7 @@
 //!   (or the very start when no epoch completed yet). Epochs after it are redone, so nothing is
 //!   lost but the work since that checkpoint.
 //!
-//! Tests: `tests.rs` beside this file.
+//! Tests: `round_tests.rs` beside this file; end to end in `tests/tests/elastic.rs`, `stop.rs`.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;

@@ -11,7 +11,8 @@
 //! and continues from the checkpoint in the new JoinReply; rank 0 sends the model and optimizer
 //! state with every epoch report, which the coordinator writes as the epoch's checkpoint.
 //!
-//! Tests: `tests/tests/distributed.rs` (real binaries, 2 and 3 workers, failures).
+//! Tests: `tests/tests/distributed.rs` (real binaries, 2 and 3 workers, failures), `resume.rs`,
+//! `elastic.rs` and `stop.rs` (rounds, restarts, stop checkpoints).
 
 mod client;
 mod driver;
