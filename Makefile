@@ -15,7 +15,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(TORCH_VENV)/bin:$(PATH)
 
 BIN := target/release
-.PHONY: run run-single test bench build setup data clean-runs
+.PHONY: run run-single run-gpus test bench build setup data clean-runs gpu-bundle gpu-check
 
 setup: $(TORCH_VENV)/.ringtrain-ok
 $(TORCH_VENV)/.ringtrain-ok: scripts/setup-torch.sh
@@ -36,6 +36,11 @@ run-single: build data
 	$(BIN)/ringtrain-worker train --data $(MNIST_DIR) --model resnet --epochs 12 \
 		--max-lr 0.05 --batch-size 128 --run-dir $(RUN_DIR)-single
 
+# The recipe with one worker per GPU of this machine (NCCL between them); CPU workers without one.
+run-gpus: build data
+	$(BIN)/ringtrain launch --gpus all --data $(MNIST_DIR) --model resnet --epochs 12 \
+		--max-lr 0.05 --batch-size 128 --run-dir $(RUN_DIR)-gpus
+
 # MNIST in the fast.ai mnist_png layout: imported from idx files when RINGTRAIN_MNIST_IDX
 # names a folder of them, downloaded from fast.ai otherwise. Skipped when already there.
 data: build
@@ -54,6 +59,15 @@ test: setup
 bench: build data
 	$(CARGO) build --release -p ringtrain-worker --example ringbench
 	MNIST_DIR=$(MNIST_DIR) TORCH_VENV=$(TORCH_VENV) ./bench/run.sh
+
+# Binaries, the cuda-tests test binary and the MNIST idx files for a GPU machine without Rust
+# (target/gpu-check, ~30 MB); there, `scripts/gpu-check.sh` runs the device check.
+gpu-bundle: setup
+	MNIST_IDX=$(or $(MNIST_IDX),../shared/data/mnist) CARGO=$(CARGO) ./scripts/gpu-bundle.sh
+
+# The device check itself (on a GPU machine; with the bundle built here or carried there).
+gpu-check:
+	./scripts/gpu-check.sh
 
 clean-runs:
 	rm -rf runs

@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod devices;
 pub mod fetch;
 pub mod logging;
 pub mod plot;

@@ -84,6 +84,9 @@ pub struct RankInfo {
     pub worker_id: String,
     pub collective_addr: String,
     pub device: String,
+    /// The GPU's UUID (empty on CPU).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub device_uuid: String,
     pub train_images: usize,
     pub valid_images: usize,
 }
@@ -106,6 +109,9 @@ pub struct RunInfo {
     #[serde(rename = "normalize")]
     pub norm: Option<NormInfo>,
     pub ranks: Vec<RankInfo>,
+    /// The round's all-reduce (`ring` or `nccl`) and why (`None` before the round closed).
+    pub collective: Option<String>,
+    pub collective_reason: Option<String>,
     /// Training files no rank trains on (the shard plan's trim), relative to the data root.
     pub dropped_train: Vec<String>,
     /// Files the scan left out because of `skip_bad`, with reasons.

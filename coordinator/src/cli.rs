@@ -9,9 +9,11 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use ringtrain_common::devices::{CollectiveChoice, Precision};
 use serde::Serialize;
 
 use crate::config::{self, LoadError, Model, RunConfig};
+use crate::gpus::GpuSelection;
 use crate::launch::LaunchOptions;
 
 fn is_false(b: &bool) -> bool {
@@ -151,6 +153,16 @@ pub struct RunArgs {
     #[arg(long, env = "RINGTRAIN_STOP_GRACE_S")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_grace_s: Option<f64>,
+    /// All-reduce: auto (NCCL when every worker has its own GPU, else the TCP ring), nccl or ring
+    /// [default: auto].
+    #[arg(long, value_name = "auto|nccl|ring", env = "RINGTRAIN_COLLECTIVE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collective: Option<CollectiveChoice>,
+    /// Forward-pass arithmetic: fp32, or bf16 autocast (weights and optimiser stay f32)
+    /// [default: fp32].
+    #[arg(long, value_name = "fp32|bf16", env = "RINGTRAIN_PRECISION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
     /// Resume from the run folder's latest good checkpoint if it has one, else start fresh.
     #[arg(long, env = "RINGTRAIN_AUTO_RESUME")]
     #[serde(skip_serializing_if = "is_false")]
@@ -221,6 +233,10 @@ pub struct LaunchArgs {
     /// fit in the CPUs this process may use).
     #[arg(long, env = "RINGTRAIN_NO_PIN")]
     pub no_pin: bool,
+    /// One worker per GPU: all, or indices such as 0,1 (each worker sees only its GPU; sets
+    /// the number of workers). Without a GPU, falls back to --workers CPU workers.
+    #[arg(long, value_name = "all|0,1,...", env = "RINGTRAIN_GPUS")]
+    pub gpus: Option<GpuSelection>,
 }
 
 impl LaunchArgs {
@@ -230,6 +246,7 @@ impl LaunchArgs {
             threads_per_worker: self.threads_per_worker,
             worker_bin: self.worker_bin.clone(),
             pin: !self.no_pin,
+            gpus: self.gpus.clone(),
             ..LaunchOptions::default()
         }
     }

@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use ringtrain_common::data::ScanOptions;
+use ringtrain_common::devices::{CollectiveChoice, Precision};
 use ringtrain_common::schedule::{OneCycleConfig, ScheduleError};
 use serde::{Deserialize, Serialize};
 
@@ -133,6 +134,11 @@ pub struct RunConfig {
     pub checkpoint_every_steps: u64,
     /// On SIGTERM/Ctrl-C, wait this long for the ranks' stop checkpoint before exiting.
     pub stop_grace_s: f64,
+    /// All-reduce between the workers: `auto` (NCCL when every worker is on its own GPU, the
+    /// TCP ring otherwise), `nccl` or `ring`.
+    pub collective: CollectiveChoice,
+    /// Forward-pass arithmetic: `fp32` or `bf16` (autocast; weights and optimiser stay f32).
+    pub precision: Precision,
     /// Set by `--resume RUN_DIR`: a run folder without a good checkpoint is an error.
     #[serde(skip)]
     pub resume_required: bool,
@@ -173,6 +179,8 @@ impl Default for RunConfig {
             auto_resume: false,
             checkpoint_every_steps: 0,
             stop_grace_s: 20.0,
+            collective: CollectiveChoice::Auto,
+            precision: Precision::Fp32,
             resume_required: false,
         }
     }
@@ -365,6 +373,7 @@ impl RunConfig {
         self.eps = s.eps;
         self.wd = s.wd;
         self.checkpoint_every_steps = s.checkpoint_every_steps;
+        self.precision = s.precision;
         self.run_id = s.run_id;
         self
     }

@@ -10,6 +10,9 @@
 //!   --collective-listen 127.0.0.1:0 --data DATA --train-dir TRAIN --valid-dir VALID` (DATA
 //!   absolute), ids zero-padded so that sorted order (= rank order) is spawn order; its stdout and
 //!   stderr go to `RUN_DIR/logs/worker-<i>.log`.
+//! * With `--gpus` (`gpus.rs`), worker `i` also gets `--device cuda:0` and
+//!   `CUDA_VISIBLE_DEVICES=<its GPU>`, and the number of selected GPUs is the number of workers;
+//!   on a machine without a GPU, `--device cpu` and `workers` processes, said on stderr.
 //! * A worker that dies (non-zero exit other than 3, or a signal) is started again with the
 //!   same worker id, up to `max_restarts` times in total over the run; the coordinator ends the
 //!   round and the next one resumes from the last checkpoint with the replacement. Its log is
@@ -34,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 
 use crate::config::RunConfig;
+use crate::gpus::{self, GpuError, GpuPlacement, GpuSelection};
 use crate::server::{Run, RunOutcome, ServeError};
 
 /// The worker's exit code after the coordinator told it the run failed.
@@ -51,6 +55,9 @@ pub struct LaunchOptions {
     /// Pin worker i to its own `threads_per_worker` cores when they fit on this machine (keeps
     /// each worker's caches warm instead of letting the scheduler migrate it).
     pub pin: bool,
+    /// One worker per selected GPU (`--gpus`); `None`: `workers` processes, each with the
+    /// worker's own `--device` default (auto, or `RINGTRAIN_DEVICE`).
+    pub gpus: Option<GpuSelection>,
 }
 
 impl Default for LaunchOptions {
@@ -60,6 +67,7 @@ impl Default for LaunchOptions {
             worker_bin: None,
             grace: Duration::from_secs(5),
             pin: true,
+            gpus: None,
         }
     }
 }
@@ -80,6 +88,9 @@ pub enum LaunchError {
         path: PathBuf,
         reason: String,
     },
+    /// `--gpus` cannot be honoured.
+    #[error(transparent)]
+    Gpus(#[from] GpuError),
     /// Local I/O (listener, log folder).
     #[error("{what}: {reason}")]
     Io { what: String, reason: String },
@@ -206,6 +217,10 @@ struct WorkerArgs {
     /// The CPUs this process may run on, when workers are pinned (worker i gets the i-th run of
     /// `threads` of them).
     pin_cpus: Option<Vec<usize>>,
+    /// Worker i's GPU (`--gpus`); empty otherwise.
+    placements: Vec<GpuPlacement>,
+    /// `--device` for every worker, when the launcher decides it.
+    device: Option<&'static str>,
 }
 
 /// The CPUs this process may run on (`sched_getaffinity`), in order.
@@ -259,10 +274,14 @@ fn spawn_worker(w: &WorkerArgs, index: usize, n: usize) -> Result<Proc, LaunchEr
     ])
     .args(["--collective-listen", "127.0.0.1:0"])
     .args(&w.data)
+    .args(w.device.iter().flat_map(|d| ["--device", d]))
     .stdin(Stdio::null())
     .stdout(out)
     .stderr(err)
     .kill_on_drop(true);
+    if let Some(p) = w.placements.get(index) {
+        cmd.env("CUDA_VISIBLE_DEVICES", &p.visible_devices);
+    }
     let mask = w
         .pin_cpus
         .as_deref()
@@ -314,6 +333,37 @@ fn spawn_worker(w: &WorkerArgs, index: usize, n: usize) -> Result<Proc, LaunchEr
     })
 }
 
+/// With `--gpus`: one worker per selected GPU (sets `config.workers`), or CPU workers when the
+/// machine has none, which is said on stderr. Returns the placements and the `--device` flag.
+async fn place_workers(
+    config: &mut RunConfig,
+    opts: &LaunchOptions,
+    bin: &std::path::Path,
+) -> Result<(Vec<GpuPlacement>, Option<&'static str>), LaunchError> {
+    let Some(sel) = &opts.gpus else {
+        return Ok((Vec::new(), None));
+    };
+    let visible = gpus::probe(bin).await?;
+    let inherited = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    let placements = gpus::place(sel, &visible, inherited.as_deref())?;
+    if placements.is_empty() {
+        eprintln!(
+            "ringtrain: --gpus: no CUDA device visible to {}; running {} CPU worker(s) instead",
+            bin.display(),
+            config.workers
+        );
+        return Ok((placements, Some("cpu")));
+    }
+    config.workers = placements.len() as u32;
+    for (i, p) in placements.iter().enumerate() {
+        eprintln!(
+            "ringtrain: worker {i} on {} (CUDA_VISIBLE_DEVICES={})",
+            p.label, p.visible_devices
+        );
+    }
+    Ok((placements, Some("cuda:0")))
+}
+
 /// Runs `config` with `config.workers` local worker processes. `interrupt` resolving (Ctrl-C)
 /// fails the run with "interrupted" and forwards SIGINT to the workers.
 pub async fn launch(
@@ -321,11 +371,12 @@ pub async fn launch(
     opts: LaunchOptions,
     interrupt: impl Future<Output = ()>,
 ) -> Result<RunOutcome, LaunchError> {
+    let bin = resolve_worker_bin(opts.worker_bin.clone())?;
+    let (placements, device) = place_workers(&mut config, &opts, &bin).await?;
     // Local workers either all start or the launcher reports which one did not.
     config.min_workers = Some(config.workers);
     config.listen = "127.0.0.1:0".into();
     let n = config.workers as usize;
-    let bin = resolve_worker_bin(opts.worker_bin.clone())?;
     let mut run = Run::prepare(config)?;
     // Children that cannot hear the verdict are killed after `grace` anyway.
     run.set_linger(opts.grace);
@@ -362,6 +413,8 @@ pub async fn launch(
         data,
         logs,
         pin_cpus,
+        placements,
+        device,
     };
     let handle = run.handle();
     let max_restarts = run.config().max_restarts;

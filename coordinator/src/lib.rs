@@ -37,6 +37,7 @@
 pub mod artifacts;
 pub mod cli;
 pub mod config;
+pub mod gpus;
 pub mod ids;
 pub mod launch;
 pub mod plan;

@@ -50,6 +50,8 @@ pub struct Candidate {
     pub collective_addr: String,
     /// `cpu`, `cuda:0`, ...
     pub device: String,
+    /// The GPU's UUID, empty on CPU.
+    pub device_uuid: String,
 }
 
 /// One admitted worker of a closed round.
@@ -319,6 +321,7 @@ mod tests {
             worker_id: WorkerId(id.into()),
             collective_addr: format!("{id}:1"),
             device: "cpu".into(),
+            device_uuid: String::new(),
         }
     }
 

@@ -213,6 +213,7 @@ fn join_reply(
             data_root: d.root.clone(),
             run_dir: p.run_dir.display().to_string(),
             checkpoint_every_steps: c.checkpoint_every_steps,
+            precision: c.precision.to_string(),
         }),
         shard: Some(pb::Shard {
             train: refs(train, &d.train),
@@ -228,6 +229,7 @@ fn join_reply(
             step_in_epoch: r.step_in_epoch,
             epoch_losses: r.epoch_losses.to_vec(),
         }),
+        collective: snap.collective.map(|k| k.to_string()).unwrap_or_default(),
     }
 }
 
@@ -248,6 +250,7 @@ impl Coordinator for CoordinatorService {
                 worker_id: worker_id.clone(),
                 collective_addr: r.collective_addr,
                 device: r.device,
+                device_uuid: r.device_uuid,
             },
         };
         let joined_round = self
@@ -451,6 +454,31 @@ impl Coordinator for CoordinatorService {
             status: pb::RunStatus::Running as i32,
             reason: String::new(),
         }))
+    }
+
+    async fn share_nccl_id(
+        &self,
+        request: Request<pb::NcclIdRequest>,
+    ) -> Result<Response<pb::NcclIdReply>, Status> {
+        let r = request.into_inner();
+        let (rank, token) = (Rank(r.rank), r.round_token);
+        let ev = Event::NcclId {
+            run_id: r.run_id,
+            round_token: token,
+            rank,
+            unique_id: r.unique_id,
+        };
+        self.shared.apply(ev, |_| ()).map_err(to_status)?;
+        let _alive = Waiting::start(&self.shared, rank);
+        let snap = self.wait(token, |s| s.nccl_id.is_some()).await?;
+        match snap.nccl_id {
+            Some(id) if snap.status != state::Status::Failed => {
+                Ok(Response::new(pb::NcclIdReply {
+                    unique_id: id.to_vec(),
+                }))
+            }
+            _ => Err(run_failed(format!("run failed: {}", failure_reason(&snap)))),
+        }
     }
 
     async fn leave(

@@ -52,13 +52,23 @@ fn fake_worker_process() {
     std::process::exit(code);
 }
 
-/// A `ringtrain-worker` stand-in that runs this test binary as the fake worker.
+/// A `ringtrain-worker` stand-in that runs this test binary as the fake worker, on a machine
+/// without GPUs.
 fn worker_script(dir: &Path, mode: &str) -> PathBuf {
+    worker_script_with(dir, mode, r#"{"cuda_devices":0,"gpus":[]}"#)
+}
+
+/// The same, answering `devices --json` with `inventory`; it logs every start to calls.txt.
+fn worker_script_with(dir: &Path, mode: &str, inventory: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let script = dir.join("fake-worker.sh");
     let text = format!(
-        "#!/bin/sh\nRINGTRAIN_FAKE_ARGS=\"$*\" RINGTRAIN_FAKE_MODE={mode} exec {exe} fake_worker_process --exact --nocapture --test-threads 1\n",
-        exe = exe.display()
+        "#!/bin/sh\n\
+         if [ \"$1\" = devices ]; then echo '{inventory}'; exit 0; fi\n\
+         echo \"CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES $*\" >> {calls}\n\
+         RINGTRAIN_FAKE_ARGS=\"$*\" RINGTRAIN_FAKE_MODE={mode} exec {exe} fake_worker_process --exact --nocapture --test-threads 1\n",
+        exe = exe.display(),
+        calls = dir.join("calls.txt").display(),
     );
     std::fs::write(&script, text).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -71,7 +81,58 @@ fn options(dir: &Path, mode: &str) -> LaunchOptions {
         worker_bin: Some(worker_script(dir, mode)),
         grace: Duration::from_secs(2),
         pin: true,
+        gpus: None,
     }
+}
+
+/// What the fake worker got: one line per start, `CUDA_VISIBLE_DEVICES=... ARGS`.
+fn calls(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("calls.txt"))
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpus_all_starts_one_worker_per_gpu_that_sees_only_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let inventory = r#"{"cuda_devices":2,"gpus":[{"index":0,"name":"Fake GPU","uuid":"GPU-f0"},{"index":1,"name":"Fake GPU","uuid":"GPU-f1"}]}"#;
+    let mut opts = options(dir.path(), "ok");
+    opts.gpus = Some("all".parse().unwrap());
+    opts.worker_bin = Some(worker_script_with(dir.path(), "ok", inventory));
+    // One worker configured: --gpus all decides the number of workers (2).
+    let outcome = launch(common::config(dir.path(), 1), opts, std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, Status::Finished, "{:?}", outcome.reason);
+    assert_eq!(outcome.summary.world_size, 2);
+    let mut c = calls(dir.path());
+    c.sort();
+    assert_eq!(c.len(), 2, "{c:?}");
+    for (i, line) in c.iter().enumerate() {
+        assert!(
+            line.starts_with(&format!("CUDA_VISIBLE_DEVICES={i} ")),
+            "{line}"
+        );
+        assert!(line.contains("--device cuda:0"), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpus_on_a_machine_without_one_falls_back_to_cpu_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LaunchOptions {
+        gpus: Some("0,1".parse().unwrap()),
+        ..options(dir.path(), "ok")
+    };
+    let outcome = launch(common::config(dir.path(), 2), opts, std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, Status::Finished, "{:?}", outcome.reason);
+    let c = calls(dir.path());
+    assert_eq!(c.len(), 2, "{c:?}");
+    assert!(c.iter().all(|l| l.contains("--device cpu")), "{c:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,7 +59,7 @@ async fn join_refuses_wrong_version_model_fingerprint_and_duplicates() {
     let e = join(&svc, r).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(
-        e.message().contains("version 7") && e.message().contains("version 2"),
+        e.message().contains("version 7") && e.message().contains("version 3"),
         "{}",
         e.message()
     );

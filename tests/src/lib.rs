@@ -14,14 +14,19 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// `$CARGO_TARGET_DIR`, else the workspace's `target/` (scripts/gpu-check.sh points it at its
+/// bundle, where the carried binaries sit in `release/`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
 /// Path of a binary built by `cargo build --release --bins` (what `make test` runs first).
 ///
 /// Panics with the fix when the binary is missing, so a bare `cargo test` says what to do.
 pub fn bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let path = dir.join("release").join(name);
+    let path = target_dir().join("release").join(name);
     assert!(
         path.is_file(),
         "{} is missing: run `make test` (it builds the release binaries first)",
@@ -64,9 +69,9 @@ pub fn shared_mnist_idx() -> PathBuf {
     )
 }
 
-/// Folder for a test's logs, kept after the run for post-mortems: `target/test-logs/<name>`.
+/// Folder for a test's logs, kept after the run for post-mortems: `<target>/test-logs/<name>`.
 pub fn log_dir(name: &str) -> PathBuf {
-    let dir = workspace_root().join("target/test-logs").join(name);
+    let dir = target_dir().join("test-logs").join(name);
     std::fs::create_dir_all(&dir).expect("target/ is writable during tests");
     dir
 }

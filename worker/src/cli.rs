@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use ringtrain_common::data::ScanOptions;
 
+use crate::amp::Precision;
 use crate::config::{default_cache_dir, TrainConfig};
+use crate::device::DeviceRequest;
 use crate::model::Arch;
 
 #[derive(Debug, Parser)]
@@ -41,6 +43,14 @@ pub struct JoinArgs {
     /// libtorch intra-op threads [default: all cores].
     #[arg(long, env = "RINGTRAIN_THREADS")]
     pub threads: Option<usize>,
+    /// Device to train on: auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "auto|cpu|cuda|cuda:N",
+        env = "RINGTRAIN_DEVICE"
+    )]
+    pub device: DeviceRequest,
     /// Address to accept the ring predecessor on.
     #[arg(long, default_value = "0.0.0.0:0", env = "RINGTRAIN_COLLECTIVE_LISTEN")]
     pub collective_listen: std::net::SocketAddr,
@@ -98,6 +108,7 @@ impl JoinArgs {
                 .worker_id
                 .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
             threads: j.threads,
+            device: j.device,
             collective_listen: j.collective_listen,
             advertise_host: j.advertise_host,
             cache_dir: if j.no_cache {
@@ -123,6 +134,12 @@ impl JoinArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// What this machine offers: CUDA devices (name, UUID), cuDNN, NCCL, the CPU threads.
+    Devices {
+        /// One JSON object instead of lines (`ringtrain launch --gpus` reads it).
+        #[arg(long)]
+        json: bool,
+    },
     /// Train standalone (world size 1) on an image-folder dataset.
     Train(TrainArgs),
     /// Scan and decode a dataset into the decoded-image cache, so later starts skip decoding.
@@ -249,6 +266,22 @@ pub struct TrainArgs {
     /// No progress bars (the table and logs still print).
     #[arg(long, env = "RINGTRAIN_NO_PROGRESS")]
     pub no_progress: bool,
+    /// Device to train on: auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "auto|cpu|cuda|cuda:N",
+        env = "RINGTRAIN_DEVICE"
+    )]
+    pub device: DeviceRequest,
+    /// Forward-pass arithmetic: fp32, or bf16 autocast (weights and optimiser stay f32).
+    #[arg(
+        long,
+        default_value = "fp32",
+        value_name = "fp32|bf16",
+        env = "RINGTRAIN_PRECISION"
+    )]
+    pub precision: Precision,
 }
 
 impl TrainArgs {
@@ -270,6 +303,8 @@ impl TrainArgs {
         cfg.valid_batch_size = self.valid_batch_size;
         cfg.seed = self.seed;
         cfg.threads = self.threads;
+        cfg.device = self.device;
+        cfg.precision = self.precision;
         cfg.schedule.pct_start = self.pct_start;
         cfg.schedule.div_factor = self.div_factor;
         cfg.schedule.final_div_factor = self.final_div_factor;

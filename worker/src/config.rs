@@ -8,6 +8,8 @@ use ringtrain_common::data::ScanOptions;
 use ringtrain_common::schedule::OneCycleConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::amp::Precision;
+use crate::device::DeviceRequest;
 use crate::model::Arch;
 use crate::optim::AdamConfig;
 
@@ -42,6 +44,12 @@ pub struct TrainConfig {
     pub cache_dir: Option<PathBuf>,
     /// Show progress bars on stderr.
     pub progress: bool,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    #[serde(default)]
+    pub device: DeviceRequest,
+    /// Forward-pass arithmetic.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 /// A configuration rule that does not hold.
@@ -100,6 +108,8 @@ impl TrainConfig {
             run_dir: PathBuf::from("runs/latest"),
             cache_dir: default_cache_dir(),
             progress: true,
+            device: DeviceRequest::Auto,
+            precision: Precision::Fp32,
         }
     }
 

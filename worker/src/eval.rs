@@ -102,7 +102,8 @@ pub fn evaluate(
         .get()
         .map_err(|e| anyhow::anyhow!("{}: {e}", record_path.display()))?;
     let valid = ValidSet::new(&ds.valid, norm, Device::Cpu);
-    let (loss, correct, count) = crate::train::validate(&model, &valid, VALID_BATCH);
+    let (loss, correct, count) =
+        crate::train::validate(&model, &valid, VALID_BATCH, crate::amp::Precision::Fp32);
     Ok((
         correct as f64 / count.max(1) as f64,
         loss / count.max(1) as f64,

@@ -5,10 +5,12 @@
 //! (`train`) and inference with a checkpoint (`predict`). Scanning, decoding, the schedule and
 //! the checkpoint store come from `ringtrain-common`.
 
+pub mod amp;
 pub mod cli;
 pub mod collective;
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod dist;
 pub mod eval;
 pub mod flat;
@@ -65,6 +67,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let lines = if json { out.json_lines() } else { out.lines() };
             for line in lines {
                 println!("{line}");
+            }
+        }
+        Command::Devices { json } => {
+            let inv = device::Inventory::probe();
+            if json {
+                println!("{}", serde_json::to_string(&inv)?);
+            } else {
+                for line in inv.lines() {
+                    println!("{line}");
+                }
             }
         }
         Command::Summary { model, classes } => {

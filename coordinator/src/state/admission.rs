@@ -11,6 +11,8 @@ use super::{
     Action, Actions, Cause, Failure, JoinArgs, RunError, RunState, Status, PROTOCOL_VERSION,
     ROOT_CAUSE_WINDOW,
 };
+use ringtrain_common::devices::{choose, WorkerDevice};
+
 use crate::artifacts::Output;
 use crate::ids::WorkerId;
 use crate::plan::plan_run;
@@ -130,7 +132,23 @@ impl RunState {
             };
             world_size as usize
         ];
+        let devices: Vec<WorkerDevice> = m
+            .members
+            .iter()
+            .map(|x| WorkerDevice {
+                worker_id: x.candidate.worker_id.0.clone(),
+                device: x.candidate.device.clone(),
+                uuid: x.candidate.device_uuid.clone(),
+            })
+            .collect();
         self.membership = Some(m);
+        match choose(self.prepared.config.collective, &devices) {
+            Ok((kind, why)) => {
+                tracing::info!(run_id = %self.prepared.run_id, round = self.round, collective = %kind, reason = %why, "collective chosen");
+                self.collective = Some((kind, why));
+            }
+            Err(e) => return self.fail(e.to_string(), Cause::Other, now),
+        }
         match plan_run(
             &self.prepared.config,
             d.train.len(),

@@ -33,6 +33,7 @@
 mod admission;
 pub mod epoch;
 pub mod midepoch;
+mod nccl;
 mod records;
 mod reports;
 #[cfg(test)]
@@ -41,6 +42,7 @@ mod rounds;
 #[cfg(test)]
 mod tests;
 
+use ringtrain_common::devices::CollectiveKind;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -137,6 +139,10 @@ pub struct Snapshot {
     pub stop_requested: bool,
     /// That stop checkpoint is complete (or there was nothing to checkpoint).
     pub stopped: bool,
+    /// The current round's collective (`None` before its rendezvous closed).
+    pub collective: Option<CollectiveKind>,
+    /// The current round's NCCL id, once rank 0 shared it.
+    pub nccl_id: Option<Arc<Vec<u8>>>,
 }
 
 /// A Join request, as the state machine sees it.
@@ -193,6 +199,13 @@ pub enum Event {
         run_id: String,
         round_token: u64,
         report: midepoch::MidReport,
+    },
+    /// A rank's part of the NCCL rendezvous (rank 0 brings the id; see [`nccl`]).
+    NcclId {
+        run_id: String,
+        round_token: u64,
+        rank: Rank,
+        unique_id: Vec<u8>,
     },
     /// The coordinator is stopping: ask the ranks for a stop checkpoint.
     RequestStop,
@@ -319,6 +332,9 @@ pub struct RunState {
     checkpoint_step: u64,
     stop_requested: bool,
     stopped: bool,
+    /// The current round's collective and why it was chosen.
+    collective: Option<(CollectiveKind, String)>,
+    nccl_id: Option<Arc<Vec<u8>>>,
 }
 
 type Actions = Result<Vec<Action>, RunError>;
@@ -357,6 +373,8 @@ impl RunState {
             mid: BTreeMap::new(),
             stop_requested: false,
             stopped: false,
+            collective: None,
+            nccl_id: None,
             rdzv: Rendezvous::with_round(settings, now, round),
             prepared,
             started: now,
@@ -387,6 +405,8 @@ impl RunState {
             checkpoint_step: self.checkpoint_step,
             stop_requested: self.stop_requested,
             stopped: self.stopped,
+            collective: self.collective.as_ref().map(|c| c.0),
+            nccl_id: self.nccl_id.clone(),
         }
     }
 
@@ -490,6 +510,12 @@ impl RunState {
                 round_token,
                 report,
             } => self.mid_checkpoint(&run_id, round_token, report, now),
+            Event::NcclId {
+                run_id,
+                round_token,
+                rank,
+                unique_id,
+            } => self.nccl_id(&run_id, round_token, rank, unique_id, now),
             Event::RequestStop => {
                 if self.stop_requested {
                     return Ok(vec![]);

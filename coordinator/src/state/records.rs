@@ -22,6 +22,7 @@ impl RunState {
                     worker_id: m.candidate.worker_id.0.clone(),
                     collective_addr: m.candidate.collective_addr.clone(),
                     device: m.candidate.device.clone(),
+                    device_uuid: m.candidate.device_uuid.clone(),
                     train_images: train.len(),
                     valid_images: valid.len(),
                 }
@@ -52,6 +53,8 @@ impl RunState {
                     .collect()
             }),
             skipped: d.skipped.clone(),
+            collective: self.collective.as_ref().map(|c| c.0.to_string()),
+            collective_reason: self.collective.as_ref().map(|c| c.1.clone()),
             config: p.config.clone(),
         }
     }

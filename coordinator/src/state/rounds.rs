@@ -173,6 +173,8 @@ impl RunState {
         self.ranks.clear();
         self.pixel.clear();
         self.norm = None;
+        self.collective = None;
+        self.nccl_id = None;
         self.reports.clear();
         self.mid.clear();
         format!(

@@ -57,6 +57,7 @@ pub(super) fn join_args(id: &str) -> JoinArgs {
             worker_id: WorkerId(id.into()),
             collective_addr: format!("{id}:9"),
             device: "cpu".into(),
+            device_uuid: String::new(),
         },
     }
 }

@@ -51,6 +51,7 @@ pub fn join_request(worker_id: &str, fingerprint: &str) -> pb::JoinRequest {
         dataset_fingerprint: fingerprint.into(),
         collective_addr: format!("127.0.0.1:{}", 40000 + worker_id.len()),
         device: "cpu".into(),
+        device_uuid: String::new(),
     }
 }
 

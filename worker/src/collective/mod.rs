@@ -27,8 +27,10 @@
 //! and `tensor.rs` (adapter).
 
 mod link;
+pub mod nccl;
 pub mod ring;
 mod ring_config;
+pub mod staged;
 mod tensor;
 mod wire;
 
@@ -70,7 +72,17 @@ pub enum CollectiveError {
     /// The tensor cannot be reduced by this collective (device, dtype or layout).
     #[error("unsupported tensor: {reason}")]
     UnsupportedTensor { reason: String },
+    /// A shared library the collective needs cannot be loaded.
+    #[error("cannot load {library}: {fix}")]
+    Library { library: String, fix: String },
+    /// An NCCL call failed.
+    #[error("{op} failed: {reason}")]
+    Nccl { op: &'static str, reason: String },
 }
+
+/// Ends a round's collective from another thread (the heartbeat thread, when the coordinator
+/// ends the round), so a step blocked on a lost peer fails at once.
+pub type AbortHandle = Box<dyn Fn() + Send>;
 
 /// An all-reduce over the ranks of one run.
 pub trait Collective {

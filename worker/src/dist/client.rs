@@ -23,19 +23,19 @@ use ringtrain_common::pb::{self, RunStatus};
 use tokio::runtime::Runtime;
 use tonic::transport::Channel;
 
-use crate::collective::ring::RingAbort;
+use crate::collective::AbortHandle;
 use crate::train::TrainError;
 
 /// Metadata key the coordinator sets on "the run failed" errors.
 const RUN_STATUS_KEY: &str = "ringtrain-run-status";
 
 /// The round this worker is in, shared with the heartbeat task.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct RoundCtl {
     /// What to send (rank, round token); `None` between rounds.
     pub heartbeat: Option<pb::HeartbeatRequest>,
-    /// Ends the round's ring.
-    pub abort: Option<RingAbort>,
+    /// Ends the round's collective (ring sockets shut, or the NCCL communicator aborted).
+    pub abort: Option<AbortHandle>,
     /// Set by the heartbeat task when the coordinator said the round is over.
     pub ended: bool,
     /// Set by the heartbeat task when the coordinator asks for a stop checkpoint.
@@ -207,6 +207,12 @@ impl Client {
         })
     }
 
+    pub fn share_nccl_id(&self, req: pb::NcclIdRequest) -> Result<pb::NcclIdReply, TrainError> {
+        self.call("NCCL id", &req, |mut c, r| async move {
+            c.share_nccl_id(r).await
+        })
+    }
+
     pub fn leave(&self, req: pb::LeaveRequest) -> Result<pb::Verdict, TrainError> {
         self.call("leave", &req, |mut c, r| async move { c.leave(r).await })
     }
@@ -289,7 +295,7 @@ impl Client {
                             g.ended = true;
                             g.heartbeat = None;
                             if let Some(a) = g.abort.take() {
-                                a.abort();
+                                a();
                             }
                         }
                     }

@@ -1,7 +1,8 @@
-//! Distributed worker: join the coordinator's run, load this rank's shard, train with the ring.
+//! Distributed worker: join the coordinator's run, load this rank's shard, train with the round's
+//! collective (the TCP ring, host-staged for CUDA tensors, or NCCL after the id exchange).
 //!
 //! ```text
-//! Join ──▶ rank, peers, spec, shard ──▶ decode shard ──▶ ring connect ──▶ pixel stats (barrier)
+//! Join ──▶ rank, peers, spec, shard ──▶ decode shard ──▶ ring connect | NCCL id + init ──▶ pixel stats (barrier)
 //!   ──▶ per epoch: plan ▶ steps (all-reduce per step) ▶ BN average ▶ validate ▶ report (barrier)
 //!   ──▶ Leave (rank 0 sends the final weights)
 //! ```
@@ -24,10 +25,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ringtrain_common::data::{load_index, scan_dataset, DatasetIndex, LoadOptions, ScanOptions};
+use ringtrain_common::devices::CollectiveKind;
 use ringtrain_common::pb::{self, ProtocolVersion};
 use tch::Device;
 
+use crate::amp::Precision;
+use crate::collective::nccl::{self, Nccl};
 use crate::collective::ring::{Ring, RingConfig};
+use crate::collective::staged::HostStaged;
+use crate::collective::{AbortHandle, Collective};
+use crate::device::DeviceRequest;
 use crate::model::Arch;
 use crate::optim::AdamConfig;
 use crate::train::state::ResumeState;
@@ -42,6 +49,7 @@ pub struct WorkerOptions {
     pub data: PathBuf,
     pub worker_id: String,
     pub threads: Option<usize>,
+    pub device: DeviceRequest,
     pub collective_listen: SocketAddr,
     pub advertise_host: Option<String>,
     pub cache_dir: Option<PathBuf>,
@@ -63,6 +71,17 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
     if let Some(t) = opts.threads {
         tch::set_num_threads(t as i32);
     }
+    // Before anything else: asking for a GPU that is not there is an error at start.
+    let device = crate::device::select(opts.device)?;
+    let gpu = match device {
+        Device::Cuda(i) => crate::device::gpu_info(i),
+        _ => None,
+    };
+    tracing::info!(device = %crate::device::name(device), gpu = ?gpu.as_ref().map(|g| &g.name), "device");
+    let dev = JoinDevice {
+        device,
+        uuid: gpu.map(|g| g.uuid).unwrap_or_default(),
+    };
     let client = Client::connect(&opts.coordinator, opts.connect_timeout)?;
     // The fingerprint proves this worker sees the same files as the coordinator.
     // skip_bad here: its scan then equals the coordinator's whether or not the run skips bad
@@ -92,7 +111,7 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
                 opts.collective_listen
             ))
         })?;
-        let reply = join(opts, &client, &fingerprint, &listener)?;
+        let reply = join(opts, &client, &fingerprint, &listener, &dev)?;
         let spec = reply
             .spec
             .clone()
@@ -131,6 +150,7 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
             ctl: &ctl,
             terminated: &terminated,
             step_counter: step_counter.clone(),
+            device,
         };
         let result = train_round(opts, &round, listener);
         let ended = {
@@ -184,11 +204,19 @@ fn lock(ctl: &Mutex<RoundCtl>) -> std::sync::MutexGuard<'_, RoundCtl> {
 
 /// Joins the next round, retrying while the coordinator is unreachable, a round is in progress
 /// (ALREADY_EXISTS: wait for the next one) or the round ended before it started.
+/// The device this worker joins with.
+struct JoinDevice {
+    device: Device,
+    /// The GPU's UUID, empty on CPU.
+    uuid: String,
+}
+
 fn join(
     opts: &WorkerOptions,
     client: &Client,
     fingerprint: &str,
     listener: &TcpListener,
+    dev: &JoinDevice,
 ) -> Result<pb::JoinReply, TrainError> {
     let port = listener
         .local_addr()
@@ -211,7 +239,8 @@ fn join(
         model: opts.model.map(|m| m.to_string()).unwrap_or_default(),
         dataset_fingerprint: fingerprint.to_string(),
         collective_addr: format!("{host}:{port}"),
-        device: "cpu".into(),
+        device: crate::device::name(dev.device),
+        device_uuid: dev.uuid.clone(),
     };
     let mut backoff = client::Backoff::new(client.patience());
     loop {
@@ -246,6 +275,7 @@ struct Round<'a> {
     ctl: &'a Mutex<RoundCtl>,
     terminated: &'a AtomicBool,
     step_counter: Arc<AtomicU64>,
+    device: Device,
 }
 
 fn train_round(opts: &WorkerOptions, r: &Round, listener: TcpListener) -> Result<(), TrainError> {
@@ -283,23 +313,18 @@ fn train_round(opts: &WorkerOptions, r: &Round, listener: TcpListener) -> Result
             "bad files skipped in this shard"
         );
     }
-    let peers: Result<Vec<SocketAddr>, TrainError> =
-        reply.peers.iter().map(|p| resolve(p)).collect();
-    let timeout = Duration::from_secs_f64(spec.collective_timeout_s.max(0.1));
-    // The round is part of the ring's identity: a peer of an ended round is refused.
-    let ring_id = format!("{}/round-{}", reply.run_id, reply.round);
-    let mut ring = Ring::connect(
-        listener,
-        RingConfig::new(ring_id, reply.rank, reply.world_size, peers?, timeout),
-    )?;
+    let kind: CollectiveKind = reply.collective.parse().map_err(TrainError::Coordinator)?;
+    let precision: Precision = spec.precision.parse().map_err(TrainError::Coordinator)?;
+    tracing::info!(collective = %kind, %precision, "round's collective");
+    let (mut collective, abort) = connect_collective(kind, r, listener)?;
     {
         let mut g = lock(r.ctl);
         if g.ended {
-            return Err(TrainError::RoundEnded(
-                "ended while connecting the ring".into(),
-            ));
+            return Err(TrainError::RoundEnded(format!(
+                "ended while connecting the {kind} collective"
+            )));
         }
-        g.abort = Some(ring.abort_handle());
+        g.abort = Some(abort);
     }
     let resume = reply.resume.as_ref().map(|x| ResumeState {
         epoch: x.epoch,
@@ -330,7 +355,8 @@ fn train_round(opts: &WorkerOptions, r: &Round, listener: TcpListener) -> Result
             weight_decay: spec.weight_decay,
         },
         image_size: size,
-        device: Device::Cpu,
+        device: r.device,
+        precision,
         progress: false,
         step_counter: Some(r.step_counter.clone()),
         resume,
@@ -346,8 +372,57 @@ fn train_round(opts: &WorkerOptions, r: &Round, listener: TcpListener) -> Result
         reply.rank,
         spec.steps_per_epoch as usize,
     );
-    run_replica(&replica, &ds, &mut ring, &mut driver)?;
+    run_replica(&replica, &ds, collective.as_mut(), &mut driver)?;
     Ok(())
+}
+
+/// Connects the round's collective: the TCP ring (host-staged for CUDA tensors), or NCCL after
+/// the id exchange through the coordinator. Returns it with the handle that aborts it.
+fn connect_collective(
+    kind: CollectiveKind,
+    r: &Round,
+    listener: TcpListener,
+) -> Result<(Box<dyn Collective>, AbortHandle), TrainError> {
+    let reply = r.reply;
+    match kind {
+        CollectiveKind::Ring => {
+            let peers: Result<Vec<SocketAddr>, TrainError> =
+                reply.peers.iter().map(|p| resolve(p)).collect();
+            let timeout = Duration::from_secs_f64(r.spec.collective_timeout_s.max(0.1));
+            // The round is part of the ring's identity: a peer of an ended round is refused.
+            let ring_id = format!("{}/round-{}", reply.run_id, reply.round);
+            let ring = Ring::connect(
+                listener,
+                RingConfig::new(ring_id, reply.rank, reply.world_size, peers?, timeout),
+            )?;
+            let a = ring.abort_handle();
+            Ok((Box::new(HostStaged::new(ring)), Box::new(move || a.abort())))
+        }
+        CollectiveKind::Nccl => {
+            drop(listener);
+            // Rank 0 makes the id (its process hosts NCCL's bootstrap); the others get it back
+            // from the coordinator.
+            let own = if reply.rank == 0 {
+                nccl::unique_id()?
+            } else {
+                Vec::new()
+            };
+            let shared = r.client.share_nccl_id(pb::NcclIdRequest {
+                run_id: reply.run_id.clone(),
+                round_token: reply.round_token,
+                rank: reply.rank,
+                unique_id: own,
+            })?;
+            let comm = Nccl::init(&shared.unique_id, reply.rank, reply.world_size, r.device)?;
+            tracing::info!(
+                rank = reply.rank,
+                world_size = reply.world_size,
+                "NCCL communicator ready"
+            );
+            let a = comm.abort_handle();
+            Ok((Box::new(comm), Box::new(move || a.abort())))
+        }
+    }
 }
 
 /// `host:port` to a socket address (DNS names allowed, for clusters).

@@ -22,6 +22,7 @@ use ringtrain_common::schedule::SchedulePoint;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
+use crate::amp::{autocast, Precision};
 use crate::collective::{Collective, CollectiveError};
 use crate::config::ConfigError;
 use crate::data::{Normalize, TrainSet, ValidSet};
@@ -35,6 +36,9 @@ pub enum TrainError {
     /// The configuration breaks a rule.
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
+    /// The requested device cannot be used.
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
     /// The dataset could not be loaded.
     #[error(transparent)]
     Data(#[from] DataError),
@@ -90,6 +94,8 @@ pub struct ReplicaSpec {
     pub adam: AdamConfig,
     pub image_size: u32,
     pub device: Device,
+    /// Forward-pass arithmetic (bf16: autocast).
+    pub precision: Precision,
     pub progress: bool,
     /// Updated with the global step after every step (heartbeats report it as progress).
     pub step_counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
@@ -161,6 +167,9 @@ pub struct MidCheckpoint {
     pub stop: bool,
 }
 
+/// On CUDA, steps between host reads of device values (loss check, progress, stop element).
+pub const HOST_SYNC_EVERY: usize = 20;
+
 fn progress_bar(steps: usize, epoch: u32, enabled: bool) -> ProgressBar {
     if !enabled {
         return ProgressBar::hidden();
@@ -177,7 +186,12 @@ fn progress_bar(steps: usize, epoch: u32, enabled: bool) -> ProgressBar {
 
 /// Loss sum, correct count and count over the validation split, in eval mode, in batches of
 /// `batch` (results do not depend on it).
-pub(crate) fn validate(model: &Model, valid: &ValidSet, batch: usize) -> (f64, u64, u64) {
+pub(crate) fn validate(
+    model: &Model,
+    valid: &ValidSet,
+    batch: usize,
+    precision: Precision,
+) -> (f64, u64, u64) {
     tch::no_grad(|| {
         let n = valid.len() as i64;
         let device = valid.images.device();
@@ -188,7 +202,8 @@ pub(crate) fn validate(model: &Model, valid: &ValidSet, batch: usize) -> (f64, u
             let len = (batch as i64).min(n - start);
             let x = valid.images.narrow(0, start, len);
             let y = valid.labels.narrow(0, start, len);
-            let logits = model.forward_t(&x, false);
+            let logits =
+                autocast(precision, device, || model.forward_t(&x, false)).to_kind(Kind::Float);
             let loss =
                 logits.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Sum, -100, 0.0);
             loss_sum += loss.to_kind(Kind::Double);
@@ -292,7 +307,11 @@ pub fn run_replica(
         }
         None => (0, 0, 0),
     };
+    // On a GPU the host reads the device only every `HOST_SYNC_EVERY` steps (the loss check and
+    // the stop element of the all-reduce); on the CPU reading is free, so every step.
+    let sync_every = if device.is_cuda() { HOST_SYNC_EVERY } else { 1 };
     tracing::info!(model = %spec.model, params = flat.numel(), rank = spec.rank, world_size = collective.world_size(),
+        device = %crate::device::name(device), precision = %spec.precision,
         train = ds.train.len(), valid = ds.valid.len(), steps_per_epoch = spec.steps_per_epoch,
         epochs = spec.epochs, threads = tch::get_num_threads(), "training starts");
     driver.started();
@@ -335,8 +354,9 @@ pub fn run_replica(
             .skip(std::mem::take(&mut skip))
         {
             let (x, y) = train_set.batch(&plan, s);
-            let logits = model.forward_t(&x, true);
-            let loss = logits.cross_entropy_for_logits(&y);
+            let loss = autocast(spec.precision, device, || {
+                model.forward_t(&x, true).cross_entropy_for_logits(&y)
+            });
             flat.zero_grad();
             loss.backward();
             flat.set_control(if driver.stop_requested() { 1.0 } else { 0.0 });
@@ -344,7 +364,7 @@ pub fn run_replica(
             adam.step(&mut flat.params, &flat.grads, point.lr, point.beta1);
             // Kept on the device; read once per epoch (and every 20 steps for the progress bar).
             tch::no_grad(|| losses.get(s as i64).copy_(&loss));
-            if s % 20 == 0 {
+            if s % HOST_SYNC_EVERY == 0 {
                 let l = loss.double_value(&[]);
                 if !l.is_finite() {
                     return Err(TrainError::Diverged {
@@ -362,7 +382,7 @@ pub fn run_replica(
             }
             // Every rank computes the same two conditions: the step count and the reduced
             // control element. The epoch's last step has its own checkpoint below.
-            let stop = flat.control() > 0.0;
+            let stop = s % sync_every == 0 && flat.control() > 0.0;
             let periodic = spec.checkpoint_every > 0 && step % spec.checkpoint_every == 0;
             if (stop || periodic) && s + 1 < spec.steps_per_epoch {
                 average_buffers(&bufs, collective)?;
@@ -399,7 +419,7 @@ pub fn run_replica(
         pb.finish_and_clear();
         average_buffers(&bufs, collective)?;
         let (valid_loss_sum, valid_correct, valid_count) =
-            validate(&model, &valid_set, spec.valid_batch_size);
+            validate(&model, &valid_set, spec.valid_batch_size, spec.precision);
         let result = EpochResult {
             epoch,
             first_step,

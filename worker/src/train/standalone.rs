@@ -56,6 +56,9 @@ struct RunRecord<'a> {
     config: &'a TrainConfig,
     torch_threads: i32,
     device: String,
+    /// The GPU's name and UUID when on CUDA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gpu: Option<crate::device::GpuInfo>,
 }
 
 pub(crate) fn write_json(
@@ -81,6 +84,7 @@ fn unix_now() -> f64 {
 /// World size 1: everything decided here.
 struct Standalone<'a> {
     cfg: &'a TrainConfig,
+    device: Device,
     classes: &'a [String],
     skipped: &'a [Skipped],
     fingerprint: &'a str,
@@ -121,7 +125,11 @@ impl Driver for Standalone<'_> {
                 skipped: self.skipped,
                 config: self.cfg,
                 torch_threads: tch::get_num_threads(),
-                device: "cpu".into(),
+                device: crate::device::name(self.device),
+                gpu: match self.device {
+                    Device::Cuda(i) => crate::device::gpu_info(i),
+                    _ => None,
+                },
             },
         )?;
         self.files = Some(RunFiles::create(&self.cfg.run_dir)?);
@@ -195,6 +203,7 @@ pub fn train(
 ) -> Result<TrainSummary, TrainError> {
     let started = Instant::now();
     cfg.validate()?;
+    let device = crate::device::select(cfg.device)?;
     if let Some(t) = cfg.threads {
         tch::set_num_threads(t as i32);
     }
@@ -237,7 +246,8 @@ pub fn train(
         rank: 0,
         adam: cfg.adam,
         image_size: size,
-        device: Device::Cpu,
+        device,
+        precision: cfg.precision,
         progress: cfg.progress,
         step_counter: None,
         resume: None,
@@ -246,6 +256,7 @@ pub fn train(
     };
     let mut driver = Standalone {
         cfg,
+        device,
         classes: &ds.classes,
         skipped: &ds.skipped,
         fingerprint: &ds.fingerprint,
