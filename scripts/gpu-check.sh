@@ -18,7 +18,7 @@
 # and writes OUT/gpu-check.json: per run accuracy, training seconds, seconds per epoch; the
 # ratio to the PyTorch reference; and the issue's targets (<= 15 s training, >= 99.45%, >= 1.5x).
 # Knobs: PYTHON (python3), EPOCHS (12; fewer only for a smoke test), RING_EPOCHS (EPOCHS),
-# SKIP_TESTS (unset), STEP_TIMEOUT (240 s).
+# SKIP_TESTS (unset), STEP_TIMEOUT (180 s).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 B="$(cd "${1:-target/gpu-check}" && pwd)"
@@ -26,7 +26,7 @@ OUT="${OUT:-$B/out}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 PY="${PYTHON:-python3}"
-STEP_TIMEOUT="${STEP_TIMEOUT:-240}"
+STEP_TIMEOUT="${STEP_TIMEOUT:-180}"
 EPOCHS="${EPOCHS:-12}"
 RING_EPOCHS="${RING_EPOCHS:-$EPOCHS}"
 log() { echo "gpu-check: $*" >&2; }

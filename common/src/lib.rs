@@ -4,6 +4,7 @@
 //! checkpoint store and the MNIST fetch/import paths. Never links libtorch and never needs a
 //! tokio runtime: everything here is testable with plain slices and files.
 
+pub mod auth;
 pub mod checkpoint;
 pub mod data;
 pub mod devices;

@@ -163,6 +163,29 @@ pub struct RunArgs {
     #[arg(long, value_name = "fp32|bf16", env = "RINGTRAIN_PRECISION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub precision: Option<Precision>,
+    /// File holding the run's auth token [default: $RINGTRAIN_AUTH_TOKEN, else none; launch
+    /// makes one per run].
+    #[arg(long, value_name = "PATH", env = "RINGTRAIN_AUTH_TOKEN_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_token_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM) for gRPC; with --tls-key (serve only).
+    #[arg(long, value_name = "PATH", env = "RINGTRAIN_TLS_CERT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for gRPC; with --tls-cert (serve only).
+    #[arg(long, value_name = "PATH", env = "RINGTRAIN_TLS_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Liveness (health service "liveness") fails after this long without step progress in a
+    /// running round [default: 300].
+    #[arg(long, env = "RINGTRAIN_STALL_TIMEOUT_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stall_timeout_s: Option<f64>,
+    /// Print the effective, validated configuration as JSON and exit (checks a job file or a
+    /// command line, e.g. one in a Kubernetes manifest).
+    #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
     /// Resume from the run folder's latest good checkpoint if it has one, else start fresh.
     #[arg(long, env = "RINGTRAIN_AUTO_RESUME")]
     #[serde(skip_serializing_if = "is_false")]

@@ -139,6 +139,15 @@ pub struct RunConfig {
     pub collective: CollectiveChoice,
     /// Forward-pass arithmetic: `fp32` or `bf16` (autocast; weights and optimiser stay f32).
     pub precision: Precision,
+    /// File holding the run's shared token; every call and ring connection must prove it
+    /// (else `$RINGTRAIN_AUTH_TOKEN`; neither: no authentication). `launch` makes one per run.
+    pub auth_token_file: Option<PathBuf>,
+    /// TLS for gRPC (`serve`): certificate chain and private key, PEM.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// The health service's `liveness` turns NOT_SERVING when a running round made no step
+    /// progress for this long (a restart then resumes from the last checkpoint).
+    pub stall_timeout_s: f64,
     /// Set by `--resume RUN_DIR`: a run folder without a good checkpoint is an error.
     #[serde(skip)]
     pub resume_required: bool,
@@ -181,6 +190,10 @@ impl Default for RunConfig {
             stop_grace_s: 20.0,
             collective: CollectiveChoice::Auto,
             precision: Precision::Fp32,
+            auth_token_file: None,
+            tls_cert: None,
+            tls_key: None,
+            stall_timeout_s: 300.0,
             resume_required: false,
         }
     }
@@ -305,6 +318,7 @@ impl RunConfig {
             ("heartbeat-interval-s", self.heartbeat_interval_s),
             ("collective-timeout-s", self.collective_timeout_s),
             ("stop-grace-s", self.stop_grace_s),
+            ("stall-timeout-s", self.stall_timeout_s),
         ] {
             if !(value.is_finite() && value > 0.0) {
                 return Err(ConfigError::BadDuration { field, value });

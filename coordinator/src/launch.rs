@@ -36,6 +36,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 
+use ringtrain_common::auth::Token;
+
 use crate::config::RunConfig;
 use crate::gpus::{self, GpuError, GpuPlacement, GpuSelection};
 use crate::server::{Run, RunOutcome, ServeError};
@@ -221,6 +223,8 @@ struct WorkerArgs {
     placements: Vec<GpuPlacement>,
     /// `--device` for every worker, when the launcher decides it.
     device: Option<&'static str>,
+    /// The run's token, passed in the environment (never on the command line).
+    token: Token,
 }
 
 /// The CPUs this process may run on (`sched_getaffinity`), in order.
@@ -275,6 +279,7 @@ fn spawn_worker(w: &WorkerArgs, index: usize, n: usize) -> Result<Proc, LaunchEr
     .args(["--collective-listen", "127.0.0.1:0"])
     .args(&w.data)
     .args(w.device.iter().flat_map(|d| ["--device", d]))
+    .env("RINGTRAIN_AUTH_TOKEN", w.token.expose())
     .stdin(Stdio::null())
     .stdout(out)
     .stderr(err)
@@ -378,6 +383,21 @@ pub async fn launch(
     config.listen = "127.0.0.1:0".into();
     let n = config.workers as usize;
     let mut run = Run::prepare(config)?;
+    if run.has_tls() {
+        return Err(LaunchError::Io {
+            what: "--tls-cert/--tls-key".into(),
+            reason: "TLS is for `ringtrain serve`; launch's workers reach it on 127.0.0.1".into(),
+        });
+    }
+    // Local runs are authenticated too: a token per run unless one is configured.
+    let token = match run.token() {
+        Some(t) => t.clone(),
+        None => {
+            let t = Token::random().map_err(io_err("making the run's auth token"))?;
+            run.set_token(Some(t.clone()));
+            t
+        }
+    };
     // Children that cannot hear the verdict are killed after `grace` anyway.
     run.set_linger(opts.grace);
     let logs = run.run_dir().join("logs");
@@ -415,6 +435,7 @@ pub async fn launch(
         pin_cpus,
         placements,
         device,
+        token,
     };
     let handle = run.handle();
     let max_restarts = run.config().max_restarts;

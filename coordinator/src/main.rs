@@ -68,26 +68,59 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Serve(args) => {
             let config = args.load()?;
+            if args.run.print_config {
+                return print_config(config);
+            }
             let listen = config.listen.clone();
             let outcome = runtime()?.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(&listen)
                     .await
                     .with_context(|| format!("listening on {listen}"))?;
-                ringtrain_coordinator::serve(listener, config, ctrl_c())
-                    .await
-                    .context("serving the run")
+                anyhow::Ok(ringtrain_coordinator::serve(listener, config, ctrl_c()).await)
             })?;
-            Ok(report(&outcome))
+            finished_already(outcome).context("serving the run")
         }
         Command::Launch(args) => {
             let config = args.run.load()?;
+            if args.run.print_config {
+                return print_config(config);
+            }
             let opts = args.options();
-            let outcome = runtime()?
-                .block_on(ringtrain_coordinator::launch(config, opts, ctrl_c()))
-                .context("launching the run")?;
-            Ok(report(&outcome))
+            let outcome =
+                runtime()?.block_on(ringtrain_coordinator::launch(config, opts, ctrl_c()));
+            let outcome = match outcome {
+                Err(ringtrain_coordinator::LaunchError::Serve(e)) => Err(e),
+                Err(e) => return Err(e).context("launching the run"),
+                Ok(o) => Ok(o),
+            };
+            finished_already(outcome).context("launching the run")
         }
     }
+}
+
+/// The run's result; a run that had already finished (a restarted coordinator with
+/// `--auto-resume`, or `--resume` of a finished run) is a success with nothing done.
+fn finished_already(
+    outcome: Result<RunOutcome, ringtrain_coordinator::ServeError>,
+) -> anyhow::Result<bool> {
+    match outcome {
+        Ok(o) => Ok(report(&o)),
+        Err(e @ ringtrain_coordinator::ServeError::AlreadyFinished { .. }) => {
+            println!("{e}");
+            Ok(true)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `--print-config`: the effective configuration, validated (token and TLS files read), as
+/// JSON on stdout; nothing is scanned, written or served.
+fn print_config(config: ringtrain_coordinator::RunConfig) -> anyhow::Result<bool> {
+    config.validate().context("invalid configuration")?;
+    ringtrain_coordinator::security::load_token(&config)?;
+    ringtrain_coordinator::security::load_tls(&config)?;
+    println!("{}", serde_json::to_string_pretty(&config)?);
+    Ok(true)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -8,6 +8,8 @@
 //!   `--resume` (`resume_required`) without any good checkpoint is an error; `--auto-resume`
 //!   then starts fresh.
 //! * The stored run settings win over the invocation's (`RunConfig::continuing`).
+//! * A run whose newest checkpoint is its last epoch's end is finished:
+//!   [`ServeError::AlreadyFinished`], nothing is served or written (`serve` exits 0).
 //!
 //! Tests: `tests/tests/resume.rs`, `elastic.rs`, `stop.rs` (real binaries).
 
@@ -49,6 +51,14 @@ pub(crate) fn find_resume(config: RunConfig) -> Result<(RunConfig, Option<Resume
         tracing::warn!(checkpoint = %dir.display(), reason = %why, "skipping a bad checkpoint");
     }
     let st = &loaded.state;
+    if st.epoch >= st.epochs && st.step_in_epoch == 0 {
+        // The checkpoint after the last epoch: nothing is left to train. A restarted cluster
+        // coordinator must not wait for workers and then rewrite the finished run as failed.
+        return Err(ServeError::AlreadyFinished {
+            run_id: st.run_id.clone(),
+            run_dir: run_dir.clone(),
+        });
+    }
     let bad = |what: &str, e: &dyn std::fmt::Display| {
         ServeError::Resume(format!("checkpoint {}: {what}: {e}", loaded.dir.display()))
     };

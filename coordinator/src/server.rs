@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ringtrain_common::auth::Token;
 use ringtrain_common::checkpoint::{CheckpointError, CheckpointStore};
 use ringtrain_common::data::{scan_dataset, DataError};
 use ringtrain_common::pb::coordinator_server::CoordinatorServer;
@@ -27,10 +28,13 @@ use ringtrain_common::report::{ReportError, RunFiles};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::ServerTlsConfig;
 
 use crate::artifacts::{OutputWriter, Summary, TableSink};
 use crate::config::{ConfigError, RunConfig};
 use crate::plan::{plan_run, DatasetView, PlanError};
+use crate::security::{self, CheckToken, SecurityError};
 use crate::service::CoordinatorService;
 pub use crate::shared::RunHandle;
 use crate::shared::{spawn_progress, spawn_ticker, Shared};
@@ -39,8 +43,9 @@ use crate::state::{Event, Prepared, RunState, Status};
 /// Why a run stopped on SIGTERM or Ctrl-C.
 pub const INTERRUPTED: &str = "interrupted; the checkpoints stay: continue with --resume RUN_DIR";
 
-/// Shards of 60,000 paths and final weights exceed tonic's 4 MiB default.
-const MAX_MESSAGE_BYTES: usize = 256 << 20;
+/// Largest message either way. Shards of 60,000 paths (about 3 MB) and weights exceed tonic's
+/// 4 MiB default; anything larger than this is refused before it is decoded.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// The coordinator's clock: tokio's, so `tokio::time::pause` drives every timeout in tests.
 pub(crate) fn now() -> Instant {
@@ -71,6 +76,12 @@ pub enum ServeError {
     /// The run folder cannot be resumed (or must not be overwritten).
     #[error("{0}")]
     Resume(String),
+    /// `--resume`/`--auto-resume` on a run that already finished: nothing to do.
+    #[error("run {run_id} in {} already finished; nothing to resume", run_dir.display())]
+    AlreadyFinished { run_id: String, run_dir: PathBuf },
+    /// The token or TLS files cannot be used.
+    #[error(transparent)]
+    Security(#[from] SecurityError),
 }
 
 /// How a run ended.
@@ -111,6 +122,8 @@ pub struct Run {
     writer: OutputWriter,
     prepared: Arc<Prepared>,
     linger: Duration,
+    token: Option<Token>,
+    tls: Option<ServerTlsConfig>,
 }
 
 fn unix_time() -> u64 {
@@ -129,6 +142,8 @@ impl Run {
     /// [`Run::prepare`] with the table written to `table`.
     pub fn prepare_with_table(config: RunConfig, table: TableSink) -> Result<Self, ServeError> {
         config.validate()?;
+        let token = security::load_token(&config)?;
+        let tls = security::load_tls(&config)?;
         let config = config.resolved(unix_time());
         let (config, resumed) = crate::resume::find_resume(config)?;
         let run_id = config.run_id.clone().unwrap_or_default();
@@ -198,6 +213,8 @@ impl Run {
             writer,
             prepared,
             linger,
+            token,
+            tls,
         })
     }
 
@@ -227,6 +244,21 @@ impl Run {
     }
 
     /// How long a failed run keeps serving so live workers hear about it.
+    /// Replaces the run's token (`launch` makes one per run when none is configured).
+    pub fn set_token(&mut self, token: Option<Token>) {
+        self.token = token;
+    }
+
+    /// The run's token, if any.
+    pub fn token(&self) -> Option<&Token> {
+        self.token.as_ref()
+    }
+
+    /// Whether gRPC is served over TLS.
+    pub fn has_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     pub fn set_linger(&mut self, linger: Duration) {
         self.linger = linger;
     }
@@ -264,9 +296,27 @@ impl Run {
         let svc = CoordinatorServer::new(self.service())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let svc = InterceptedService::new(svc, CheckToken::new(self.token.clone()));
+        let stall = Duration::from_secs_f64(self.prepared.config.stall_timeout_s);
+        let (health, health_task) = crate::health::start(self.shared.clone(), stall).await;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls.clone() {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| ServeError::Server(format!("TLS: {e}")))?;
+        }
+        let mut builder = builder.layer(tower::util::MapResponseLayer::new(
+            security::malformed_is_invalid_argument,
+        ));
+        tracing::info!(
+            tls = self.tls.is_some(),
+            auth = self.token.is_some(),
+            "gRPC security"
+        );
         let mut server = tokio::spawn(
-            tonic::transport::Server::builder()
+            builder
+                .add_service(health)
                 .add_service(svc)
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                     let _ = stop_rx.await;
@@ -318,6 +368,7 @@ impl Run {
         }
         watchdog.abort();
         progress.abort();
+        health_task.abort();
         self.finish().await
     }
 

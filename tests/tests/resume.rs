@@ -130,11 +130,16 @@ fn a_read_only_checkpoint_folder_is_a_clear_error_and_keeps_the_last_checkpoint(
     let cache = tmp.path().join("cache");
     let run_dir = tmp.path().join("ro");
     let mut args = run_args(&data, &run_dir);
-    args[9] = "1".into(); // --epochs 1
+    args[9] = "2".into(); // --epochs 2
     let out = launch(&args, &[], "resume-ro-first", &cache);
     assert!(out.success(), "{}", out.stderr);
     let ckpt = run_dir.join("checkpoints");
+    // Without the final checkpoint the run is unfinished (a finished one has nothing to write
+    // and ends at once: `already finished`), so resuming it must write.
+    let last = checkpoints(&run_dir).pop().unwrap();
+    std::fs::remove_dir_all(ckpt.join(&last)).unwrap();
     let before = checkpoints(&run_dir);
+    assert!(!before.is_empty());
     let manifest = std::fs::read(ckpt.join(&before[0]).join("MANIFEST.json")).unwrap();
     // Root ignores permission bits: then a read-only bind mount in a private mount namespace.
     let root = is_root();

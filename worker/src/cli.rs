@@ -84,6 +84,20 @@ pub struct JoinArgs {
     /// Protocol version to announce (tests use it to check that a mismatch is refused).
     #[arg(long, hide = true)]
     pub protocol_version: Option<u32>,
+    /// File holding the run's auth token (else $RINGTRAIN_AUTH_TOKEN; none: calls carry no
+    /// token, which a coordinator with a token refuses).
+    #[arg(long, value_name = "PATH", env = "RINGTRAIN_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the coordinator's certificate (for an https:// URL).
+    #[arg(long, value_name = "PATH", env = "RINGTRAIN_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Name the coordinator's certificate must carry [default: the URL's host].
+    #[arg(long, value_name = "NAME", env = "RINGTRAIN_TLS_DOMAIN")]
+    pub tls_domain: Option<String>,
+    /// Print the effective options as JSON and exit without connecting (checks a command line,
+    /// e.g. one in a Kubernetes manifest).
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 impl JoinArgs {
@@ -127,6 +141,14 @@ impl JoinArgs {
             },
             progress: false,
             protocol_version: j.protocol_version,
+            security: crate::dist::Security {
+                token: ringtrain_common::auth::Token::load(
+                    j.auth_token_file.as_deref(),
+                    std::env::var("RINGTRAIN_AUTH_TOKEN").ok().as_deref(),
+                )?,
+                tls_ca: j.tls_ca,
+                tls_domain: j.tls_domain,
+            },
         };
         Ok(opts)
     }

@@ -42,7 +42,12 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
 /// Runs a parsed command line; the binary's `main` only parses and sets up logging.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let Some(command) = cli.command else {
+        let print = cli.join.print_config;
         let opts = cli.join.into_options()?;
+        if print {
+            println!("{}", opts.describe());
+            return Ok(());
+        }
         dist::run_worker(&opts)?;
         return Ok(());
     };

@@ -8,6 +8,21 @@ pub enum DataError {
     /// The dataset root does not exist or is not a folder.
     #[error("dataset folder {path} does not exist or is not a folder")]
     MissingRoot { path: PathBuf },
+    /// A file the coordinator named is not inside the data root (absolute, or with `..`);
+    /// refused, never opened.
+    #[error("refused file {path}: {reason}; only files inside the data root {root} are read")]
+    OutsideRoot {
+        path: String,
+        root: PathBuf,
+        reason: String,
+    },
+    /// A file the coordinator named has a label outside its class list.
+    #[error("refused file {path}: label {label}, but there are {classes} classes")]
+    BadLabel {
+        path: String,
+        label: u32,
+        classes: usize,
+    },
     /// A split folder (`training/`, `testing/`) is missing.
     #[error("split folder {path} is missing (expected ROOT/<split>/<class>/*.png)")]
     MissingSplit { path: PathBuf },

@@ -113,11 +113,19 @@ impl DatasetIndex {
         train: &[(String, u32)],
         valid: &[(String, u32)],
     ) -> Result<Self, DataError> {
+        let n_classes = classes.len();
         let entries = |files: &[(String, u32)]| -> Result<Vec<ImageEntry>, DataError> {
             files
                 .iter()
                 .map(|(rel, label)| {
-                    let path = root.join(rel);
+                    if *label as usize >= n_classes {
+                        return Err(DataError::BadLabel {
+                            path: rel.clone(),
+                            label: *label,
+                            classes: n_classes,
+                        });
+                    }
+                    let path = contained(root, rel)?;
                     let meta = std::fs::metadata(&path).map_err(|e| DataError::io(&path, &e))?;
                     let mtime_ns = meta
                         .modified()
@@ -301,6 +309,28 @@ pub fn scan_dataset(root: &Path, opts: &ScanOptions) -> Result<DatasetIndex, Dat
     })
 }
 
+/// `root/rel` when `rel` names a file inside `root`: relative, with plain parts only (no `..`,
+/// `.`, root or prefix). Anything else is [`DataError::OutsideRoot`] and is never opened.
+///
+/// Names come from the coordinator and are not trusted; the data root's content is: links
+/// inside it are followed, as the scan does (a dataset assembled from links is legitimate).
+pub fn contained(root: &Path, rel: &str) -> Result<PathBuf, DataError> {
+    use std::path::Component;
+    let refuse = |reason: &str| DataError::OutsideRoot {
+        path: rel.to_string(),
+        root: root.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let p = Path::new(rel);
+    if rel.is_empty() || rel.contains('\0') {
+        return Err(refuse("empty or NUL in the name"));
+    }
+    if !p.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(refuse("not a plain relative path (absolute, `..` or `.`)"));
+    }
+    Ok(root.join(p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,5 +500,42 @@ mod tests {
                 path: dir.path().join("testing/0/deeper")
             }
         );
+    }
+
+    #[test]
+    fn only_files_inside_the_root_are_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        std::fs::create_dir_all(root.join("training/0")).unwrap();
+        std::fs::write(root.join("training/0/a.png"), b"x").unwrap();
+        assert_eq!(
+            contained(&root, "training/0/a.png").unwrap(),
+            root.join("training/0/a.png")
+        );
+        for (bad, why) in [
+            ("/etc/passwd", "not a plain relative path"),
+            ("training/../../secret", "not a plain relative path"),
+            ("./training/0/a.png", "not a plain relative path"),
+            ("", "empty"),
+        ] {
+            let err = contained(&root, bad).unwrap_err();
+            assert!(matches!(err, DataError::OutsideRoot { .. }), "{bad}: {err}");
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+        }
+        let classes = vec!["0".to_string()];
+        let err = DatasetIndex::from_files(
+            &root,
+            classes.clone(),
+            &[("training/0/a.png".into(), 3)],
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("label 3, but there are 1 classes"),
+            "{err}"
+        );
+        let err =
+            DatasetIndex::from_files(&root, classes, &[("../secret".into(), 0)], &[]).unwrap_err();
+        assert!(err.to_string().contains("refused file ../secret"), "{err}");
     }
 }

@@ -426,6 +426,16 @@ impl RunState {
         )
     }
 
+    /// Status and step progress (the highest step a rank reported, or the steps of finished
+    /// epochs), for the health service's liveness.
+    pub fn liveness_progress(&self) -> (Status, u64) {
+        let ranks = self.ranks.iter().map(|r| r.step).max().unwrap_or(0);
+        (
+            self.status,
+            ranks.max(self.global_step).max(self.checkpoint_step),
+        )
+    }
+
     /// True when every rank has been told the run's end, left, or is gone; a failed coordinator
     /// keeps serving until then (bounded by the caller) so workers exit with "aborted".
     pub fn all_informed(&self) -> bool {

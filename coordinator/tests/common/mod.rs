@@ -74,9 +74,25 @@ pub async fn fake_worker(
     fingerprint: &str,
     behaviour: Behaviour,
 ) -> i32 {
+    // `launch` passes its run's token in the environment, as to real workers.
+    let header: Option<tonic::metadata::MetadataValue<_>> = std::env::var("RINGTRAIN_AUTH_TOKEN")
+        .ok()
+        .map(|t| format!("Bearer {t}").parse().unwrap());
     let mut c = None;
     for _ in 0..100 {
-        if let Ok(client) = CoordinatorClient::connect(url.to_string()).await {
+        if let Ok(channel) = tonic::transport::Endpoint::from_shared(url.to_string())
+            .unwrap()
+            .connect()
+            .await
+        {
+            let header = header.clone();
+            let client =
+                CoordinatorClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+                    if let Some(h) = &header {
+                        r.metadata_mut().insert("authorization", h.clone());
+                    }
+                    Ok(r)
+                });
             c = Some(client.max_decoding_message_size(256 << 20));
             break;
         }

@@ -111,6 +111,8 @@ impl Ring {
                 rank: cfg.rank,
                 world_size: cfg.world_size,
                 run_id: cfg.run_id.clone(),
+                key: cfg.auth_key,
+                proof: [0; 32],
             };
             let next_addr = cfg.peers[((cfg.rank + 1) % cfg.world_size) as usize];
             let links = link::establish(listener, next_addr, &hello, cfg.timeout)?;
@@ -794,14 +796,29 @@ pub(super) mod tests {
 
     #[test]
     fn the_acceptor_rejects_a_wrong_run_rank_size_or_protocol() {
-        let hello = |rank, world_size, run_id: &str| {
+        let with_key = |rank, world_size, run_id: &str, key| {
             Hello {
                 rank,
                 world_size,
                 run_id: run_id.into(),
+                key,
+                proof: [0; 32],
             }
             .encode()
         };
+        let hello = |rank, world_size, run_id: &str| {
+            with_key(
+                rank,
+                world_size,
+                run_id,
+                ringtrain_common::auth::ring_key(None),
+            )
+        };
+        // Right run, rank and size, but no proof of the run's token: refused before any data.
+        let token =
+            ringtrain_common::auth::Token::parse("another-runs-token-0000", "test").unwrap();
+        let stranger = ringtrain_common::auth::ring_key(Some(&token));
+        assert_eq!(handshake_field(&with_key(0, 3, "r", stranger)), "auth");
         assert_eq!(handshake_field(&hello(0, 3, "other")), "run_id");
         assert_eq!(handshake_field(&hello(2, 3, "r")), "rank");
         assert_eq!(handshake_field(&hello(0, 4, "r")), "world_size");

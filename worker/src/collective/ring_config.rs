@@ -28,6 +28,9 @@ pub struct RingConfig {
     pub timeout: Duration,
     /// Floats per message.
     pub chunk_elems: usize,
+    /// Key of the run's auth token (`ringtrain_common::auth::ring_key`); peers prove they hold
+    /// it in the handshake.
+    pub auth_key: [u8; 32],
 }
 
 impl RingConfig {
@@ -47,6 +50,7 @@ impl RingConfig {
             peers,
             timeout,
             chunk_elems: DEFAULT_CHUNK_ELEMS,
+            auth_key: ringtrain_common::auth::ring_key(None),
         }
     }
 

@@ -38,29 +38,35 @@
 use std::io::{self, Read};
 use std::time::Duration;
 
+use ringtrain_common::auth::{ct_eq, ring_proof};
+
 use super::CollectiveError;
 
 /// First bytes of a hello; anything else on the collective port is rejected.
 pub(super) const MAGIC: [u8; 4] = *b"RTRG";
 /// Bumped whenever a layout below changes.
-pub(super) const PROTOCOL_VERSION: u16 = 1;
+pub(super) const PROTOCOL_VERSION: u16 = 2;
 /// Longest run id a hello may carry.
 pub(super) const MAX_RUN_ID_BYTES: usize = 256;
 /// First bytes of a call header.
 const CALL_MAGIC: [u8; 4] = *b"RTAR";
-/// Bytes of the fixed part of a hello.
-const HELLO_FIXED: usize = 16;
+/// Bytes of the fixed part of a hello (magic, version, id length, rank, world size, proof).
+const HELLO_FIXED: usize = 48;
 /// Bytes of a call header.
 pub(super) const CALL_HEADER_BYTES: usize = 24;
 /// Bytes of a chunk header.
 pub(super) const CHUNK_HEADER_BYTES: usize = 16;
 
 /// The identity a rank announces on each of its two connections.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(super) struct Hello {
     pub rank: u32,
     pub world_size: u32,
     pub run_id: String,
+    /// Ours: the ring key the proof is made with (never sent). Received: zeros.
+    pub key: [u8; 32],
+    /// Received: the sender's [`ring_proof`]. Ours: unused (`encode` computes it).
+    pub proof: [u8; 32],
 }
 
 /// Why a hello could not be read.
@@ -82,6 +88,12 @@ impl Hello {
         out.extend_from_slice(&(id.len().min(MAX_RUN_ID_BYTES) as u16).to_le_bytes());
         out.extend_from_slice(&self.rank.to_le_bytes());
         out.extend_from_slice(&self.world_size.to_le_bytes());
+        out.extend_from_slice(&ring_proof(
+            &self.key,
+            &self.run_id,
+            self.rank,
+            self.world_size,
+        ));
         out.extend_from_slice(&id[..id.len().min(MAX_RUN_ID_BYTES)]);
         out
     }
@@ -116,10 +128,14 @@ impl Hello {
         let Ok(run_id) = String::from_utf8(id) else {
             return bad("run_id", "not UTF-8".into());
         };
+        let mut proof = [0u8; 32];
+        proof.copy_from_slice(&fixed[16..48]);
         Ok(Self {
             rank: le_u32(&fixed, 8),
             world_size: le_u32(&fixed, 12),
             run_id,
+            key: [0; 32],
+            proof,
         })
     }
 
@@ -140,6 +156,14 @@ impl Hello {
             return Err((
                 "rank",
                 format!("expected rank {expected_rank}, got rank {}", self.rank),
+            ));
+        }
+        let want = ring_proof(&ours.key, &ours.run_id, expected_rank, ours.world_size);
+        if !ct_eq(&self.proof, &want) {
+            return Err((
+                "auth",
+                "the peer's proof of the run's auth token does not match (another token, or none)"
+                    .into(),
             ));
         }
         Ok(())
@@ -273,7 +297,14 @@ mod tests {
             rank: 3,
             world_size: 5,
             run_id: "run-β".into(),
+            key: [7; 32],
+            proof: [0; 32],
         }
+    }
+
+    /// `hello()` as the receiving end reads it.
+    fn received() -> Hello {
+        Hello::read(&mut &hello().encode()[..]).unwrap()
     }
 
     fn read_err(bytes: &[u8]) -> (&'static str, String) {
@@ -286,8 +317,14 @@ mod tests {
     #[test]
     fn hello_round_trips() {
         let bytes = hello().encode();
-        assert_eq!(bytes.len(), 16 + "run-β".len());
-        assert_eq!(Hello::read(&mut &bytes[..]).unwrap(), hello());
+        assert_eq!(bytes.len(), 48 + "run-β".len());
+        let got = Hello::read(&mut &bytes[..]).unwrap();
+        assert_eq!(
+            (got.rank, got.world_size, got.run_id.as_str()),
+            (3, 5, "run-β")
+        );
+        assert_eq!(got.key, [0; 32], "the key itself is never sent");
+        assert_eq!(got.proof, ring_proof(&[7; 32], "run-β", 3, 5));
     }
 
     #[test]
@@ -302,7 +339,7 @@ mod tests {
         b[6..8].copy_from_slice(&1000u16.to_le_bytes());
         assert_eq!(read_err(&b).0, "run_id");
         let mut b = hello().encode();
-        b[16] = 0xff;
+        b[48] = 0xff;
         assert_eq!(read_err(&b).0, "run_id");
     }
 
@@ -319,18 +356,27 @@ mod tests {
     #[test]
     fn hello_check_names_the_field() {
         let ours = hello();
-        assert_eq!(ours.check(&ours, 3), Ok(()));
-        assert_eq!(ours.check(&ours, 2).unwrap_err().0, "rank");
+        assert_eq!(received().check(&ours, 3), Ok(()));
+        assert_eq!(received().check(&ours, 2).unwrap_err().0, "rank");
         let other_run = Hello {
             run_id: "other".into(),
-            ..hello()
+            ..received()
         };
         assert_eq!(other_run.check(&ours, 3).unwrap_err().0, "run_id");
         let other_size = Hello {
             world_size: 4,
-            ..hello()
+            ..received()
         };
         assert_eq!(other_size.check(&ours, 3).unwrap_err().0, "world_size");
+        // Another token (or none) makes another proof: refused, naming the field.
+        let stranger = Hello {
+            key: [8; 32],
+            ..hello()
+        };
+        let got = Hello::read(&mut &stranger.encode()[..]).unwrap();
+        let (field, reason) = got.check(&ours, 3).unwrap_err();
+        assert_eq!(field, "auth");
+        assert!(reason.contains("auth token"), "{reason}");
     }
 
     #[test]
@@ -386,5 +432,35 @@ mod tests {
         };
         assert_eq!(rank, 4);
         assert!(reason.contains("closed"));
+    }
+
+    #[test]
+    fn random_bytes_never_panic_the_decoders() {
+        // xorshift: reproducible garbage of every length up to a few hellos.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut byte = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        };
+        for len in 0..400 {
+            let mut b: Vec<u8> = (0..len).map(|_| byte()).collect();
+            if len >= 8 && len % 3 == 0 {
+                // Past the magic and version checks, so the length and id parsing run too.
+                b[0..4].copy_from_slice(&MAGIC);
+                b[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+            }
+            let _ = Hello::read(&mut &b[..]);
+            if let Ok(h) = <[u8; CALL_HEADER_BYTES]>::try_from(&b[..b.len().min(CALL_HEADER_BYTES)])
+            {
+                let _ = CallHeader::decode(&h);
+            }
+            if let Ok(h) =
+                <[u8; CHUNK_HEADER_BYTES]>::try_from(&b[..b.len().min(CHUNK_HEADER_BYTES)])
+            {
+                let _ = ChunkHeader::decode(&h);
+            }
+        }
     }
 }

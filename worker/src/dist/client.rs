@@ -18,10 +18,13 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use ringtrain_common::auth::{Token, AUTH_HEADER};
 use ringtrain_common::pb::coordinator_client::CoordinatorClient;
 use ringtrain_common::pb::{self, RunStatus};
 use tokio::runtime::Runtime;
-use tonic::transport::Channel;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::collective::AbortHandle;
 use crate::train::TrainError;
@@ -71,10 +74,61 @@ impl Backoff {
     }
 }
 
+/// Puts the run's token on every call (nothing when no token is configured).
+#[derive(Clone)]
+pub struct Authorize {
+    header: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl tonic::service::Interceptor for Authorize {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(h) = &self.header {
+            req.metadata_mut().insert(AUTH_HEADER, h.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Rpc = CoordinatorClient<InterceptedService<Channel, Authorize>>;
+
+/// How to reach the coordinator: its token, and TLS when the URL is https.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    pub token: Option<Token>,
+    /// PEM file of the CA that signed the coordinator's certificate (https URLs).
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Name to check the certificate against (default: the URL's host).
+    pub tls_domain: Option<String>,
+}
+
+/// Largest message either way: shards of 60,000 paths and weights fit many times over.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+fn endpoint(url: &str, sec: &Security) -> Result<Endpoint, TrainError> {
+    let bad = |e: String| TrainError::Coordinator(format!("coordinator URL {url}: {e}"));
+    let ep = Channel::from_shared(url.to_string()).map_err(|e| bad(e.to_string()))?;
+    let Some(ca) = &sec.tls_ca else {
+        if url.starts_with("https://") {
+            return Err(bad(
+                "an https URL needs --tls-ca (the CA of its certificate)".into(),
+            ));
+        }
+        return Ok(ep);
+    };
+    let pem = std::fs::read(ca).map_err(|e| {
+        TrainError::Coordinator(format!("cannot read the TLS CA {}: {e}", ca.display()))
+    })?;
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+    if let Some(d) = &sec.tls_domain {
+        tls = tls.domain_name(d.clone());
+    }
+    ep.tls_config(tls).map_err(|e| bad(format!("TLS: {e}")))
+}
+
 /// A connected coordinator client.
 pub struct Client {
     rt: Runtime,
-    inner: CoordinatorClient<Channel>,
+    inner: Rpc,
     url: String,
     patience: Duration,
 }
@@ -116,16 +170,23 @@ fn rpc_error(url: &str, what: &str, status: tonic::Status) -> TrainError {
 impl Client {
     /// Connects to `url`, retrying with backoff for up to `patience` (the coordinator may start
     /// after its workers, or restart).
-    pub fn connect(url: &str, patience: Duration) -> Result<Self, TrainError> {
+    pub fn connect(url: &str, patience: Duration, sec: &Security) -> Result<Self, TrainError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .thread_name("ringtrain-rpc")
             .build()
             .map_err(|e| TrainError::Coordinator(format!("cannot start the RPC runtime: {e}")))?;
+        let ep = endpoint(url, sec)?;
+        let header = match &sec.token {
+            Some(t) => Some(t.bearer().parse().map_err(|_| {
+                TrainError::Coordinator("the auth token cannot go into a header".into())
+            })?),
+            None => None,
+        };
         let mut backoff = Backoff::new(patience);
-        let inner = loop {
-            match rt.block_on(CoordinatorClient::connect(url.to_string())) {
+        let channel = loop {
+            match rt.block_on(ep.connect()) {
                 Ok(c) => break c,
                 Err(e) if backoff.wait() => {
                     tracing::debug!(%url, error = %e, "coordinator not reachable yet; retrying");
@@ -138,9 +199,9 @@ impl Client {
             }
         };
         // Large replies (shards of 60,000 paths, weights) exceed tonic's 4 MB default.
-        let inner = inner
-            .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(256 << 20);
+        let inner = CoordinatorClient::with_interceptor(channel, Authorize { header })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(Self {
             rt,
             inner,
@@ -155,7 +216,7 @@ impl Client {
         &self,
         what: &str,
         req: &Req,
-        rpc: impl Fn(CoordinatorClient<Channel>, Req) -> F,
+        rpc: impl Fn(Rpc, Req) -> F,
     ) -> Result<T, TrainError>
     where
         F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,

@@ -39,7 +39,7 @@ use crate::model::Arch;
 use crate::optim::AdamConfig;
 use crate::train::state::ResumeState;
 use crate::train::{run_replica, ReplicaSpec, TrainError};
-pub use client::{Client, RoundCtl};
+pub use client::{Client, RoundCtl, Security};
 use driver::Distributed;
 
 /// How this worker process takes part in a run.
@@ -62,6 +62,34 @@ pub struct WorkerOptions {
     pub progress: bool,
     /// Overrides the announced protocol version (tests only).
     pub protocol_version: Option<u32>,
+    /// The run's token and TLS settings.
+    pub security: client::Security,
+}
+
+impl WorkerOptions {
+    /// The options as JSON (`--print-config`); the token shows as its length only.
+    pub fn describe(&self) -> String {
+        serde_json::json!({
+            "coordinator": self.coordinator,
+            "data": self.data,
+            "worker_id": self.worker_id,
+            "threads": self.threads,
+            "device": self.device.to_string(),
+            "collective_listen": self.collective_listen.to_string(),
+            "advertise_host": self.advertise_host,
+            "cache_dir": self.cache_dir,
+            "model": self.model.map(|m| m.to_string()),
+            "run_id": self.run_id,
+            "connect_timeout_s": self.connect_timeout.as_secs_f64(),
+            "stop_grace_s": self.stop_grace.as_secs_f64(),
+            "train_dir": self.scan.train_dir,
+            "valid_dir": self.scan.valid_dir,
+            "auth_token": self.security.token.as_ref().map(|t| format!("<{} chars>", t.expose().len())),
+            "tls_ca": self.security.tls_ca,
+            "tls_domain": self.security.tls_domain,
+        })
+        .to_string()
+    }
 }
 
 /// Runs one worker to the end of the run: joins, trains the round, and when the coordinator
@@ -82,7 +110,7 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
         device,
         uuid: gpu.map(|g| g.uuid).unwrap_or_default(),
     };
-    let client = Client::connect(&opts.coordinator, opts.connect_timeout)?;
+    let client = Client::connect(&opts.coordinator, opts.connect_timeout, &opts.security)?;
     // The fingerprint proves this worker sees the same files as the coordinator.
     // skip_bad here: its scan then equals the coordinator's whether or not the run skips bad
     // files (with skip_bad off the coordinator itself refuses a dataset with bad files).
@@ -151,6 +179,7 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
             terminated: &terminated,
             step_counter: step_counter.clone(),
             device,
+            token: opts.security.token.as_ref(),
         };
         let result = train_round(opts, &round, listener);
         let ended = {
@@ -276,6 +305,7 @@ struct Round<'a> {
     terminated: &'a AtomicBool,
     step_counter: Arc<AtomicU64>,
     device: Device,
+    token: Option<&'a ringtrain_common::auth::Token>,
 }
 
 fn train_round(opts: &WorkerOptions, r: &Round, listener: TcpListener) -> Result<(), TrainError> {
@@ -391,10 +421,9 @@ fn connect_collective(
             let timeout = Duration::from_secs_f64(r.spec.collective_timeout_s.max(0.1));
             // The round is part of the ring's identity: a peer of an ended round is refused.
             let ring_id = format!("{}/round-{}", reply.run_id, reply.round);
-            let ring = Ring::connect(
-                listener,
-                RingConfig::new(ring_id, reply.rank, reply.world_size, peers?, timeout),
-            )?;
+            let mut cfg = RingConfig::new(ring_id, reply.rank, reply.world_size, peers?, timeout);
+            cfg.auth_key = ringtrain_common::auth::ring_key(r.token);
+            let ring = Ring::connect(listener, cfg)?;
             let a = ring.abort_handle();
             Ok((Box::new(HostStaged::new(ring)), Box::new(move || a.abort())))
         }
