@@ -181,6 +181,11 @@ pub struct RunArgs {
     #[arg(long, env = "RINGTRAIN_STALL_TIMEOUT_S")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stall_timeout_s: Option<f64>,
+    /// Serve Prometheus metrics (/metrics) and a JSON status (/status) over HTTP here, e.g.
+    /// 0.0.0.0:29401 [default: off].
+    #[arg(long, value_name = "IP:PORT", env = "RINGTRAIN_HTTP_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<String>,
     /// Print the effective, validated configuration as JSON and exit (checks a job file or a
     /// command line, e.g. one in a Kubernetes manifest).
     #[arg(long)]

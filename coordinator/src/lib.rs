@@ -39,6 +39,7 @@ pub mod cli;
 pub mod config;
 pub mod gpus;
 pub mod health;
+pub mod http;
 pub mod ids;
 pub mod launch;
 pub mod plan;
@@ -49,6 +50,7 @@ pub mod server;
 pub mod service;
 mod shared;
 pub mod state;
+pub mod status_cmd;
 
 pub use config::{Model, RunConfig};
 pub use launch::{launch, LaunchError, LaunchOptions};

@@ -36,6 +36,11 @@ enum Command {
     ///
     /// Worker logs go to RUN_DIR/logs/worker-<i>.log. Exits 0 when the run finished.
     Launch(LaunchArgs),
+    /// Where a run stands: RUN_DIR (its files) or URL (a coordinator's --http-listen, live).
+    Status {
+        /// A run folder, or http://HOST:PORT.
+        target: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,6 +66,12 @@ fn main() -> ExitCode {
 /// Ok(true) when the command succeeded, Ok(false) when the run it coordinated failed.
 fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
+        Command::Status { target } => {
+            for line in ringtrain_coordinator::status_cmd::describe(&target)? {
+                println!("{line}");
+            }
+            Ok(true)
+        }
         Command::Data(args) => {
             let what = args.describe();
             data_cmd::run(args).with_context(|| what)?;

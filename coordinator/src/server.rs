@@ -322,6 +322,19 @@ impl Run {
                     let _ = stop_rx.await;
                 }),
         );
+        let http = match &self.prepared.config.http_listen {
+            Some(addr) => {
+                let l = TcpListener::bind(addr).await.map_err(|e| {
+                    ServeError::Server(format!("cannot listen on {addr} for HTTP: {e}"))
+                })?;
+                let at = l
+                    .local_addr()
+                    .map_err(|e| ServeError::Server(e.to_string()))?;
+                tracing::info!(url = %format!("http://{at}/metrics"), "metrics endpoint");
+                Some(tokio::spawn(crate::http::serve(l, self.shared.clone())))
+            }
+            None => None,
+        };
         let watchdog = self.spawn_watchdog();
         let progress = spawn_progress(self.shared.clone());
         let mut rx = self.shared.subscribe();
@@ -369,6 +382,9 @@ impl Run {
         watchdog.abort();
         progress.abort();
         health_task.abort();
+        if let Some(h) = http {
+            h.abort();
+        }
         self.finish().await
     }
 

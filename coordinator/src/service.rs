@@ -256,7 +256,14 @@ impl Coordinator for CoordinatorService {
         let joined_round = self
             .shared
             .apply(Event::Join(args), |s| s.snapshot().round)
-            .map_err(to_status)?;
+            .map_err(|e| {
+                // Refused workers (wrong version, run id, model, dataset; a taken worker id;
+                // a full round) are logged: nothing they sent is used.
+                if !matches!(e, RunError::Stopping) {
+                    tracing::warn!(worker_id = %worker_id, reason = %e, "join refused");
+                }
+                to_status(e)
+            })?;
         let mut pending = PendingJoin {
             shared: self.shared.clone(),
             worker_id: Some(worker_id.clone()),

@@ -293,4 +293,13 @@ fn workers_with_the_wrong_version_or_dataset_are_refused() {
     assert!(out.success(), "{}", out.stderr);
     let status = serve.wait().unwrap();
     assert!(status.success());
+    // Every refusal is logged with the worker and the reason.
+    let log = std::fs::read_to_string(logs.join("stderr.txt")).unwrap();
+    for who in ["wrong-data", "wrong-version", "wrong-model"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("join refused") && l.contains(who)),
+            "{who}: {log}"
+        );
+    }
 }

@@ -32,6 +32,7 @@
 
 mod admission;
 pub mod epoch;
+mod metrics;
 pub mod midepoch;
 mod nccl;
 mod records;
@@ -58,6 +59,7 @@ use crate::rendezvous::{
     Candidate, Membership, Rendezvous, RendezvousError, RendezvousEvent, RendezvousSettings,
 };
 use epoch::{EpochAggregator, EpochReport};
+pub use metrics::{Metrics, RankMetrics};
 pub use rounds::{Progress, ResumePoint, Resumed};
 
 /// The wire protocol version this coordinator speaks (`PROTOCOL_VERSION_CURRENT`).
@@ -335,6 +337,8 @@ pub struct RunState {
     /// The current round's collective and why it was chosen.
     collective: Option<(CollectiveKind, String)>,
     nccl_id: Option<Arc<Vec<u8>>>,
+    /// Totals for `/metrics`.
+    counters: metrics::Counters,
 }
 
 type Actions = Result<Vec<Action>, RunError>;
@@ -375,6 +379,7 @@ impl RunState {
             stopped: false,
             collective: None,
             nccl_id: None,
+            counters: metrics::Counters::default(),
             rdzv: Rendezvous::with_round(settings, now, round),
             prepared,
             started: now,
@@ -498,7 +503,10 @@ impl RunState {
                     });
                 }
                 tracing::debug!(rank = rank.0, epoch, step, "heartbeat");
+                let interval = self.prepared.config.heartbeat_interval_s;
                 let l = &mut self.ranks[rank.index()];
+                self.counters
+                    .heartbeat(now.saturating_duration_since(l.last_seen), interval);
                 l.last_seen = now;
                 l.step = l.step.max(step);
                 l.informed |= self.status.is_terminal();

@@ -248,7 +248,12 @@ impl RunState {
             valid_accuracy: accuracy.or_else(|| self.agg.rows.last().map(|r| r.accuracy)),
             params_hash,
             round: self.round,
-            created_unix_ms: unix_ms(),
+            created_unix_ms: {
+                let t = unix_ms();
+                self.counters.last_checkpoint_unix_ms = Some(t);
+                self.counters.checkpoints += 1;
+                t
+            },
             config: serde_json::to_value(&p.config).unwrap_or_default(),
             progress: serde_json::to_value(&progress).unwrap_or_default(),
         };

@@ -100,8 +100,10 @@ impl Hello {
 
     /// Reads one hello, rejecting a wrong magic or version before trusting the length field.
     pub fn read(r: &mut impl Read) -> Result<Self, HelloError> {
+        // Magic and version first: a stranger (an HTTP client, an old peer) is named as such
+        // even when it sends fewer bytes than a whole hello.
         let mut fixed = [0u8; HELLO_FIXED];
-        r.read_exact(&mut fixed).map_err(HelloError::Io)?;
+        r.read_exact(&mut fixed[..8]).map_err(HelloError::Io)?;
         let bad = |field, reason| Err(HelloError::Bad { field, reason });
         if fixed[0..4] != MAGIC {
             return bad(
@@ -116,6 +118,7 @@ impl Hello {
                 format!("expected {PROTOCOL_VERSION}, got {version}"),
             );
         }
+        r.read_exact(&mut fixed[8..]).map_err(HelloError::Io)?;
         let len = usize::from(u16::from_le_bytes([fixed[6], fixed[7]]));
         if len > MAX_RUN_ID_BYTES {
             return bad(

@@ -1,0 +1,329 @@
+//! The coordinator's HTTP endpoint (`--http-listen IP:PORT`): Prometheus metrics and a JSON
+//! status, for scrapers and `ringtrain status URL`.
+//!
+//! # Contract
+//! * `GET /metrics`: Prometheus text format 0.0.4. Names follow Prometheus conventions
+//!   (`ringtrain_` prefix, base units, `_total` for counters, `_seconds`, `_ratio`); per-rank
+//!   series carry `rank` and `worker_id` labels.
+//! * `GET /status`: the same numbers as one JSON object.
+//! * Anything else: 404; a request head over 8 KiB or not HTTP: 400. One request per
+//!   connection (`Connection: close`). No token: it exposes numbers, never weights or paths
+//!   beyond the run id; bind it where only the scraper reaches it (a NetworkPolicy on a cluster).
+//!
+//! Tests: `tests` at the bottom (the text format); `coordinator/tests/metrics.rs` (scraped from
+//! a running server, counters increase).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::shared::Shared;
+use crate::state::{Metrics, Status};
+
+fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Rendezvous => "rendezvous",
+        Status::Running => "running",
+        Status::Finished => "finished",
+        Status::Failed => "failed",
+    }
+}
+
+/// Escapes a label value (backslash, quote, newline).
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// `m` in the Prometheus text exposition format.
+pub fn render(m: &Metrics) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: Option<f64>| {
+        if let Some(v) = value {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
+    };
+    let f = |x: u64| Some(x as f64);
+    metric(
+        "ringtrain_step",
+        "gauge",
+        "Global training step (the highest any rank reported).",
+        f(m.step),
+    );
+    metric(
+        "ringtrain_steps",
+        "gauge",
+        "Steps of the whole run.",
+        f(m.total_steps),
+    );
+    metric(
+        "ringtrain_epoch",
+        "gauge",
+        "Epochs completed.",
+        f(u64::from(m.epochs_completed)),
+    );
+    metric(
+        "ringtrain_epochs",
+        "gauge",
+        "Epochs of the whole run.",
+        f(u64::from(m.epochs)),
+    );
+    metric(
+        "ringtrain_round",
+        "gauge",
+        "Rendezvous round (1 for the first).",
+        f(u64::from(m.round)),
+    );
+    metric(
+        "ringtrain_world_size",
+        "gauge",
+        "Ranks in the current round.",
+        f(u64::from(m.world_size)),
+    );
+    metric(
+        "ringtrain_round_restarts_total",
+        "counter",
+        "Rounds ended by a lost worker.",
+        f(u64::from(m.restarts)),
+    );
+    metric(
+        "ringtrain_heartbeats_total",
+        "counter",
+        "Heartbeats received.",
+        f(m.heartbeats),
+    );
+    metric(
+        "ringtrain_heartbeats_missed_total",
+        "counter",
+        "Heartbeat intervals that passed without one.",
+        f(m.heartbeats_missed),
+    );
+    metric(
+        "ringtrain_checkpoints_total",
+        "counter",
+        "Checkpoints written by this coordinator.",
+        f(m.checkpoints),
+    );
+    metric(
+        "ringtrain_checkpoint_age_seconds",
+        "gauge",
+        "Seconds since the last checkpoint was written.",
+        m.checkpoint_age_s,
+    );
+    metric(
+        "ringtrain_train_loss",
+        "gauge",
+        "Smoothed training loss after the last completed epoch.",
+        m.train_loss,
+    );
+    metric(
+        "ringtrain_valid_loss",
+        "gauge",
+        "Validation loss of the last completed epoch.",
+        m.valid_loss,
+    );
+    metric(
+        "ringtrain_valid_accuracy_ratio",
+        "gauge",
+        "Validation accuracy of the last completed epoch.",
+        m.accuracy,
+    );
+    metric(
+        "ringtrain_train_images_per_second",
+        "gauge",
+        "Training images per second of the last completed epoch (slowest rank).",
+        m.train_images_per_s,
+    );
+    metric(
+        "ringtrain_learning_rate",
+        "gauge",
+        "Learning rate at the end of the last completed epoch.",
+        m.lr,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ringtrain_info The run (value 1).\n# TYPE ringtrain_info gauge\nringtrain_info{{run_id=\"{}\",status=\"{}\"}} 1",
+        label(&m.run_id),
+        status_name(m.status)
+    );
+    if !m.ranks.is_empty() {
+        let _ = writeln!(out, "# HELP ringtrain_rank_step Global step in the rank's last heartbeat.\n# TYPE ringtrain_rank_step gauge");
+        for r in &m.ranks {
+            let _ = writeln!(
+                out,
+                "ringtrain_rank_step{{rank=\"{}\",worker_id=\"{}\",device=\"{}\"}} {}",
+                r.rank,
+                label(&r.worker_id),
+                label(&r.device),
+                r.step
+            );
+        }
+        let _ = writeln!(out, "# HELP ringtrain_rank_heartbeat_age_seconds Seconds since the rank's last sign of life.\n# TYPE ringtrain_rank_heartbeat_age_seconds gauge");
+        for r in &m.ranks {
+            let _ = writeln!(
+                out,
+                "ringtrain_rank_heartbeat_age_seconds{{rank=\"{}\",worker_id=\"{}\"}} {:.3}",
+                r.rank,
+                label(&r.worker_id),
+                r.heartbeat_age_s
+            );
+        }
+    }
+    out
+}
+
+/// `m` as the JSON of `GET /status`.
+pub fn status_json(m: &Metrics) -> serde_json::Value {
+    serde_json::json!({
+        "run_id": m.run_id,
+        "status": status_name(m.status),
+        "round": m.round,
+        "world_size": m.world_size,
+        "step": m.step,
+        "total_steps": m.total_steps,
+        "epochs_completed": m.epochs_completed,
+        "epochs": m.epochs,
+        "restarts": m.restarts,
+        "checkpoint_age_s": m.checkpoint_age_s,
+        "train_loss": m.train_loss,
+        "valid_loss": m.valid_loss,
+        "accuracy": m.accuracy,
+        "train_images_per_s": m.train_images_per_s,
+        "ranks": m.ranks.iter().map(|r| serde_json::json!({
+            "rank": r.rank, "worker_id": r.worker_id, "device": r.device,
+            "step": r.step, "heartbeat_age_s": r.heartbeat_age_s,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Serves `/metrics` and `/status` on `listener` until the task is aborted.
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut head = Vec::with_capacity(1024);
+            let mut buf = [0u8; 1024];
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() <= 8192 {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+            })
+            .await;
+            let line = String::from_utf8_lossy(&head);
+            let first = line.lines().next().unwrap_or_default();
+            let mut parts = first.split_whitespace();
+            let (method, path) = (
+                parts.next(),
+                parts.next().map(|p| p.split('?').next().unwrap_or(p)),
+            );
+            let (code, kind, body) = match (read.is_ok(), method, path) {
+                (true, Some("GET"), Some("/metrics")) => {
+                    let m = shared.read(|s| s.metrics(crate::server::now(), unix_ms()));
+                    (
+                        "200 OK",
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        render(&m),
+                    )
+                }
+                (true, Some("GET"), Some("/status")) => {
+                    let m = shared.read(|s| s.metrics(crate::server::now(), unix_ms()));
+                    ("200 OK", "application/json", status_json(&m).to_string())
+                }
+                (true, Some(_), Some(_)) => (
+                    "404 Not Found",
+                    "text/plain",
+                    "not found: try /metrics or /status\n".into(),
+                ),
+                _ => ("400 Bad Request", "text/plain", "bad request\n".into()),
+            };
+            let resp = format!(
+                "HTTP/1.1 {code}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(resp.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::RankMetrics;
+
+    #[test]
+    fn renders_prometheus_text_with_help_type_and_labels() {
+        let m = Metrics {
+            run_id: "run \"1\"".into(),
+            status: Status::Running,
+            round: 2,
+            world_size: 2,
+            step: 40,
+            total_steps: 100,
+            epochs_completed: 1,
+            epochs: 3,
+            restarts: 1,
+            heartbeats: 9,
+            heartbeats_missed: 2,
+            checkpoints: 1,
+            checkpoint_age_s: Some(1.5),
+            train_loss: Some(0.25),
+            valid_loss: None,
+            accuracy: Some(0.9),
+            train_images_per_s: Some(5000.0),
+            lr: Some(0.01),
+            ranks: vec![RankMetrics {
+                rank: 0,
+                worker_id: "w0".into(),
+                device: "cpu".into(),
+                step: 40,
+                heartbeat_age_s: 0.25,
+            }],
+        };
+        let t = render(&m);
+        assert!(
+            t.contains(
+                "# TYPE ringtrain_round_restarts_total counter\nringtrain_round_restarts_total 1\n"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("ringtrain_valid_accuracy_ratio 0.9\n"), "{t}");
+        assert!(
+            !t.contains("ringtrain_valid_loss"),
+            "absent values are left out: {t}"
+        );
+        assert!(
+            t.contains(r#"ringtrain_info{run_id="run \"1\"",status="running"} 1"#),
+            "{t}"
+        );
+        assert!(
+            t.contains(r#"ringtrain_rank_step{rank="0",worker_id="w0",device="cpu"} 40"#),
+            "{t}"
+        );
+        // Every sample line is `name{labels} value` with a numeric value.
+        for l in t.lines().filter(|l| !l.starts_with('#')) {
+            let v = l.rsplit(' ').next().unwrap();
+            assert!(v.parse::<f64>().is_ok(), "{l}");
+        }
+        assert_eq!(status_json(&m)["ranks"][0]["worker_id"], "w0");
+    }
+}

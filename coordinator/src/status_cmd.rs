@@ -1,0 +1,130 @@
+//! `ringtrain status RUN_DIR|URL`: where a run stands, from the terminal.
+//!
+//! * `URL` (`http://HOST:PORT`, the coordinator's `--http-listen`): its live `/status`.
+//! * `RUN_DIR`: the run folder. A `summary.json` means the run ended (finished or failed, with
+//!   the reason); otherwise the epochs in `metrics.jsonl` and the newest checkpoint say how far
+//!   it got (running, or stopped and resumable with `--resume`).
+//!
+//! Tests: `coordinator/tests/metrics.rs` (both forms against a real run).
+
+use std::path::Path;
+
+use anyhow::Context as _;
+
+/// Lines describing `target`.
+pub fn describe(target: &str) -> anyhow::Result<Vec<String>> {
+    if target.starts_with("http://") || target.starts_with("https://") {
+        let url = format!("{}/status", target.trim_end_matches('/'));
+        let body = ureq::get(&url)
+            .call()
+            .with_context(|| format!("asking {url}"))?
+            .body_mut()
+            .read_to_string()
+            .with_context(|| format!("reading {url}"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&body).with_context(|| format!("{url} did not answer JSON"))?;
+        return Ok(live(&v));
+    }
+    folder(Path::new(target))
+}
+
+fn num(v: &serde_json::Value) -> String {
+    match v.as_f64() {
+        Some(x) if x.fract() == 0.0 => format!("{x:.0}"),
+        Some(x) => format!("{x:.4}"),
+        None => "-".into(),
+    }
+}
+
+fn live(v: &serde_json::Value) -> Vec<String> {
+    let mut out = vec![
+        format!(
+            "run {}: {} (round {}, world size {})",
+            v["run_id"].as_str().unwrap_or("?"),
+            v["status"].as_str().unwrap_or("?"),
+            num(&v["round"]),
+            num(&v["world_size"])
+        ),
+        format!(
+            "step {} of {}, epoch {} of {} done, restarts {}",
+            num(&v["step"]),
+            num(&v["total_steps"]),
+            num(&v["epochs_completed"]),
+            num(&v["epochs"]),
+            num(&v["restarts"])
+        ),
+        format!(
+            "last epoch: train_loss {} valid_loss {} accuracy {} | {} images/s | checkpoint {} s ago",
+            num(&v["train_loss"]),
+            num(&v["valid_loss"]),
+            num(&v["accuracy"]),
+            num(&v["train_images_per_s"]),
+            num(&v["checkpoint_age_s"])
+        ),
+    ];
+    for r in v["ranks"].as_array().into_iter().flatten() {
+        out.push(format!(
+            "  rank {} {} on {}: step {}, last heartbeat {} s ago",
+            num(&r["rank"]),
+            r["worker_id"].as_str().unwrap_or("?"),
+            r["device"].as_str().unwrap_or("?"),
+            num(&r["step"]),
+            num(&r["heartbeat_age_s"])
+        ));
+    }
+    out
+}
+
+fn folder(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+    let info: Option<serde_json::Value> =
+        read("run.json").and_then(|t| serde_json::from_str(&t).ok());
+    let Some(info) = info else {
+        anyhow::bail!(
+            "{} is not a run folder (no readable run.json)",
+            dir.display()
+        );
+    };
+    let epochs = info["config"]["epochs"].as_u64();
+    let rows: Vec<serde_json::Value> = read("metrics.jsonl")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let mut out = Vec::new();
+    let run_id = info["run_id"].as_str().unwrap_or("?");
+    match read("summary.json").and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()) {
+        Some(s) => out.push(format!(
+            "run {run_id}: {}{}",
+            s["status"].as_str().unwrap_or("?"),
+            s["reason"]
+                .as_str()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        )),
+        None => out.push(format!(
+            "run {run_id}: not ended (running, or stopped: continue it with --resume {})",
+            dir.display()
+        )),
+    }
+    out.push(format!(
+        "epochs done: {} of {}",
+        rows.len(),
+        epochs.map_or("?".into(), |e| e.to_string())
+    ));
+    if let Some(r) = rows.last() {
+        out.push(format!(
+            "last epoch {}: train_loss {} valid_loss {} accuracy {} | {} images/s",
+            num(&r["epoch"]),
+            num(&r["train_loss"]),
+            num(&r["valid_loss"]),
+            num(&r["accuracy"]),
+            num(&r["train_images_per_s"])
+        ));
+    }
+    let latest = std::fs::read_link(dir.join("latest")).ok();
+    if let Some(l) = latest {
+        out.push(format!("latest checkpoint: {}", dir.join(l).display()));
+    }
+    Ok(out)
+}

@@ -1,0 +1,154 @@
+//! `/metrics` and `/status` of a running coordinator over real HTTP, and `ringtrain status` on a
+//! URL and on a run folder.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::Behaviour;
+use ringtrain_coordinator::{Run, RunConfig};
+use tokio::net::TcpListener;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn get(url: String) -> String {
+    tokio::task::spawn_blocking(move || {
+        ureq::get(&url)
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// Parses Prometheus text: every sample is `name{labels} value`, preceded by its HELP and TYPE.
+fn parse(text: &str) -> BTreeMap<String, f64> {
+    let mut typed = std::collections::BTreeSet::new();
+    let mut samples = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split_whitespace();
+            let (name, kind) = (it.next().unwrap(), it.next().unwrap());
+            assert!(["gauge", "counter"].contains(&kind), "{line}");
+            assert!(
+                !kind.eq("counter") || name.ends_with("_total"),
+                "counters end in _total: {line}"
+            );
+            typed.insert(name.to_string());
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let name = series.split('{').next().unwrap();
+            assert!(typed.contains(name), "sample before its TYPE: {line}");
+            assert!(
+                name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "{line}"
+            );
+            samples.insert(series.to_string(), value.parse::<f64>().unwrap());
+        }
+    }
+    samples
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_counters_increase_while_a_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = RunConfig {
+        http_listen: Some(format!("127.0.0.1:{port}")),
+        heartbeat_interval_s: 0.1,
+        ..common::config(dir.path(), 1)
+    };
+    let run = Run::prepare_with_table(config, Box::new(std::io::sink())).unwrap();
+    let fp = run.fingerprint().to_string();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(run.serve(listener, std::future::pending()));
+    let base = format!("http://127.0.0.1:{port}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = parse(&get(format!("{base}/metrics")).await);
+    assert_eq!(before["ringtrain_heartbeats_total"], 0.0);
+    assert_eq!(before["ringtrain_world_size"], 0.0);
+
+    // A worker that joins and heartbeats (without training): heartbeats count up.
+    let hang = {
+        let url = url.clone();
+        tokio::spawn(async move { common::fake_worker(&url, "w0", &fp, Behaviour::Hang).await })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mid = parse(&get(format!("{base}/metrics")).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = parse(&get(format!("{base}/metrics")).await);
+    assert_eq!(mid["ringtrain_world_size"], 1.0);
+    assert!(mid["ringtrain_heartbeats_total"] >= 2.0, "{mid:?}");
+    assert!(
+        later["ringtrain_heartbeats_total"] > mid["ringtrain_heartbeats_total"],
+        "{later:?}"
+    );
+    assert!(
+        later
+            .keys()
+            .any(|k| k.starts_with("ringtrain_rank_step{rank=\"0\",worker_id=\"w0\"")),
+        "{later:?}"
+    );
+    assert!(
+        later.contains_key("ringtrain_info{run_id=\"test-run\",status=\"running\"}"),
+        "{later:?}"
+    );
+
+    let lines =
+        tokio::task::spawn_blocking(move || ringtrain_coordinator::status_cmd::describe(&base))
+            .await
+            .unwrap()
+            .unwrap();
+    assert!(
+        lines[0].starts_with("run test-run: running (round 1, world size 1)"),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("rank 0 w0 on cpu")),
+        "{lines:?}"
+    );
+    hang.abort();
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_of_a_finished_run_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let run =
+        Run::prepare_with_table(common::config(dir.path(), 1), Box::new(std::io::sink())).unwrap();
+    let fp = run.fingerprint().to_string();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(run.serve(listener, std::future::pending()));
+    assert_eq!(
+        common::fake_worker(&url, "w0", &fp, Behaviour::Complete).await,
+        0
+    );
+    server.await.unwrap().unwrap();
+    let lines =
+        ringtrain_coordinator::status_cmd::describe(dir.path().join("run").to_str().unwrap())
+            .unwrap();
+    assert_eq!(lines[0], "run test-run: finished", "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l == "epochs done: 2 of 2"),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("latest checkpoint: ")),
+        "{lines:?}"
+    );
+    let err =
+        ringtrain_coordinator::status_cmd::describe(dir.path().to_str().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("is not a run folder"), "{err}");
+}
