@@ -10,6 +10,7 @@ pub mod data;
 pub mod devices;
 pub mod fetch;
 pub mod logging;
+pub mod lr_find;
 pub mod plot;
 pub mod report;
 pub mod rng;

@@ -4,7 +4,8 @@
 //! RUN_DIR/run.json            config, classes, norm stats, world size, shards, dropped files, fingerprint
 //! RUN_DIR/metrics.jsonl       one line per epoch     } ringtrain_common::report::RunFiles,
 //! RUN_DIR/steps.csv           one line per step      } the same files as a standalone run
-//! RUN_DIR/plots/*.png
+//! RUN_DIR/plots/*.png         loss, lr, beta1, accuracy, after every epoch
+//! RUN_DIR/lr_find.{json,csv}, RUN_DIR/plots/lr_find.png   `lr-find` only: the sweep, suggestions
 //! RUN_DIR/final.safetensors   rank 0's weights at the end
 //! RUN_DIR/summary.json        final accuracy, valid loss, throughput, params_hash, status
 //! RUN_DIR/checkpoints/e<epoch>-s<step>/   one per epoch end (ringtrain_common::checkpoint)
@@ -32,6 +33,7 @@ use std::sync::Arc;
 
 use ringtrain_common::checkpoint::{checkpoint_name, CheckpointState, CheckpointStore};
 use ringtrain_common::data::Skipped;
+use ringtrain_common::lr_find::LrFindResult;
 use ringtrain_common::report::{header, row, RunFiles};
 use serde::Serialize;
 
@@ -55,6 +57,9 @@ pub enum Output {
     Checkpoint(Box<CheckpointOut>),
     /// A line for people between the table's rows (a round restart).
     Notice(String),
+    /// `lr-find`'s analysis: `lr_find.json`, `lr_find.csv`, `plots/lr_find.png` and the
+    /// suggestion under the table.
+    LrFind(Box<LrFindResult>),
 }
 
 /// A checkpoint to write.
@@ -283,6 +288,7 @@ impl Writer {
                 Ok(())
             }
             Output::Checkpoint(c) => self.checkpoint(&c),
+            Output::LrFind(r) => self.lr_find(&r),
             Output::Summary(s) => self.json("summary.json", &*s),
             Output::Weights(bytes) => {
                 let path = self.dir.join("final.safetensors");
@@ -326,6 +332,47 @@ impl Writer {
         let protect: Vec<String> = c.best.iter().cloned().collect();
         let removed = store.prune(c.keep, &protect).map_err(|e| e.to_string())?;
         tracing::info!(checkpoint = %dir.display(), epoch = c.state.epoch, step = c.state.global_step, ?removed, "checkpoint written");
+        Ok(())
+    }
+
+    fn lr_find(&mut self, r: &LrFindResult) -> Result<(), String> {
+        self.json("lr_find.json", r)?;
+        let mut csv = String::from("step,lr,loss,smoothed_loss\n");
+        for (k, p) in r.points.iter().enumerate() {
+            csv.push_str(&format!("{k},{},{},{}\n", p.lr, p.loss, p.smoothed));
+        }
+        let path = self.dir.join("lr_find.csv");
+        write_atomic(&path, csv.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let png = r
+            .png()
+            .map_err(|e| format!("cannot draw the LR plot: {e}"))?;
+        let plot = self.dir.join("plots").join("lr_find.png");
+        write_atomic(&plot, &png).map_err(|e| format!("cannot write {}: {e}", plot.display()))?;
+        let stop = if r.stopped_early {
+            format!(
+                "stopped after {} of {} steps: the smoothed loss passed {}x its minimum",
+                r.points.len(),
+                r.range.iters,
+                r.range.stop_div
+            )
+        } else {
+            format!("all {} steps", r.range.iters)
+        };
+        let _ = writeln!(
+            self.table,
+            "LR finder: {:.0e} to {:.0e}, {stop}\n\
+             suggested max_lr: {:.2e} (a decade below the minimum at {:.2e}; fastai's valley {:.2e}, steep {:.2e})\n\
+             plot: {}",
+            r.range.start_lr,
+            r.range.end_lr,
+            r.suggested(),
+            r.minimum.at_lr,
+            r.valley.lr,
+            r.steep.lr,
+            plot.display()
+        );
+        let _ = self.table.flush();
         Ok(())
     }
 

@@ -280,6 +280,40 @@ impl LaunchArgs {
     }
 }
 
+/// `ringtrain lr-find`: a launch whose single epoch is the LR range test.
+#[derive(Debug, Clone, Args)]
+pub struct LrFindArgs {
+    #[command(flatten)]
+    pub launch: LaunchArgs,
+    /// First learning rate of the sweep [default: 1e-7].
+    #[arg(long, value_name = "LR")]
+    pub start_lr: Option<f64>,
+    /// Last learning rate of the sweep [default: 10; the lesson uses 100].
+    #[arg(long, value_name = "LR")]
+    pub end_lr: Option<f64>,
+    /// Steps of the sweep (one epoch must hold them) [default: 100].
+    #[arg(long, value_name = "N")]
+    pub iters: Option<u32>,
+    /// Stop once the smoothed loss exceeds this multiple of its minimum [default: 4].
+    #[arg(long, value_name = "X")]
+    pub stop_div: Option<f64>,
+}
+
+impl LrFindArgs {
+    /// The launch configuration with the sweep set: built-in defaults < the file's `[lr_find]`
+    /// table < these flags. Not validated.
+    pub fn load(&self) -> Result<RunConfig, LoadError> {
+        let mut c = self.launch.run.load()?;
+        let mut r = c.lr_find.unwrap_or_default();
+        r.start_lr = self.start_lr.unwrap_or(r.start_lr);
+        r.end_lr = self.end_lr.unwrap_or(r.end_lr);
+        r.iters = self.iters.unwrap_or(r.iters);
+        r.stop_div = self.stop_div.unwrap_or(r.stop_div);
+        c.lr_find = Some(r);
+        Ok(c)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,5 +359,43 @@ mod tests {
         assert_eq!((c.moms, c.listen.as_str()), ((0.9, 0.8), "0.0.0.0:1"));
         assert!(!c.skip_bad);
         assert_eq!(c.batch_size, 128, "default");
+        assert_eq!(c.lr_find, None, "a launch trains");
+    }
+
+    #[test]
+    fn lr_find_flags_win_over_the_files_table() {
+        #[derive(Debug, Parser)]
+        struct LrCli {
+            #[command(flatten)]
+            args: LrFindArgs,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("job.toml");
+        std::fs::write(
+            &file,
+            "data = \"/d\"\n[lr_find]\nstart_lr = 1e-6\nend_lr = 1.0\niters = 50\nstop_div = 5.0\n",
+        )
+        .unwrap();
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["t", "--config", file.to_str().unwrap()];
+            argv.extend_from_slice(extra);
+            LrCli::try_parse_from(argv).unwrap().args.load().unwrap()
+        };
+        let from_file = parse(&[]).lr_find.unwrap();
+        assert_eq!(
+            (
+                from_file.start_lr,
+                from_file.end_lr,
+                from_file.iters,
+                from_file.stop_div
+            ),
+            (1e-6, 1.0, 50, 5.0)
+        );
+        let c = parse(&["--end-lr", "100", "--iters", "80"]);
+        let r = c.lr_find.unwrap();
+        assert_eq!((r.start_lr, r.end_lr, r.iters), (1e-6, 100.0, 80));
+        assert_eq!(c.epochs(), 1, "a sweep is one epoch");
+        let dir = c.resolved(1_700_000_000).run_dir.unwrap();
+        assert_eq!(dir, PathBuf::from("runs/lr-find-resnet-1700000000"));
     }
 }

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use ringtrain_common::data::ScanOptions;
 use ringtrain_common::devices::{CollectiveChoice, Precision};
+use ringtrain_common::lr_find::{LrFindError, LrRange};
 use ringtrain_common::schedule::{OneCycleConfig, ScheduleError};
 use serde::{Deserialize, Serialize};
 
@@ -151,6 +152,10 @@ pub struct RunConfig {
     /// HTTP endpoint for Prometheus (`/metrics`) and `ringtrain status` (`/status`), e.g.
     /// `0.0.0.0:29401`; none: off.
     pub http_listen: Option<String>,
+    /// An LR range test instead of training (`ringtrain lr-find` sets it; as a TOML table
+    /// `[lr_find]` with `start_lr`, `end_lr`, `iters`, `stop_div`): one epoch of `iters`
+    /// steps on an exponential learning-rate sweep.
+    pub lr_find: Option<LrRange>,
     /// Set by `--resume RUN_DIR`: a run folder without a good checkpoint is an error.
     #[serde(skip)]
     pub resume_required: bool,
@@ -198,6 +203,7 @@ impl Default for RunConfig {
             tls_key: None,
             stall_timeout_s: 300.0,
             http_listen: None,
+            lr_find: None,
             resume_required: false,
         }
     }
@@ -236,6 +242,9 @@ pub enum ConfigError {
     /// A one-cycle parameter is out of range.
     #[error("schedule: {0}")]
     Schedule(ScheduleError),
+    /// The LR range test's settings break a rule.
+    #[error("lr-find: {0}")]
+    LrFind(LrFindError),
     /// Adam beta2 outside [0, 1).
     #[error("beta2 must be in [0, 1), got {0}")]
     BadBeta2(f64),
@@ -267,6 +276,9 @@ pub enum LoadError {
 impl RunConfig {
     /// Epochs: explicit or the lesson's.
     pub fn epochs(&self) -> u32 {
+        if self.lr_find.is_some() {
+            return 1;
+        }
         self.epochs.unwrap_or(self.model.lesson_recipe().0)
     }
 
@@ -349,6 +361,9 @@ impl RunConfig {
             });
         }
         self.one_cycle(1).init().map_err(ConfigError::Schedule)?;
+        if let Some(r) = &self.lr_find {
+            r.validate().map_err(ConfigError::LrFind)?;
+        }
         if !(self.beta2 >= 0.0 && self.beta2 < 1.0) {
             return Err(ConfigError::BadBeta2(self.beta2));
         }
@@ -403,8 +418,13 @@ impl RunConfig {
         self.max_lr = Some(self.max_lr());
         self.min_workers = Some(self.min_workers());
         let model = self.model;
+        let kind = if self.lr_find.is_some() {
+            "lr-find-"
+        } else {
+            ""
+        };
         self.run_dir
-            .get_or_insert_with(|| PathBuf::from(format!("runs/{model}-{unix_time}")));
+            .get_or_insert_with(|| PathBuf::from(format!("runs/{kind}{model}-{unix_time}")));
         self.run_id
             .get_or_insert_with(|| format!("{model}-{unix_time}-{}", std::process::id()));
         self

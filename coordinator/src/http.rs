@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::shared::Shared;
-use crate::state::{Metrics, Status};
+use crate::state::{Metrics, RankMetrics, Status};
 
 fn status_name(s: Status) -> &'static str {
     match s {
@@ -153,30 +153,73 @@ pub fn render(m: &Metrics) -> String {
         label(&m.run_id),
         status_name(m.status)
     );
-    if !m.ranks.is_empty() {
-        let _ = writeln!(out, "# HELP ringtrain_rank_step Global step in the rank's last heartbeat.\n# TYPE ringtrain_rank_step gauge");
-        for r in &m.ranks {
-            let _ = writeln!(
-                out,
-                "ringtrain_rank_step{{rank=\"{}\",worker_id=\"{}\",device=\"{}\"}} {}",
-                r.rank,
-                label(&r.worker_id),
+    let ids =
+        |r: &RankMetrics| format!("rank=\"{}\",worker_id=\"{}\"", r.rank, label(&r.worker_id));
+    rank_family(
+        &mut out,
+        "ringtrain_rank_step",
+        "Global step in the rank's last heartbeat.",
+        &m.ranks,
+        |r| {
+            format!(
+                "{},device=\"{}\",host=\"{}\"",
+                ids(r),
                 label(&r.device),
-                r.step
-            );
-        }
-        let _ = writeln!(out, "# HELP ringtrain_rank_heartbeat_age_seconds Seconds since the rank's last sign of life.\n# TYPE ringtrain_rank_heartbeat_age_seconds gauge");
-        for r in &m.ranks {
-            let _ = writeln!(
-                out,
-                "ringtrain_rank_heartbeat_age_seconds{{rank=\"{}\",worker_id=\"{}\"}} {:.3}",
-                r.rank,
-                label(&r.worker_id),
-                r.heartbeat_age_s
-            );
-        }
-    }
+                label(&r.host)
+            )
+        },
+        |r| Some(r.step.to_string()),
+    );
+    rank_family(
+        &mut out,
+        "ringtrain_rank_heartbeat_age_seconds",
+        "Seconds since the rank's last sign of life.",
+        &m.ranks,
+        ids,
+        |r| Some(format!("{:.3}", r.heartbeat_age_s)),
+    );
+    rank_family(
+        &mut out,
+        "ringtrain_rank_train_images_per_second",
+        "Training images per second of the rank since its previous heartbeat.",
+        &m.ranks,
+        ids,
+        |r| r.images_per_s.map(|v| format!("{v:.1}")),
+    );
+    rank_family(&mut out, "ringtrain_rank_allreduce_seconds",
+        "Mean seconds per gradient all-reduce of the rank since its previous heartbeat (host-timed; not reported by NCCL ranks).",
+        &m.ranks, ids, |r| r.allreduce_s.map(|v| format!("{v:.6}")));
+    rank_family(
+        &mut out,
+        "ringtrain_rank_restarts",
+        "Rounds the rank's worker re-joined after a round ended.",
+        &m.ranks,
+        ids,
+        |r| Some(r.restarts.to_string()),
+    );
     out
+}
+
+/// One gauge family with a sample per rank that has a value; nothing when none has.
+fn rank_family(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    ranks: &[RankMetrics],
+    labels: impl Fn(&RankMetrics) -> String,
+    value: impl Fn(&RankMetrics) -> Option<String>,
+) {
+    let samples: Vec<(String, String)> = ranks
+        .iter()
+        .filter_map(|r| value(r).map(|v| (labels(r), v)))
+        .collect();
+    if samples.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (l, v) in samples {
+        let _ = writeln!(out, "{name}{{{l}}} {v}");
+    }
 }
 
 /// `m` as the JSON of `GET /status`.
@@ -197,8 +240,9 @@ pub fn status_json(m: &Metrics) -> serde_json::Value {
         "accuracy": m.accuracy,
         "train_images_per_s": m.train_images_per_s,
         "ranks": m.ranks.iter().map(|r| serde_json::json!({
-            "rank": r.rank, "worker_id": r.worker_id, "device": r.device,
+            "rank": r.rank, "worker_id": r.worker_id, "host": r.host, "device": r.device,
             "step": r.step, "heartbeat_age_s": r.heartbeat_age_s,
+            "images_per_s": r.images_per_s, "allreduce_s": r.allreduce_s, "restarts": r.restarts,
         })).collect::<Vec<_>>(),
     })
 }
@@ -268,7 +312,6 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::RankMetrics;
 
     #[test]
     fn renders_prometheus_text_with_help_type_and_labels() {
@@ -291,13 +334,30 @@ mod tests {
             accuracy: Some(0.9),
             train_images_per_s: Some(5000.0),
             lr: Some(0.01),
-            ranks: vec![RankMetrics {
-                rank: 0,
-                worker_id: "w0".into(),
-                device: "cpu".into(),
-                step: 40,
-                heartbeat_age_s: 0.25,
-            }],
+            ranks: vec![
+                RankMetrics {
+                    rank: 0,
+                    worker_id: "w0".into(),
+                    host: "10.0.0.1".into(),
+                    device: "cpu".into(),
+                    step: 40,
+                    heartbeat_age_s: 0.25,
+                    images_per_s: Some(2500.0),
+                    allreduce_s: None,
+                    restarts: 1,
+                },
+                RankMetrics {
+                    rank: 1,
+                    worker_id: "w1".into(),
+                    host: "10.0.0.2".into(),
+                    device: "cpu".into(),
+                    step: 39,
+                    heartbeat_age_s: 0.5,
+                    images_per_s: None,
+                    allreduce_s: None,
+                    restarts: 0,
+                },
+            ],
         };
         let t = render(&m);
         assert!(
@@ -316,14 +376,37 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.contains(r#"ringtrain_rank_step{rank="0",worker_id="w0",device="cpu"} 40"#),
+            t.contains(
+                r#"ringtrain_rank_step{rank="0",worker_id="w0",device="cpu",host="10.0.0.1"} 40"#
+            ),
             "{t}"
         );
+        // Measured values only: rank 1 sent no throughput, nobody an all-reduce time.
+        assert!(
+            t.contains(
+                "ringtrain_rank_train_images_per_second{rank=\"0\",worker_id=\"w0\"} 2500.0\n"
+            ),
+            "{t}"
+        );
+        assert!(
+            !t.contains(r#"ringtrain_rank_train_images_per_second{rank="1""#),
+            "{t}"
+        );
+        assert!(!t.contains("ringtrain_rank_allreduce_seconds"), "{t}");
+        assert!(
+            t.contains(r#"ringtrain_rank_restarts{rank="0",worker_id="w0"} 1"#),
+            "{t}"
+        );
+        assert_eq!(t.matches("# TYPE ringtrain_rank_step gauge").count(), 1);
         // Every sample line is `name{labels} value` with a numeric value.
         for l in t.lines().filter(|l| !l.starts_with('#')) {
             let v = l.rsplit(' ').next().unwrap();
             assert!(v.parse::<f64>().is_ok(), "{l}");
         }
-        assert_eq!(status_json(&m)["ranks"][0]["worker_id"], "w0");
+        let j = status_json(&m);
+        assert_eq!(j["ranks"][0]["worker_id"], "w0");
+        assert_eq!(j["ranks"][0]["images_per_s"], 2500.0);
+        assert!(j["ranks"][1]["images_per_s"].is_null());
+        assert_eq!(j["ranks"][1]["host"], "10.0.0.2");
     }
 }

@@ -131,7 +131,8 @@ pub fn describe_exit(status: ExitStatus) -> String {
     }
 }
 
-fn resolve_worker_bin(explicit: Option<PathBuf>) -> Result<PathBuf, LaunchError> {
+/// `explicit`, or `ringtrain-worker` next to this executable; an error unless it is a file.
+pub fn resolve_worker_bin(explicit: Option<PathBuf>) -> Result<PathBuf, LaunchError> {
     let path = match explicit {
         Some(p) => p,
         None => {

@@ -11,10 +11,11 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use ringtrain_coordinator::cli::{LaunchArgs, ServeArgs};
+use ringtrain_coordinator::cli::{LaunchArgs, LrFindArgs, ServeArgs};
 use ringtrain_coordinator::RunOutcome;
 
 mod data_cmd;
+mod show_batch_cmd;
 
 /// ringtrain: distributed data-parallel training of the fast.ai lesson-7 MNIST CNN.
 #[derive(Debug, Parser)]
@@ -36,6 +37,15 @@ enum Command {
     ///
     /// Worker logs go to RUN_DIR/logs/worker-<i>.log. Exits 0 when the run finished.
     Launch(LaunchArgs),
+    /// LR range test (fastai's lr_find) on N local workers: one epoch of an exponential
+    /// learning-rate sweep; prints the suggested max_lr, writes RUN_DIR/plots/lr_find.png.
+    ///
+    /// Training flags (--model, --batch-size, --wd, ...) apply; --epochs and the one-cycle
+    /// knobs do not.
+    LrFind(LrFindArgs),
+    /// A PNG grid of augmented training images with their labels (the lesson's show_batch),
+    /// drawn by ringtrain-worker from the real training pipeline.
+    ShowBatch(show_batch_cmd::ShowBatchArgs),
     /// Where a run stands: RUN_DIR (its files) or URL (a coordinator's --http-listen, live).
     Status {
         /// A run folder, or http://HOST:PORT.
@@ -47,11 +57,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // `launch` is interactive: the table, a live progress line and the final line say what
     // matters, so its default log level is `warn` (RUST_LOG=info shows every state change).
-    ringtrain_common::logging::init(if matches!(cli.command, Command::Launch(_)) {
-        "warn"
-    } else {
-        "info"
-    });
+    ringtrain_common::logging::init(
+        if matches!(cli.command, Command::Launch(_) | Command::LrFind(_)) {
+            "warn"
+        } else {
+            "info"
+        },
+    );
     match run(cli) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -72,6 +84,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
+        Command::ShowBatch(args) => show_batch_cmd::run(args),
         Command::Data(args) => {
             let what = args.describe();
             data_cmd::run(args).with_context(|| what)?;
@@ -96,17 +109,30 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             if args.run.print_config {
                 return print_config(config);
             }
-            let opts = args.options();
-            let outcome =
-                runtime()?.block_on(ringtrain_coordinator::launch(config, opts, ctrl_c()));
-            let outcome = match outcome {
-                Err(ringtrain_coordinator::LaunchError::Serve(e)) => Err(e),
-                Err(e) => return Err(e).context("launching the run"),
-                Ok(o) => Ok(o),
-            };
-            finished_already(outcome).context("launching the run")
+            launch(config, args.options())
+        }
+        Command::LrFind(args) => {
+            let config = args.load()?;
+            if args.launch.run.print_config {
+                return print_config(config);
+            }
+            launch(config, args.launch.options())
         }
     }
+}
+
+/// `launch` and `lr-find`: the coordinator and its local workers.
+fn launch(
+    config: ringtrain_coordinator::RunConfig,
+    opts: ringtrain_coordinator::LaunchOptions,
+) -> anyhow::Result<bool> {
+    let outcome = runtime()?.block_on(ringtrain_coordinator::launch(config, opts, ctrl_c()));
+    let outcome = match outcome {
+        Err(ringtrain_coordinator::LaunchError::Serve(e)) => Err(e),
+        Err(e) => return Err(e).context("launching the run"),
+        Ok(o) => Ok(o),
+    };
+    finished_already(outcome).context("launching the run")
 }
 
 /// The run's result; a run that had already finished (a restarted coordinator with
@@ -166,6 +192,24 @@ async fn ctrl_c() {
 }
 
 fn report(outcome: &RunOutcome) -> bool {
-    println!("{}", outcome.final_line());
+    match lr_find_line(outcome) {
+        Some(line) => println!("{line}"),
+        None => println!("{}", outcome.final_line()),
+    }
     outcome.succeeded()
+}
+
+/// The final line of a finished `lr-find`: the suggestion, from the `lr_find.json` it wrote.
+fn lr_find_line(outcome: &RunOutcome) -> Option<String> {
+    if !outcome.succeeded() {
+        return None;
+    }
+    let text = std::fs::read_to_string(outcome.run_dir.join("lr_find.json")).ok()?;
+    let r: ringtrain_common::lr_find::LrFindResult = serde_json::from_str(&text).ok()?;
+    Some(format!(
+        "suggested max_lr {:.2e} | plot {} | run folder {}",
+        r.suggested(),
+        outcome.run_dir.join("plots").join("lr_find.png").display(),
+        outcome.run_dir.display()
+    ))
 }

@@ -22,6 +22,7 @@
 use std::path::Path;
 
 use ringtrain_common::data::{DatasetIndex, ImageEntry, Skipped};
+use ringtrain_common::lr_find::LrRange;
 use ringtrain_common::schedule::{OneCycle, ScheduleError, SchedulePoint};
 use ringtrain_common::shard::{plan_shards, ShardPlan};
 
@@ -90,6 +91,12 @@ pub enum PlanError {
         per_rank: usize,
         batch_per_worker: u32,
     },
+    /// The LR range test does not fit in one epoch.
+    #[error(
+        "lr-find needs {iters} steps in one epoch, but an epoch has {steps_per_epoch}; \
+         lower --iters or --batch-size"
+    )]
+    LrFindTooLong { iters: u32, steps_per_epoch: u32 },
     /// The schedule is invalid (already caught by config validation; kept for completeness).
     #[error("schedule: {0}")]
     Schedule(ScheduleError),
@@ -110,8 +117,30 @@ pub struct RunPlan {
     pub epochs: u32,
     /// Which files each rank gets.
     pub shards: ShardPlan,
-    /// The validated one-cycle schedule over the whole run.
-    pub schedule: OneCycle,
+    /// Every step's learning rate and beta1.
+    pub schedule: RunSchedule,
+}
+
+/// What decides every step's hyper-parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RunSchedule {
+    /// Training: the validated one-cycle schedule over the whole run.
+    OneCycle(OneCycle),
+    /// `lr-find`: the exponential sweep, beta1 fixed.
+    LrRange(LrRange),
+}
+
+impl RunSchedule {
+    /// The learning rate and beta1 of global step `step`.
+    pub fn at(&self, step: u64) -> SchedulePoint {
+        match self {
+            RunSchedule::OneCycle(s) => s.at(step),
+            RunSchedule::LrRange(r) => SchedulePoint {
+                lr: r.lr(step),
+                beta1: ringtrain_common::lr_find::BETA1,
+            },
+        }
+    }
 }
 
 /// The learning rate and beta1 of every step of one epoch.
@@ -149,12 +178,28 @@ pub fn plan_run(
             batch_per_worker,
         });
     }
-    let steps_per_epoch = u32::try_from(steps_per_epoch).unwrap_or(u32::MAX);
+    let mut steps_per_epoch = u32::try_from(steps_per_epoch).unwrap_or(u32::MAX);
     let epochs = config.epochs();
-    let schedule = config
-        .one_cycle(u64::from(epochs) * u64::from(steps_per_epoch))
-        .init()
-        .map_err(PlanError::Schedule)?;
+    let schedule = match config.lr_find {
+        Some(r) => {
+            // The sweep is one epoch of `iters` steps (fastai would wrap into a second epoch;
+            // the lesson's 100 steps are a fifth of one).
+            if r.iters > steps_per_epoch {
+                return Err(PlanError::LrFindTooLong {
+                    iters: r.iters,
+                    steps_per_epoch,
+                });
+            }
+            steps_per_epoch = r.iters;
+            RunSchedule::LrRange(r)
+        }
+        None => RunSchedule::OneCycle(
+            config
+                .one_cycle(u64::from(epochs) * u64::from(steps_per_epoch))
+                .init()
+                .map_err(PlanError::Schedule)?,
+        ),
+    };
     Ok(RunPlan {
         world_size,
         batch_size,
@@ -167,6 +212,14 @@ pub fn plan_run(
 }
 
 impl RunPlan {
+    /// The sweep, when this is an `lr-find` run.
+    pub fn lr_find(&self) -> Option<LrRange> {
+        match self.schedule {
+            RunSchedule::LrRange(r) => Some(r),
+            RunSchedule::OneCycle(_) => None,
+        }
+    }
+
     /// Steps in the whole run.
     pub fn total_steps(&self) -> u64 {
         u64::from(self.epochs) * u64::from(self.steps_per_epoch)
@@ -236,12 +289,37 @@ mod tests {
         assert_eq!(e1.points.len(), 468);
         // The epoch plan is a window onto the whole-run schedule, not a per-epoch restart.
         assert_eq!(e1.points[0], p.schedule.at(468));
-        assert_eq!(p.schedule.total_steps(), 5616);
+        let RunSchedule::OneCycle(one_cycle) = p.schedule else {
+            panic!("training runs use the one-cycle schedule")
+        };
+        assert_eq!(one_cycle.total_steps(), 5616);
         assert!(p.epoch_schedule(12).is_none());
         let whole: Vec<_> = (0..12)
             .flat_map(|e| p.epoch_schedule(e).unwrap().points)
             .collect();
-        assert_eq!(whole, p.schedule.table());
+        assert_eq!(whole, one_cycle.table());
+    }
+
+    #[test]
+    fn lr_find_is_one_epoch_of_the_sweep() {
+        let config = RunConfig {
+            lr_find: Some(LrRange::default()),
+            ..cfg(12, 128)
+        };
+        let p = plan_run(&config, 60_000, 10_000, 2).unwrap();
+        assert_eq!(
+            (p.epochs, p.steps_per_epoch, p.total_steps()),
+            (1, 100, 100)
+        );
+        let e0 = p.epoch_schedule(0).unwrap();
+        assert_eq!(e0.points.len(), 100);
+        assert_eq!(e0.points[0].lr, 1e-7);
+        assert!((e0.points[99].lr - 10.0).abs() < 1e-12);
+        assert!(e0.points.iter().all(|x| x.beta1 == 0.9));
+        assert!(p.epoch_schedule(1).is_none());
+        // 1,000 images over 2 ranks at 64 per rank: 7 steps, too few for 100.
+        let e = plan_run(&config, 1_000, 100, 2).unwrap_err();
+        assert!(e.to_string().contains("lr-find needs 100 steps"), "{e}");
     }
 
     #[test]

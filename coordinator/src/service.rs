@@ -32,7 +32,7 @@ use crate::rendezvous::{Candidate, Membership, RendezvousError};
 use crate::shared::Shared;
 use crate::state::epoch::EpochReport;
 use crate::state::midepoch::MidReport;
-use crate::state::{self, Event, JoinArgs, Prepared, RunError, Snapshot};
+use crate::state::{self, Event, JoinArgs, Prepared, RankPerf, RunError, Snapshot};
 
 /// The tonic service; cheap to clone.
 #[derive(Clone)]
@@ -214,6 +214,7 @@ fn join_reply(
             run_dir: p.run_dir.display().to_string(),
             checkpoint_every_steps: c.checkpoint_every_steps,
             precision: c.precision.to_string(),
+            lr_find_stop_div: c.lr_find.map_or(0.0, |r| r.stop_div),
         }),
         shard: Some(pb::Shard {
             train: refs(train, &d.train),
@@ -312,6 +313,7 @@ impl Coordinator for CoordinatorService {
             worker_id: WorkerId(r.worker_id),
             epoch: r.epoch,
             step: r.step,
+            perf: RankPerf::from_wire(r.images_per_second, r.allreduce_seconds),
         };
         match self
             .shared

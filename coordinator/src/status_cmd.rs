@@ -36,6 +36,17 @@ fn num(v: &serde_json::Value) -> String {
     }
 }
 
+/// A rate, to the unit (`4752 images/s`, not `4752.4386`).
+fn rate(v: &serde_json::Value) -> String {
+    v.as_f64().map_or("-".into(), |x| format!("{x:.0}"))
+}
+
+/// Seconds as milliseconds with one decimal.
+fn millis(v: &serde_json::Value) -> String {
+    v.as_f64()
+        .map_or("-".into(), |x| format!("{:.1} ms", x * 1e3))
+}
+
 fn live(v: &serde_json::Value) -> Vec<String> {
     let mut out = vec![
         format!(
@@ -58,18 +69,22 @@ fn live(v: &serde_json::Value) -> Vec<String> {
             num(&v["train_loss"]),
             num(&v["valid_loss"]),
             num(&v["accuracy"]),
-            num(&v["train_images_per_s"]),
+            rate(&v["train_images_per_s"]),
             num(&v["checkpoint_age_s"])
         ),
     ];
     for r in v["ranks"].as_array().into_iter().flatten() {
         out.push(format!(
-            "  rank {} {} on {}: step {}, last heartbeat {} s ago",
+            "  rank {} {} on {} ({}): step {}, {} images/s, all-reduce {}, last heartbeat {} s ago, restarts {}",
             num(&r["rank"]),
             r["worker_id"].as_str().unwrap_or("?"),
             r["device"].as_str().unwrap_or("?"),
+            r["host"].as_str().unwrap_or("?"),
             num(&r["step"]),
-            num(&r["heartbeat_age_s"])
+            rate(&r["images_per_s"]),
+            millis(&r["allreduce_s"]),
+            num(&r["heartbeat_age_s"]),
+            num(&r["restarts"])
         ));
     }
     out
@@ -119,7 +134,7 @@ fn folder(dir: &Path) -> anyhow::Result<Vec<String>> {
             num(&r["train_loss"]),
             num(&r["valid_loss"]),
             num(&r["accuracy"]),
-            num(&r["train_images_per_s"])
+            rate(&r["train_images_per_s"])
         ));
     }
     let latest = std::fs::read_link(dir.join("latest")).ok();

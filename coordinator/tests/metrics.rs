@@ -100,6 +100,19 @@ async fn metrics_parse_and_counters_increase_while_a_run_goes_on() {
             .any(|k| k.starts_with("ringtrain_rank_step{rank=\"0\",worker_id=\"w0\"")),
         "{later:?}"
     );
+    // The rank's own throughput, from its heartbeats.
+    assert_eq!(
+        later["ringtrain_rank_train_images_per_second{rank=\"0\",worker_id=\"w0\"}"],
+        1000.0
+    );
+    assert_eq!(
+        later["ringtrain_rank_allreduce_seconds{rank=\"0\",worker_id=\"w0\"}"],
+        0.004
+    );
+    assert_eq!(
+        later["ringtrain_rank_restarts{rank=\"0\",worker_id=\"w0\"}"],
+        0.0
+    );
     assert!(
         later.contains_key("ringtrain_info{run_id=\"test-run\",status=\"running\"}"),
         "{later:?}"
@@ -115,7 +128,10 @@ async fn metrics_parse_and_counters_increase_while_a_run_goes_on() {
         "{lines:?}"
     );
     assert!(
-        lines.iter().any(|l| l.contains("rank 0 w0 on cpu")),
+        lines
+            .iter()
+            .any(|l| l.contains("rank 0 w0 on cpu")
+                && l.contains("1000 images/s, all-reduce 4.0 ms")),
         "{lines:?}"
     );
     hang.abort();

@@ -59,7 +59,7 @@ async fn join_refuses_wrong_version_model_fingerprint_and_duplicates() {
     let e = join(&svc, r).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(
-        e.message().contains("version 7") && e.message().contains("version 3"),
+        e.message().contains("version 7") && e.message().contains("version 4"),
         "{}",
         e.message()
     );
@@ -286,6 +286,7 @@ async fn silent_rank_fails_the_run_and_releases_waiting_calls() {
         worker_id: "a".into(),
         epoch: 0,
         step: 0,
+        ..Default::default()
     };
     let reply = svc.heartbeat(Request::new(hb)).await.unwrap().into_inner();
     assert_eq!(
@@ -357,6 +358,7 @@ async fn leave_with_failure_fails_the_run() {
         worker_id: "a".into(),
         epoch: 0,
         step: 0,
+        ..Default::default()
     };
     assert_eq!(
         svc.heartbeat(Request::new(bad)).await.unwrap_err().code(),

@@ -209,6 +209,9 @@ pub enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Write a PNG grid of one augmented training batch with its labels, like the lesson's
+    /// `data.show_batch`: exactly what the model is fed (normalisation undone for display).
+    ShowBatch(ShowBatchArgs),
     /// Print the layer table of a model, like fastai's `learn.summary()`.
     Summary {
         /// Network: basic, resnet or dense.
@@ -218,6 +221,37 @@ pub enum Command {
         #[arg(long, default_value_t = 10)]
         classes: i64,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ShowBatchArgs {
+    /// Dataset root: ROOT/<train-dir>/<class>/*.png.
+    #[arg(long, env = "RINGTRAIN_DATA")]
+    pub data: PathBuf,
+    /// Output PNG.
+    #[arg(long, default_value = "show_batch.png")]
+    pub out: PathBuf,
+    /// The grid is ROWS × ROWS images (1 to 16).
+    #[arg(long, default_value_t = 4)]
+    pub rows: usize,
+    /// Pixel scale of each image.
+    #[arg(long, default_value_t = 4)]
+    pub scale: u32,
+    /// Seed of shuffling and augmentation: a run with this seed trains on this batch first.
+    #[arg(long, default_value_t = 42, env = "RINGTRAIN_SEED")]
+    pub seed: u64,
+    /// Decoded-image cache folder [default: $RINGTRAIN_CACHE_DIR or ~/.cache/ringtrain/decoded].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Skip (and count) bad files instead of failing.
+    #[arg(long, env = "RINGTRAIN_SKIP_BAD")]
+    pub skip_bad: bool,
+    /// Name of the training split folder.
+    #[arg(long, default_value = "training", env = "RINGTRAIN_TRAIN_DIR")]
+    pub train_dir: String,
+    /// Name of the validation split folder (scanned, not shown).
+    #[arg(long, default_value = "testing", env = "RINGTRAIN_VALID_DIR")]
+    pub valid_dir: String,
 }
 
 #[derive(Debug, Args)]

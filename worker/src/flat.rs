@@ -152,6 +152,14 @@ impl FlatParams {
         let _ = self.comm.narrow(0, self.numel(), 1).fill_(value);
     }
 
+    /// Sets the control element to the value of the one-element tensor `t`, on the device
+    /// (no host synchronisation).
+    pub fn set_control_from(&mut self, t: &Tensor) {
+        self.comm
+            .narrow(0, self.numel(), 1)
+            .copy_(&t.detach().to_kind(self.comm.kind()).reshape([1]));
+    }
+
     /// The control element (after the all-reduce: the mean over the ranks).
     pub fn control(&self) -> f64 {
         self.comm.double_value(&[self.numel()])

@@ -17,6 +17,7 @@ pub mod flat;
 pub mod model;
 pub mod optim;
 pub mod predict;
+pub mod show_batch;
 pub mod train;
 
 use std::io::IsTerminal;
@@ -89,6 +90,30 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let m = model::Model::new(&vs.root(), model, classes);
             let rows = model::summary::rows(&m, 28, 28);
             print!("{}", model::summary::render(&m, &rows));
+        }
+        Command::ShowBatch(a) => {
+            let shown = show_batch::show_batch(&show_batch::ShowBatchOptions {
+                data: a.data,
+                scan: ringtrain_common::data::ScanOptions {
+                    train_dir: a.train_dir,
+                    valid_dir: a.valid_dir,
+                    skip_bad: a.skip_bad,
+                },
+                cache_dir: a.cache_dir.or_else(config::default_cache_dir),
+                progress: std::io::stderr().is_terminal(),
+                seed: a.seed,
+                rows: a.rows,
+                scale: a.scale,
+                out: a.out,
+            })?;
+            println!(
+                "{}: {} augmented training images (mean {:.4}, std {:.4}); labels: {}",
+                shown.out.display(),
+                shown.images,
+                shown.norm.mean,
+                shown.norm.std,
+                shown.labels.join(" ")
+            );
         }
         Command::Cache {
             data,

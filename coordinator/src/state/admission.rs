@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::Liveness;
 use super::{
     Action, Actions, Cause, Failure, JoinArgs, RunError, RunState, Status, PROTOCOL_VERSION,
     ROOT_CAUSE_WINDOW,
 };
+use super::{Liveness, RankPerf};
 use ringtrain_common::devices::{choose, WorkerDevice};
 
 use crate::artifacts::Output;
@@ -125,6 +125,7 @@ impl RunState {
             Liveness {
                 last_seen: now,
                 step: 0,
+                perf: RankPerf::default(),
                 waiting: 0,
                 left: false,
                 gone: false,
@@ -141,6 +142,12 @@ impl RunState {
                 uuid: x.candidate.device_uuid.clone(),
             })
             .collect();
+        for x in &m.members {
+            *self
+                .rounds_joined
+                .entry(x.candidate.worker_id.clone())
+                .or_default() += 1;
+        }
         self.membership = Some(m);
         match choose(self.prepared.config.collective, &devices) {
             Ok((kind, why)) => {

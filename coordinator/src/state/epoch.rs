@@ -79,6 +79,10 @@ pub enum EpochError {
     /// The mean loss of a step is NaN or infinite.
     #[error("training diverged: loss is {loss} at step {step} (epoch {epoch})")]
     NonFiniteLoss { epoch: u32, step: u64, loss: f64 },
+    /// `lr-find`: the ranks stopped the sweep after different numbers of steps (they decide
+    /// on the same all-reduced loss, so this is a bug or a tampered worker).
+    #[error("the ranks stopped the LR sweep at different steps: {}", steps.iter().map(|(r, n)| format!("rank {r} after {n}")).collect::<Vec<_>>().join(", "))]
+    SweepMismatch { steps: Vec<(Rank, usize)> },
 }
 
 /// Run-long state of the epoch barriers (saved in every checkpoint).
@@ -144,15 +148,32 @@ impl EpochAggregator {
                 points: vec![],
             });
         let n = reports.len().max(1) as f64;
-        let mut steps = Vec::with_capacity(plan.steps_per_epoch as usize);
-        for k in 0..plan.steps_per_epoch as usize {
+        // An LR sweep ends where the ranks agreed the loss diverged (the same step on all).
+        let lr_find = plan.lr_find().is_some();
+        let done = if lr_find {
+            let first = reports.first().map_or(0, |r| r.step_losses.len());
+            if reports.iter().any(|r| r.step_losses.len() != first) {
+                return Err(EpochError::SweepMismatch {
+                    steps: reports
+                        .iter()
+                        .map(|r| (r.rank, r.step_losses.len()))
+                        .collect(),
+                });
+            }
+            first
+        } else {
+            plan.steps_per_epoch as usize
+        };
+        let mut steps = Vec::with_capacity(done);
+        for k in 0..done {
             let loss = reports
                 .iter()
                 .map(|r| f64::from(r.step_losses.get(k).copied().unwrap_or(f32::NAN)))
                 .sum::<f64>()
                 / n;
             let step = sched.first_step + k as u64;
-            if !loss.is_finite() {
+            // The sweep's last step may diverge: that is how it ends.
+            if !loss.is_finite() && !lr_find {
                 return Err(EpochError::NonFiniteLoss { epoch, step, loss });
             }
             let p = sched

@@ -30,15 +30,57 @@ impl Counters {
     }
 }
 
+/// A rank's throughput as its last heartbeat reported it (`None`: not measured).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RankPerf {
+    /// Training images per second since its previous heartbeat.
+    pub images_per_s: Option<f64>,
+    /// Mean seconds per gradient all-reduce since its previous heartbeat.
+    pub allreduce_s: Option<f64>,
+}
+
+impl RankPerf {
+    /// From the wire, where 0 means "not measured"; negative or non-finite values are dropped.
+    pub fn from_wire(images_per_s: f64, allreduce_s: f64) -> Self {
+        let keep = |v: f64| (v.is_finite() && v > 0.0).then_some(v);
+        Self {
+            images_per_s: keep(images_per_s),
+            allreduce_s: keep(allreduce_s),
+        }
+    }
+
+    /// Itself with any invalid value dropped (values built without `from_wire`).
+    pub fn valid(self) -> Self {
+        Self::from_wire(
+            self.images_per_s.unwrap_or(0.0),
+            self.allreduce_s.unwrap_or(0.0),
+        )
+    }
+}
+
 /// One rank of the current round.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RankMetrics {
     pub rank: u32,
     pub worker_id: String,
+    /// The host part of its collective address.
+    pub host: String,
     pub device: String,
     /// Global step of its last heartbeat.
     pub step: u64,
     pub heartbeat_age_s: f64,
+    pub images_per_s: Option<f64>,
+    pub allreduce_s: Option<f64>,
+    /// Rounds it re-joined after a round ended (since this coordinator started).
+    pub restarts: u32,
+}
+
+/// `host` of `host:port` (`[v6]:port` keeps the brackets off).
+fn host_of(addr: &str) -> String {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
 }
 
 /// The run as `/metrics` shows it.
@@ -79,9 +121,16 @@ impl RunState {
             .map(|(m, l)| RankMetrics {
                 rank: m.rank.0,
                 worker_id: m.candidate.worker_id.0.clone(),
+                host: host_of(&m.candidate.collective_addr),
                 device: m.candidate.device.clone(),
                 step: l.step,
                 heartbeat_age_s: now.saturating_duration_since(l.last_seen).as_secs_f64(),
+                images_per_s: l.perf.images_per_s,
+                allreduce_s: l.perf.allreduce_s,
+                restarts: self
+                    .rounds_joined
+                    .get(&m.candidate.worker_id)
+                    .map_or(0, |n| n.saturating_sub(1)),
             })
             .collect();
         Metrics {
@@ -128,5 +177,25 @@ mod tests {
         assert_eq!(c.heartbeats_missed, 1);
         c.heartbeat(Duration::from_millis(4_000), 1.0);
         assert_eq!((c.heartbeats, c.heartbeats_missed), (3, 4));
+    }
+
+    #[test]
+    fn perf_from_the_wire_keeps_only_positive_finite_values() {
+        let p = RankPerf::from_wire(1234.5, 0.002);
+        assert_eq!((p.images_per_s, p.allreduce_s), (Some(1234.5), Some(0.002)));
+        let none = RankPerf::from_wire(0.0, f64::NAN);
+        assert_eq!(none, RankPerf::default());
+        assert_eq!(
+            RankPerf::from_wire(-3.0, f64::INFINITY),
+            RankPerf::default()
+        );
+    }
+
+    #[test]
+    fn host_is_the_address_without_its_port() {
+        assert_eq!(host_of("10.0.0.7:29500"), "10.0.0.7");
+        assert_eq!(host_of("worker-1.ring.svc:7000"), "worker-1.ring.svc");
+        assert_eq!(host_of("[::1]:7000"), "::1");
+        assert_eq!(host_of("nohost"), "nohost");
     }
 }

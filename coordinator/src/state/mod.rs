@@ -59,7 +59,7 @@ use crate::rendezvous::{
     Candidate, Membership, Rendezvous, RendezvousError, RendezvousEvent, RendezvousSettings,
 };
 use epoch::{EpochAggregator, EpochReport};
-pub use metrics::{Metrics, RankMetrics};
+pub use metrics::{Metrics, RankMetrics, RankPerf};
 pub use rounds::{Progress, ResumePoint, Resumed};
 
 /// The wire protocol version this coordinator speaks (`PROTOCOL_VERSION_CURRENT`).
@@ -172,6 +172,8 @@ pub enum Event {
         worker_id: WorkerId,
         epoch: u32,
         step: u64,
+        /// Its throughput since its previous heartbeat.
+        perf: RankPerf,
     },
     /// A rank's pixel sums.
     PixelStats {
@@ -300,6 +302,8 @@ struct Liveness {
     last_seen: Instant,
     /// Global step from the rank's last heartbeat (progress display only).
     step: u64,
+    /// Throughput from its last heartbeat (display only).
+    perf: RankPerf,
     waiting: u32,
     left: bool,
     gone: bool,
@@ -339,6 +343,8 @@ pub struct RunState {
     nccl_id: Option<Arc<Vec<u8>>>,
     /// Totals for `/metrics`.
     counters: metrics::Counters,
+    /// Rounds each worker was admitted to by this coordinator (its restarts: that minus 1).
+    rounds_joined: BTreeMap<WorkerId, u32>,
 }
 
 type Actions = Result<Vec<Action>, RunError>;
@@ -380,6 +386,7 @@ impl RunState {
             collective: None,
             nccl_id: None,
             counters: metrics::Counters::default(),
+            rounds_joined: BTreeMap::new(),
             rdzv: Rendezvous::with_round(settings, now, round),
             prepared,
             started: now,
@@ -491,6 +498,7 @@ impl RunState {
                 worker_id,
                 epoch,
                 step,
+                perf,
             } => {
                 self.check_rank(&run_id, round_token, rank)?;
                 let expected = self.worker_id(rank);
@@ -509,6 +517,7 @@ impl RunState {
                     .heartbeat(now.saturating_duration_since(l.last_seen), interval);
                 l.last_seen = now;
                 l.step = l.step.max(step);
+                l.perf = perf.valid();
                 l.informed |= self.status.is_terminal();
                 Ok(vec![])
             }

@@ -70,7 +70,12 @@ impl RunState {
                 r.rank, r.epoch, plan.epochs
             )));
         }
-        if r.step_losses.len() != plan.steps_per_epoch as usize {
+        let n = r.step_losses.len();
+        let fits = match plan.lr_find() {
+            Some(_) => (1..=plan.steps_per_epoch as usize).contains(&n),
+            None => n == plan.steps_per_epoch as usize,
+        };
+        if !fits {
             return Err(RunError::BadRequest(format!(
                 "rank {} sent {} step losses, an epoch has {} steps",
                 r.rank,
@@ -107,7 +112,20 @@ impl RunState {
         match self.agg.complete(&reports, &plan, seconds) {
             Ok(result) => {
                 self.epoch_started = now;
-                self.global_step += u64::from(plan.steps_per_epoch);
+                self.global_step += result.steps.len() as u64;
+                let sweep = match plan.lr_find() {
+                    Some(range) => {
+                        let losses: Vec<f64> = result.steps.iter().map(|s| s.loss).collect();
+                        match ringtrain_common::lr_find::analyse(range, &losses) {
+                            Ok(a) => {
+                                tracing::info!(run_id = %self.prepared.run_id, steps = losses.len(), suggested = a.suggested(), "LR sweep complete");
+                                Some(Action::Output(Output::LrFind(Box::new(a))))
+                            }
+                            Err(e) => return Ok(self.fail(e.to_string(), Cause::Other, now)),
+                        }
+                    }
+                    None => None,
+                };
                 let row = &result.row;
                 tracing::info!(run_id = %self.prepared.run_id, epoch = row.epoch, loss = row.train_loss, valid_loss = row.valid_loss, accuracy = row.accuracy, lr = row.lr, "epoch complete");
                 let at = Position {
@@ -123,11 +141,10 @@ impl RunState {
                     Some(row.accuracy),
                     result.params_hash.clone(),
                 );
-                Ok(vec![
-                    Action::Output(Output::Epoch(Box::new(result))),
-                    Action::Output(checkpoint),
-                    Action::Publish,
-                ])
+                let mut actions = vec![Action::Output(Output::Epoch(Box::new(result)))];
+                actions.extend(sweep);
+                actions.extend([Action::Output(checkpoint), Action::Publish]);
+                Ok(actions)
             }
             Err(e) => Ok(self.fail(e.to_string(), Cause::Other, now)),
         }

@@ -109,6 +109,7 @@ fn a_lost_rank_ends_the_round_and_the_next_resumes_from_the_checkpoint() {
         worker_id: WorkerId("w-a".into()),
         epoch: 1,
         step: 3,
+        perf: Default::default(),
     };
     assert_eq!(
         s.on_event(hb, t0).unwrap_err(),

@@ -217,6 +217,7 @@ fn calls_before_the_round_or_for_unknown_ranks_are_refused() {
         worker_id: WorkerId(id.into()),
         epoch: 0,
         step: 0,
+        perf: Default::default(),
     };
     assert_eq!(
         s.on_event(hb(0, RUN, "w-a"), t0).unwrap_err(),
@@ -370,6 +371,7 @@ fn watchdog_fails_a_silent_rank_but_not_a_waiting_one() {
         worker_id: WorkerId(String::new()),
         epoch: 0,
         step: 0,
+        perf: Default::default(),
     };
     s.on_event(Event::WaitStart(Rank(0)), t0).unwrap();
     for t in [5, 10, 15] {

@@ -117,6 +117,9 @@ pub async fn fake_worker(
         epoch: 0,
         step: 0,
         round_token: token,
+        // What a training rank would report (fixed values, so tests can look for them).
+        images_per_second: 1000.0,
+        allreduce_seconds: 0.004,
     };
     let interval = Duration::from_secs_f64(spec.heartbeat_interval_s);
     tokio::spawn(async move {

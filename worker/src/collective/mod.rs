@@ -92,6 +92,11 @@ pub trait Collective {
     fn world_size(&self) -> u32;
     /// Replaces `buf` by the element-wise mean of all ranks' `buf`.
     fn all_reduce_mean(&mut self, buf: &mut Tensor) -> Result<(), CollectiveError>;
+    /// Whether `all_reduce_mean` has finished the reduction when it returns, so timing the
+    /// call on the host measures it (not so for NCCL, which only enqueues work on the GPU).
+    fn host_timed(&self) -> bool {
+        true
+    }
 }
 
 /// World size 1: the mean of one buffer is itself.

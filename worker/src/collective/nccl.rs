@@ -322,6 +322,9 @@ impl Collective for Nccl {
             }
         })
     }
+    fn host_timed(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

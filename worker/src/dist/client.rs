@@ -27,6 +27,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::collective::AbortHandle;
+use crate::train::progress::{Progress, Rates};
 use crate::train::TrainError;
 
 /// Metadata key the coordinator sets on "the run failed" errors.
@@ -307,12 +308,12 @@ impl Client {
     }
 
     /// Starts heartbeats every `interval` for whatever round `ctl` holds; each carries the
-    /// current global step from `step`.
+    /// current global step, images/s and all-reduce time from `progress`.
     pub fn start_heartbeats(
         &self,
         ctl: Arc<Mutex<RoundCtl>>,
         interval: Duration,
-        step: Arc<std::sync::atomic::AtomicU64>,
+        progress: Arc<Progress>,
     ) {
         let mut c = self.inner.clone();
         let url = self.url.clone();
@@ -320,6 +321,7 @@ impl Client {
         self.rt.spawn(async move {
             let mut last_ok = tokio::time::Instant::now();
             let mut tick = tokio::time::interval(interval);
+            let mut rates = Rates::default();
             loop {
                 tick.tick().await;
                 let req = {
@@ -330,7 +332,9 @@ impl Client {
                     last_ok = tokio::time::Instant::now();
                     continue;
                 };
-                req.step = step.load(std::sync::atomic::Ordering::Relaxed);
+                req.step = progress.step();
+                (req.images_per_second, req.allreduce_seconds) =
+                    rates.update(Instant::now(), progress.sample());
                 match tokio::time::timeout(interval, c.heartbeat(req.clone())).await {
                     Ok(Ok(reply)) => {
                         let reply = reply.into_inner();

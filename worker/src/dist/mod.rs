@@ -20,7 +20,7 @@ mod driver;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +37,7 @@ use crate::collective::{AbortHandle, Collective};
 use crate::device::DeviceRequest;
 use crate::model::Arch;
 use crate::optim::AdamConfig;
+use crate::train::progress::Progress;
 use crate::train::state::ResumeState;
 use crate::train::{run_replica, ReplicaSpec, TrainError};
 pub use client::{Client, RoundCtl, Security};
@@ -123,7 +124,7 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
     )?;
     let fingerprint = local.layout_fingerprint();
     let ctl = Arc::new(Mutex::new(RoundCtl::default()));
-    let step_counter = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(Progress::default());
     let terminated = Arc::new(AtomicBool::new(false));
     client.watch_sigterm(terminated.clone(), opts.stop_grace);
     let mut heartbeats = false;
@@ -157,6 +158,7 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
                 epoch: 0,
                 step: 0,
                 round_token: reply.round_token,
+                ..Default::default()
             });
             g.ended = false;
             g.stop = false;
@@ -166,7 +168,7 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
             client.start_heartbeats(
                 ctl.clone(),
                 Duration::from_secs_f64(spec.heartbeat_interval_s.max(0.05)),
-                step_counter.clone(),
+                progress.clone(),
             );
             heartbeats = true;
         }
@@ -177,7 +179,7 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
             shard: &shard,
             ctl: &ctl,
             terminated: &terminated,
-            step_counter: step_counter.clone(),
+            progress: progress.clone(),
             device,
             token: opts.security.token.as_ref(),
         };
@@ -303,7 +305,7 @@ struct Round<'a> {
     shard: &'a pb::Shard,
     ctl: &'a Mutex<RoundCtl>,
     terminated: &'a AtomicBool,
-    step_counter: Arc<AtomicU64>,
+    progress: Arc<Progress>,
     device: Device,
     token: Option<&'a ringtrain_common::auth::Token>,
 }
@@ -367,10 +369,8 @@ fn train_round(opts: &WorkerOptions, r: &Round, listener: TcpListener) -> Result
     if let Some(x) = &reply.resume {
         tracing::info!(checkpoint = %x.checkpoint, epoch = x.epoch, step = x.global_step, "continuing from checkpoint");
     }
-    r.step_counter.store(
-        resume.as_ref().map_or(0, |x| x.global_step),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    r.progress
+        .set_step(resume.as_ref().map_or(0, |x| x.global_step));
     let replica = ReplicaSpec {
         model,
         epochs: spec.epochs,
@@ -388,10 +388,11 @@ fn train_round(opts: &WorkerOptions, r: &Round, listener: TcpListener) -> Result
         device: r.device,
         precision,
         progress: false,
-        step_counter: Some(r.step_counter.clone()),
+        progress_counters: Some(r.progress.clone()),
         resume,
         save_state: reply.rank == 0,
         checkpoint_every: spec.checkpoint_every_steps,
+        lr_find_stop_div: (spec.lr_find_stop_div > 0.0).then_some(spec.lr_find_stop_div),
     };
     let mut driver = Distributed::new(
         r.client,

@@ -9,6 +9,7 @@
 //!
 //! Tests: `tests/tests/train.rs` and `tests/tests/distributed.rs` (real binaries).
 
+pub mod progress;
 pub mod standalone;
 pub mod state;
 
@@ -29,6 +30,7 @@ use crate::data::{Normalize, TrainSet, ValidSet};
 use crate::flat::{FlatError, FlatParams};
 use crate::model::{Arch, Model};
 use crate::optim::{Adam, AdamConfig};
+use ringtrain_common::lr_find::StopRule;
 
 /// Why a training run stopped.
 #[derive(Debug, thiserror::Error)]
@@ -97,14 +99,19 @@ pub struct ReplicaSpec {
     /// Forward-pass arithmetic (bf16: autocast).
     pub precision: Precision,
     pub progress: bool,
-    /// Updated with the global step after every step (heartbeats report it as progress).
-    pub step_counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// Updated after every step: the global step, images and all-reduce time (heartbeats
+    /// report them).
+    pub progress_counters: Option<std::sync::Arc<progress::Progress>>,
     /// Start from this state instead of the seed's initialisation.
     pub resume: Option<state::ResumeState>,
     /// Put the model and optimizer state into every [`EpochResult`] (rank 0: checkpoints).
     pub save_state: bool,
     /// Checkpoint inside epochs every this many global steps (0: never).
     pub checkpoint_every: u64,
+    /// `lr-find`: the all-reduce's control element carries the loss and the epoch ends once
+    /// the smoothed mean loss passes this multiple of its minimum (see
+    /// `ringtrain_common::lr_find`); stop requests and mid-epoch checkpoints are off.
+    pub lr_find_stop_div: Option<f64>,
 }
 
 /// One epoch's results on this replica.
@@ -341,6 +348,8 @@ pub fn run_replica(
         }
         let pb = progress_bar(spec.steps_per_epoch, epoch, spec.progress);
         let first_step = step - skip as u64;
+        let mut sweep = spec.lr_find_stop_div.map(StopRule::new);
+        let mut done = spec.steps_per_epoch;
         let losses = Tensor::zeros([spec.steps_per_epoch as i64], (Kind::Float, device));
         // Resumed inside this epoch: its first `skip` steps are done, their losses known.
         if let Some(r) = spec.resume.as_ref().filter(|_| skip > 0) {
@@ -359,14 +368,20 @@ pub fn run_replica(
             });
             flat.zero_grad();
             loss.backward();
-            flat.set_control(if driver.stop_requested() { 1.0 } else { 0.0 });
+            if sweep.is_some() {
+                flat.set_control_from(&loss);
+            } else {
+                flat.set_control(if driver.stop_requested() { 1.0 } else { 0.0 });
+            }
+            let reduce_start = Instant::now();
             collective.all_reduce_mean(&mut flat.comm)?;
+            let reduce_time = collective.host_timed().then(|| reduce_start.elapsed());
             adam.step(&mut flat.params, &flat.grads, point.lr, point.beta1);
             // Kept on the device; read once per epoch (and every 20 steps for the progress bar).
             tch::no_grad(|| losses.get(s as i64).copy_(&loss));
             if s % HOST_SYNC_EVERY == 0 {
                 let l = loss.double_value(&[]);
-                if !l.is_finite() {
+                if !l.is_finite() && sweep.is_none() {
                     return Err(TrainError::Diverged {
                         step,
                         epoch,
@@ -377,8 +392,17 @@ pub fn run_replica(
             }
             pb.inc(1);
             step += 1;
-            if let Some(counter) = &spec.step_counter {
-                counter.store(step, std::sync::atomic::Ordering::Relaxed);
+            if let Some(p) = &spec.progress_counters {
+                p.set_step(step);
+                p.record(spec.batch_size as u64, reduce_time);
+            }
+            // The sweep: every rank sees the same mean loss, so all stop after the same step.
+            if let Some(rule) = sweep.as_mut() {
+                if rule.stop_after(flat.control()) {
+                    done = s + 1;
+                    break;
+                }
+                continue;
             }
             // Every rank computes the same two conditions: the step count and the reduced
             // control element. The epoch's last step has its own checkpoint below.
@@ -407,8 +431,10 @@ pub fn run_replica(
             }
         }
         let step_losses: Vec<f32> =
-            Vec::<f32>::try_from(&losses.to_device(Device::Cpu)).unwrap_or_default();
-        if let Some((i, l)) = step_losses.iter().enumerate().find(|(_, l)| !l.is_finite()) {
+            Vec::<f32>::try_from(&losses.narrow(0, 0, done as i64).to_device(Device::Cpu))
+                .unwrap_or_default();
+        let diverged = step_losses.iter().enumerate().find(|(_, l)| !l.is_finite());
+        if let Some((i, l)) = diverged.filter(|_| sweep.is_none()) {
             return Err(TrainError::Diverged {
                 step: first_step + i as u64,
                 epoch,
@@ -431,7 +457,7 @@ pub fn run_replica(
             params_hash: replica_hash(&flat, &bufs),
             train_seconds,
             seconds: epoch_start.elapsed().as_secs_f64(),
-            images: spec.steps_per_epoch * spec.batch_size,
+            images: done * spec.batch_size,
             state: if spec.save_state {
                 Some(state::save(&vs, &adam)?)
             } else {

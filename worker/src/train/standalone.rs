@@ -249,10 +249,11 @@ pub fn train(
         device,
         precision: cfg.precision,
         progress: cfg.progress,
-        step_counter: None,
+        progress_counters: None,
         resume: None,
         save_state: false,
         checkpoint_every: 0,
+        lr_find_stop_div: None,
     };
     let mut driver = Standalone {
         cfg,

@@ -1,0 +1,182 @@
+//! `show-batch` (fastai's `data.show_batch`): a PNG grid of one augmented training batch with
+//! its labels, drawn from exactly what the model is fed.
+//!
+//! The batch comes from the training pipeline itself ([`TrainSet::plan_epoch`] and
+//! [`TrainSet::batch`] with the run's seed, epoch 0, rank 0: the first batch a standalone run
+//! trains on, `rand_pad(3)` included), normalised with the training set's statistics; only the
+//! normalisation is undone for display (`x · std + mean`, × 255, clamped), so a pixel of the
+//! grid is the model's input up to that affine map.
+//!
+//! Tests: `tests` at the bottom (the round trip and the grid); `tests/tests/show_batch.rs`
+//! runs the command on a dataset.
+
+use std::path::{Path, PathBuf};
+
+use ringtrain_common::data::{load_dataset, DataError, LoadOptions, PixelStats, ScanOptions};
+use ringtrain_common::plot::{grid_png, PlotError, Tile};
+use tch::{Device, Kind, Tensor};
+
+use crate::data::{Normalize, TrainSet};
+
+/// What to show.
+#[derive(Debug, Clone)]
+pub struct ShowBatchOptions {
+    pub data: PathBuf,
+    pub scan: ScanOptions,
+    pub cache_dir: Option<PathBuf>,
+    pub progress: bool,
+    /// Seed of shuffling and augmentation (a run with this seed trains on this batch first).
+    pub seed: u64,
+    /// The grid is `rows × rows` images.
+    pub rows: usize,
+    /// Pixel scale of each 28×28 image in the grid.
+    pub scale: u32,
+    pub out: PathBuf,
+}
+
+/// Why no grid was written.
+#[derive(Debug, thiserror::Error)]
+pub enum ShowBatchError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error("--rows must be between 1 and 16 (got {0})")]
+    Rows(usize),
+    #[error("the training split has {have} images, fewer than the {want} of a {rows}x{rows} grid")]
+    TooFew {
+        have: usize,
+        want: usize,
+        rows: usize,
+    },
+    #[error("cannot draw the grid: {0}")]
+    Plot(#[from] PlotError),
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("cannot write {path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+}
+
+/// What was written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShownBatch {
+    pub out: PathBuf,
+    pub images: usize,
+    /// Class names of the tiles, row by row.
+    pub labels: Vec<String>,
+    pub norm: Normalize,
+}
+
+/// Undoes `norm` on a normalised batch `[B, 1, H, W]`: u8 pixels `[B, H, W]`, row-major.
+pub fn denormalize(x: &Tensor, norm: Normalize) -> Result<Vec<u8>, tch::TchError> {
+    let px = (x.squeeze_dim(1) * norm.std + norm.mean) * 255.0;
+    let px = px.round().clamp(0.0, 255.0).to_kind(Kind::Uint8);
+    Vec::<u8>::try_from(&px.to_device(Device::Cpu).contiguous().view([-1]))
+}
+
+/// Loads the dataset, draws the first training batch of `opts.seed` and writes the grid.
+pub fn show_batch(opts: &ShowBatchOptions) -> Result<ShownBatch, ShowBatchError> {
+    if !(1..=16).contains(&opts.rows) {
+        return Err(ShowBatchError::Rows(opts.rows));
+    }
+    let ds = load_dataset(
+        &opts.data,
+        &LoadOptions {
+            scan: opts.scan.clone(),
+            image_size: (28, 28),
+            cache_dir: opts.cache_dir.clone(),
+            progress: opts.progress,
+        },
+    )?;
+    let n = opts.rows * opts.rows;
+    if ds.train.len() < n {
+        return Err(ShowBatchError::TooFew {
+            have: ds.train.len(),
+            want: n,
+            rows: opts.rows,
+        });
+    }
+    let norm = Normalize::from_stats(&PixelStats::of(&ds.train.pixels));
+    let train = TrainSet::new(&ds.train, norm, Device::Cpu);
+    let plan = train.plan_epoch(opts.seed, 0, 0, n);
+    let (x, y) = train.batch(&plan, 0);
+    let pixels = denormalize(&x, norm)?;
+    let labels: Vec<i64> = Vec::<i64>::try_from(&y.to_device(Device::Cpu))?;
+    let (h, w) = (ds.train.height, ds.train.width);
+    let names: Vec<String> = labels
+        .iter()
+        .map(|&l| {
+            ds.classes
+                .get(l as usize)
+                .cloned()
+                .unwrap_or_else(|| l.to_string())
+        })
+        .collect();
+    let tiles: Vec<Tile> = pixels
+        .chunks((h * w) as usize)
+        .zip(&names)
+        .map(|(p, name)| Tile {
+            width: w,
+            height: h,
+            pixels: p.to_vec(),
+            caption: name.clone(),
+        })
+        .collect();
+    let title = format!("train batch, seed {}", opts.seed);
+    let png = grid_png(&title, &tiles, opts.rows, opts.scale)?;
+    write(&opts.out, &png)?;
+    Ok(ShownBatch {
+        out: opts.out.clone(),
+        images: n,
+        labels: names,
+        norm,
+    })
+}
+
+/// Writes through a temporary file in the same folder, so `out` is never half a PNG.
+fn write(out: &Path, bytes: &[u8]) -> Result<(), ShowBatchError> {
+    let err = |e: std::io::Error| ShowBatchError::Io {
+        path: out.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
+    std::fs::write(tmp.path(), bytes).map_err(err)?;
+    tmp.persist(out).map_err(|e| err(e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn denormalize_inverts_the_training_normalisation() {
+        let raw: Vec<u8> = (0..=255u8).step_by(5).collect();
+        let n = raw.len() as i64;
+        let norm = Normalize {
+            mean: 0.1307,
+            std: 0.3081,
+        };
+        let x = norm.apply(&Tensor::from_slice(&raw).view([n, 1, 1]));
+        let back = denormalize(&x.view([n, 1, 1, 1]), norm).unwrap();
+        assert_eq!(back, raw);
+    }
+
+    #[test]
+    fn rows_out_of_range_are_refused_before_loading() {
+        let opts = ShowBatchOptions {
+            data: "/nonexistent".into(),
+            scan: ScanOptions::default(),
+            cache_dir: None,
+            progress: false,
+            seed: 42,
+            rows: 0,
+            scale: 4,
+            out: "/nonexistent/out.png".into(),
+        };
+        assert!(matches!(show_batch(&opts), Err(ShowBatchError::Rows(0))));
+    }
+}
