@@ -148,8 +148,8 @@ pub struct RunConfig {
     /// The health service's `liveness` turns NOT_SERVING when a running round made no step
     /// progress for this long (a restart then resumes from the last checkpoint).
     pub stall_timeout_s: f64,
-    /// HTTP endpoint for Prometheus (`/metrics`) and `ringtrain status` (`/status`), e.g.
-    /// `0.0.0.0:29401`; none: off.
+    /// HTTP endpoint for the dashboard (`/`), Prometheus (`/metrics`) and `ringtrain status`
+    /// (`/status`), e.g. `0.0.0.0:29401`; none: off.
     pub http_listen: Option<String>,
     /// Set by `--resume RUN_DIR`: a run folder without a good checkpoint is an error.
     #[serde(skip)]
