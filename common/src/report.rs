@@ -1,6 +1,10 @@
 //! What a run shows and leaves behind: the lesson's epoch table on stdout, and in the run folder
 //! `metrics.jsonl` (one line per epoch), `steps.csv` (lr, beta1 and loss per step) and
-//! `plots/{loss,lr,beta1,accuracy}.svg`.
+//! `plots/{loss,lr,beta1,accuracy}.png`, redrawn at the end of every epoch.
+//!
+//! Each plot is replaced atomically (written to `plots/.NAME.tmp`, then renamed over `NAME`), so
+//! a reader (a browser, the status page) sees the old picture or the new one, never half a PNG.
+//! Plots are not fsynced: they are redrawn every epoch and the run's data is in the text files.
 //!
 //! Used by the standalone worker and by the coordinator, which prints the table for the whole
 //! run. Tests: `tests` at the bottom; the end-to-end tests in `tests/` read these files.
@@ -11,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::plot::{line_chart, Series};
+use crate::plot::{Chart, Series};
 
 /// Writing a run folder file failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -228,58 +232,79 @@ impl RunFiles {
                 .map(|p| (p.0 as f64, f(p)))
                 .collect()
         };
+        let chart = |title: &str, x_label: &str, y_label: &str, series: Vec<Series>| Chart {
+            title: title.into(),
+            x_label: x_label.into(),
+            y_label: y_label.into(),
+            series,
+            ..Chart::default()
+        };
+        let one = |name: &str, points| {
+            vec![Series {
+                name: name.into(),
+                points,
+            }]
+        };
+        let accuracy = self
+            .rows
+            .iter()
+            .map(|r| (f64::from(r.epoch), r.accuracy))
+            .collect();
         let plots = [
             (
-                "loss.svg",
-                line_chart("Loss", "step", "cross-entropy", &[smoothed, valid]),
+                "loss.png",
+                chart("Loss", "step", "cross-entropy", vec![smoothed, valid]),
             ),
             (
-                "lr.svg",
-                line_chart(
+                "lr.png",
+                chart(
                     "Learning rate (one-cycle)",
                     "step",
                     "lr",
-                    &[Series {
-                        name: "lr".into(),
-                        points: by_step(|p| p.1),
-                    }],
+                    one("lr", by_step(|p| p.1)),
                 ),
             ),
             (
-                "beta1.svg",
-                line_chart(
+                "beta1.png",
+                chart(
                     "Adam beta1 (one-cycle momentum)",
                     "step",
                     "beta1",
-                    &[Series {
-                        name: "beta1".into(),
-                        points: by_step(|p| p.2),
-                    }],
+                    one("beta1", by_step(|p| p.2)),
                 ),
             ),
             (
-                "accuracy.svg",
-                line_chart(
+                "accuracy.png",
+                chart(
                     "Validation accuracy",
                     "epoch",
                     "accuracy",
-                    &[Series {
-                        name: "accuracy".into(),
-                        points: self
-                            .rows
-                            .iter()
-                            .map(|r| (f64::from(r.epoch), r.accuracy))
-                            .collect(),
-                    }],
+                    one("accuracy", accuracy),
                 ),
             ),
         ];
-        for (name, svg) in plots {
+        for (name, chart) in plots {
             let path = self.dir.join("plots").join(name);
-            std::fs::write(&path, svg).map_err(io(&path))?;
+            let png = chart.png().map_err(|e| ReportError {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            replace_file(&path, &png)?;
         }
         Ok(())
     }
+}
+
+/// Replaces `path` with `bytes` atomically: writes `.NAME.tmp` beside it, then renames it over
+/// `path` (a rename within one folder is atomic on POSIX file systems).
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
 }
 
 /// fastai's `SmoothenValue`: debiased exponential moving average.
@@ -339,6 +364,71 @@ mod tests {
         assert_eq!(
             row(&r),
             "0          0.200000    0.100000    0.990000   01:15"
+        );
+    }
+
+    #[test]
+    fn every_epoch_redraws_the_four_plots_as_whole_pngs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = RunFiles::create(dir.path()).unwrap();
+        let plots = dir.path().join("plots");
+        let names = ["loss.png", "lr.png", "beta1.png", "accuracy.png"];
+        let mut before = Vec::new();
+        for epoch in 0..2u32 {
+            for i in 0..10u64 {
+                let step = u64::from(epoch) * 10 + i;
+                let loss = 2.0 / (1.0 + step as f64);
+                files.step(step, epoch, 1e-3, 0.9, loss).unwrap();
+            }
+            files
+                .epoch(EpochRow {
+                    epoch,
+                    train_loss: 0.5,
+                    valid_loss: 0.4 - f64::from(epoch) * 0.1,
+                    accuracy: 0.9 + f64::from(epoch) * 0.05,
+                    valid_correct: 9,
+                    valid_count: 10,
+                    seconds: 1.0,
+                    train_seconds: 1.0,
+                    train_images_per_s: 1.0,
+                    lr: 1e-3,
+                })
+                .unwrap();
+            let now: Vec<Vec<u8>> = names
+                .iter()
+                .map(|n| std::fs::read(plots.join(n)).unwrap())
+                .collect();
+            for (n, bytes) in names.iter().zip(&now) {
+                let reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info();
+                let info = reader.unwrap().info().clone();
+                assert_eq!((info.width, info.height), (800, 480), "{n}");
+            }
+            before.push(now);
+        }
+        // The second epoch redrew the plots (accuracy gained a point, loss a valid point).
+        assert_ne!(before[0][0], before[1][0]);
+        assert_ne!(before[0][3], before[1][3]);
+        // Only the four plots are left: no temporary files, no SVGs.
+        let mut left: Vec<String> = std::fs::read_dir(&plots)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["accuracy.png", "beta1.png", "loss.png", "lr.png"]);
+    }
+
+    #[test]
+    fn replace_file_swaps_the_whole_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.png");
+        replace_file(&path, b"old").unwrap();
+        replace_file(&path, b"new content").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new content");
+        assert!(!dir.path().join(".a.png.tmp").exists());
+        let missing = dir.path().join("no-such-dir").join("a.png");
+        assert_eq!(
+            replace_file(&missing, b"x").unwrap_err().path,
+            missing.with_file_name(".a.png.tmp")
         );
     }
 

@@ -4,7 +4,7 @@
 //! RUN_DIR/run.json            config, classes, norm stats, world size, shards, dropped files, fingerprint
 //! RUN_DIR/metrics.jsonl       one line per epoch     } ringtrain_common::report::RunFiles,
 //! RUN_DIR/steps.csv           one line per step      } the same files as a standalone run
-//! RUN_DIR/plots/*.svg
+//! RUN_DIR/plots/*.png
 //! RUN_DIR/final.safetensors   rank 0's weights at the end
 //! RUN_DIR/summary.json        final accuracy, valid loss, throughput, params_hash, status
 //! RUN_DIR/checkpoints/e<epoch>-s<step>/   one per epoch end (ringtrain_common::checkpoint)
