@@ -15,12 +15,17 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(TORCH_VENV)/bin:$(PATH)
 
 BIN := target/release
-.PHONY: run run-single run-gpus test bench build setup data clean-runs gpu-bundle gpu-check
+.PHONY: run run-single run-gpus test bench build setup setup-browser data clean-runs gpu-bundle gpu-check
 
 setup: $(TORCH_VENV)/.ringtrain-ok
 $(TORCH_VENV)/.ringtrain-ok: scripts/setup-torch.sh
 	RINGTRAIN_TORCH_VENV=$(TORCH_VENV) ./scripts/setup-torch.sh >/dev/null
 	touch $@
+
+# Debian's chromium (apt-get, when /usr/bin/chromium is missing) and playwright-core (npm, into
+# ~/.cache/ringtrain/browser-tools) for the dashboard's browser test; quiet when already there.
+setup-browser:
+	./scripts/setup-browser.sh >/dev/null
 
 build: setup
 	$(CARGO) build --release --bins
@@ -52,7 +57,7 @@ data: build
 		$(BIN)/ringtrain data fetch mnist --dest "$(MNIST_DIR)"; \
 	fi
 
-test: setup
+test: setup setup-browser
 	$(CARGO) build --release --bins
 	$(CARGO) test --release --workspace
 

@@ -181,8 +181,8 @@ pub struct RunArgs {
     #[arg(long, env = "RINGTRAIN_STALL_TIMEOUT_S")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stall_timeout_s: Option<f64>,
-    /// Serve Prometheus metrics (/metrics) and a JSON status (/status) over HTTP here, e.g.
-    /// 0.0.0.0:29401 [default: off].
+    /// Serve the live dashboard (/), Prometheus metrics (/metrics) and a JSON status (/status)
+    /// over HTTP here, e.g. 127.0.0.1:9100 [default: off].
     #[arg(long, value_name = "IP:PORT", env = "RINGTRAIN_HTTP_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_listen: Option<String>,

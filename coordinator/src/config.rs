@@ -149,8 +149,8 @@ pub struct RunConfig {
     /// The health service's `liveness` turns NOT_SERVING when a running round made no step
     /// progress for this long (a restart then resumes from the last checkpoint).
     pub stall_timeout_s: f64,
-    /// HTTP endpoint for Prometheus (`/metrics`) and `ringtrain status` (`/status`), e.g.
-    /// `0.0.0.0:29401`; none: off.
+    /// HTTP endpoint for the dashboard (`/`), Prometheus (`/metrics`) and `ringtrain status`
+    /// (`/status`), e.g. `0.0.0.0:29401`; none: off.
     pub http_listen: Option<String>,
     /// An LR range test instead of training (`ringtrain lr-find` sets it; as a TOML table
     /// `[lr_find]` with `start_lr`, `end_lr`, `iters`, `stop_div`): one epoch of `iters`

@@ -1,26 +1,38 @@
-//! The coordinator's HTTP endpoint (`--http-listen IP:PORT`): Prometheus metrics and a JSON
-//! status, for scrapers and `ringtrain status URL`.
+//! The coordinator's HTTP endpoint (`--http-listen IP:PORT`): the live dashboard for people,
+//! Prometheus metrics and a JSON status for scrapers and `ringtrain status URL`.
+//!
+//! This file renders the numbers; `http/server.rs` accepts and limits connections,
+//! `http/routes.rs` maps paths to answers, `http/sse.rs` streams events, and
+//! `crate::dashboard` holds the page.
 //!
 //! # Contract
+//! * `GET /`: the dashboard (HTML, CSS, JS and icon compiled into the binary; nothing external).
+//! * `GET /events`: server-sent events, `event: status` with `/status`'s JSON (plus `reason`)
+//!   on connect, on every state change and at least every second; `event: end` once the run is
+//!   over, then the stream closes. At most 32 streams at once (then 503).
+//! * `GET /history`: every completed epoch's row and the steps' loss (raw and smoothed), lr and
+//!   beta1, downsampled to at most 2,000 points (`?points=N`), so a reloaded page is complete.
 //! * `GET /metrics`: Prometheus text format 0.0.4. Names follow Prometheus conventions
 //!   (`ringtrain_` prefix, base units, `_total` for counters, `_seconds`, `_ratio`); per-rank
 //!   series carry `rank` and `worker_id` labels.
 //! * `GET /status`: the same numbers as one JSON object.
-//! * Anything else: 404; a request head over 8 KiB or not HTTP: 400. One request per
-//!   connection (`Connection: close`). No token: it exposes numbers, never weights or paths
-//!   beyond the run id; bind it where only the scraper reaches it (a NetworkPolicy on a cluster).
+//! * Unknown path: 404; other method: 405; a request head over 8 KiB, later than 5 s or not
+//!   HTTP: 400; over 64 connections: 503. One request per connection (`Connection: close`).
+//!   No token: it exposes numbers, never weights or paths beyond the run id; bind it where only
+//!   people and the scraper reach it (a NetworkPolicy on a cluster).
 //!
 //! Tests: `tests` at the bottom (the text format); `coordinator/tests/metrics.rs` (scraped from
-//! a running server, counters increase).
+//! a running server, counters increase); `coordinator/tests/dashboard.rs` (page, history, event
+//! framing, limits); `tests/tests/dashboard.rs` (headless chromium on a real run).
+
+mod routes;
+mod server;
+mod sse;
+
+pub(crate) use server::HttpServer;
 
 use std::fmt::Write as _;
-use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-
-use crate::shared::Shared;
 use crate::state::{Metrics, RankMetrics, Status};
 
 fn status_name(s: Status) -> &'static str {
@@ -245,68 +257,6 @@ pub fn status_json(m: &Metrics) -> serde_json::Value {
             "images_per_s": r.images_per_s, "allreduce_s": r.allreduce_s, "restarts": r.restarts,
         })).collect::<Vec<_>>(),
     })
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Serves `/metrics` and `/status` on `listener` until the task is aborted.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut head = Vec::with_capacity(1024);
-            let mut buf = [0u8; 1024];
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() <= 8192 {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-            })
-            .await;
-            let line = String::from_utf8_lossy(&head);
-            let first = line.lines().next().unwrap_or_default();
-            let mut parts = first.split_whitespace();
-            let (method, path) = (
-                parts.next(),
-                parts.next().map(|p| p.split('?').next().unwrap_or(p)),
-            );
-            let (code, kind, body) = match (read.is_ok(), method, path) {
-                (true, Some("GET"), Some("/metrics")) => {
-                    let m = shared.read(|s| s.metrics(crate::server::now(), unix_ms()));
-                    (
-                        "200 OK",
-                        "text/plain; version=0.0.4; charset=utf-8",
-                        render(&m),
-                    )
-                }
-                (true, Some("GET"), Some("/status")) => {
-                    let m = shared.read(|s| s.metrics(crate::server::now(), unix_ms()));
-                    ("200 OK", "application/json", status_json(&m).to_string())
-                }
-                (true, Some(_), Some(_)) => (
-                    "404 Not Found",
-                    "text/plain",
-                    "not found: try /metrics or /status\n".into(),
-                ),
-                _ => ("400 Bad Request", "text/plain", "bad request\n".into()),
-            };
-            let resp = format!(
-                "HTTP/1.1 {code}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(resp.as_bytes()).await;
-            let _ = conn.shutdown().await;
-        });
-    }
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@
 pub mod artifacts;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod gpus;
 pub mod health;
 pub mod http;

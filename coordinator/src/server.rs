@@ -199,7 +199,8 @@ impl Run {
         let state = RunState::resuming(prepared.clone(), now(), resumed);
         let (tx, _) = watch::channel(state.snapshot());
         let linger = Duration::from_secs_f64(2.0 * prepared.config.heartbeat_interval_s);
-        let shared = Arc::new(Shared::new(state, tx));
+        let history = crate::dashboard::History::restored(&files.rows, &files.step_points);
+        let shared = Arc::new(Shared::new(state, tx, history));
         let weak = Arc::downgrade(&shared);
         let hook = Box::new(move |reason: String| {
             if let Some(s) = weak.upgrade() {
@@ -330,8 +331,8 @@ impl Run {
                 let at = l
                     .local_addr()
                     .map_err(|e| ServeError::Server(e.to_string()))?;
-                tracing::info!(url = %format!("http://{at}/metrics"), "metrics endpoint");
-                Some(tokio::spawn(crate::http::serve(l, self.shared.clone())))
+                tracing::info!(url = %format!("http://{at}/"), metrics = %format!("http://{at}/metrics"), "dashboard");
+                Some(crate::http::HttpServer::spawn(l, self.shared.clone()))
             }
             None => None,
         };
@@ -383,7 +384,8 @@ impl Run {
         progress.abort();
         health_task.abort();
         if let Some(h) = http {
-            h.abort();
+            // Open dashboards get the run's end before the endpoint goes.
+            h.shutdown(Duration::from_secs(1)).await;
         }
         self.finish().await
     }

@@ -1,7 +1,7 @@
 //! The shared state cell of a run and the tasks that drive it without a request.
 //!
 //! Owns [`Shared`] (the state machine in a `std::sync::Mutex` never held across `.await`, its
-//! `watch` publisher and the output channel), [`RunHandle`] (failing and observing the run from
+//! `watch` publisher, the output channel and the dashboard's history of completed epochs), [`RunHandle`] (failing and observing the run from
 //! outside the protocol), the ticker (rendezvous timeouts, heartbeat watchdog) and the live
 //! progress task. Not serving (`server.rs`) or the RPC handlers (`service.rs`).
 //!
@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::artifacts::Output;
+use crate::dashboard::History;
 use crate::ids::WorkerId;
 use crate::server::now;
 use crate::state::{Action, Event, RunError, RunState, Snapshot};
@@ -20,6 +21,8 @@ use crate::state::{Action, Event, RunError, RunState, Snapshot};
 struct Inner {
     state: RunState,
     out: Option<mpsc::Sender<Output>>,
+    /// Every completed epoch and step, for the dashboard (`GET /history`).
+    history: History,
 }
 
 /// The state machine in its mutex, its `watch` publisher and the output channel.
@@ -29,9 +32,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(state: RunState, tx: watch::Sender<Snapshot>) -> Self {
+    /// `history`: the epochs already done (a resumed run's), empty for a new run.
+    pub(crate) fn new(state: RunState, tx: watch::Sender<Snapshot>, history: History) -> Self {
         Self {
-            inner: Mutex::new(Inner { state, out: None }),
+            inner: Mutex::new(Inner {
+                state,
+                out: None,
+                history,
+            }),
             tx,
         }
     }
@@ -59,6 +67,9 @@ impl Shared {
                     self.tx.send_replace(g.state.snapshot());
                 }
                 Action::Output(o) => {
+                    if let Output::Epoch(r) = &o {
+                        g.history.record_epoch(&r.row, &r.steps);
+                    }
                     if let Some(tx) = &g.out {
                         // The writer only goes away at shutdown, after the last output.
                         let _ = tx.send(o);
@@ -75,6 +86,17 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .state)
+    }
+
+    /// Reads the dashboard's history (under the same lock as the state: keep `f` short).
+    pub(crate) fn history<R>(&self, f: impl FnOnce(&History) -> R) -> R {
+        self.read_with_history(|_, h| f(h))
+    }
+
+    /// Reads the state and the history as of one moment.
+    pub(crate) fn read_with_history<R>(&self, f: impl FnOnce(&RunState, &History) -> R) -> R {
+        let g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&g.state, &g.history)
     }
 
     /// Sends `out` to the output writer (dropped once the writer is closed).

@@ -64,6 +64,8 @@ pub enum Behaviour {
     CrashAfterJoin,
     /// Joins, then sleeps forever (heartbeating).
     Hang,
+    /// The whole protocol, waiting this long before each epoch's report (a run that lasts).
+    Slow(Duration),
 }
 
 /// The protocol of one worker against `url`; returns its exit code (0 finished, 1 error,
@@ -131,7 +133,7 @@ pub async fn fake_worker(
     match behaviour {
         Behaviour::CrashAfterJoin => return 1,
         Behaviour::Hang => std::future::pending::<()>().await,
-        Behaviour::Complete => {}
+        Behaviour::Complete | Behaviour::Slow(_) => {}
     }
     let px = pb::PixelStatsReport {
         run_id: run_id.clone(),
@@ -156,6 +158,9 @@ pub async fn fake_worker(
             .unwrap()
             .into_inner();
         assert_eq!(plan.lr.len() as u32, spec.steps_per_epoch);
+        if let Behaviour::Slow(pause) = behaviour {
+            tokio::time::sleep(pause).await;
+        }
         let n = shard.valid.len() as u64;
         let report = pb::EpochReport {
             run_id: run_id.clone(),
