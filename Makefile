@@ -34,7 +34,7 @@ build: setup
 # on $(WORKERS) local worker processes (coordinator in-process, ring all-reduce between them).
 run: build data
 	$(BIN)/ringtrain launch --data $(MNIST_DIR) --workers $(WORKERS) --model resnet --epochs 12 \
-		--max-lr 0.05 --batch-size 128 --run-dir $(RUN_DIR)
+		--max-lr 0.05 --batch-size 128 --run-dir $(RUN_DIR) $(if $(HTTP_LISTEN),--http-listen $(HTTP_LISTEN))
 
 # The same recipe in one standalone process (no coordinator).
 run-single: build data

@@ -14,14 +14,6 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A served run of `workers` with its HTTP endpoint; returns (gRPC url, HTTP address, the
 /// dataset fingerprint, the server task).
 async fn start(
@@ -35,7 +27,7 @@ async fn start(
         Result<ringtrain_coordinator::RunOutcome, ringtrain_coordinator::ServeError>,
     >,
 ) {
-    let http = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", common::free_port());
     let config = RunConfig {
         http_listen: Some(http.clone()),
         heartbeat_interval_s: 0.2,

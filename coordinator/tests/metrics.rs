@@ -10,14 +10,6 @@ use common::Behaviour;
 use ringtrain_coordinator::{Run, RunConfig};
 use tokio::net::TcpListener;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn get(url: String) -> String {
     tokio::task::spawn_blocking(move || {
         ureq::get(&url)
@@ -62,7 +54,7 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_counters_increase_while_a_run_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let config = RunConfig {
         http_listen: Some(format!("127.0.0.1:{port}")),
         heartbeat_interval_s: 0.1,

@@ -210,3 +210,28 @@ pub fn run(
     std::fs::write(dir.join("stderr.txt"), &out.stderr)?;
     Ok(out)
 }
+
+/// `ringtrain ARGS` to completion with `cache` as its decoded-image cache (every test keeps its
+/// own), logs under `target/test-logs/<log>/`; panics when it cannot be run or outlives
+/// `timeout`.
+pub fn ringtrain(args: &[&str], cache: &Path, log: &str, timeout: std::time::Duration) -> Output {
+    let cache = cache.to_str().expect("temporary paths are UTF-8");
+    run(
+        "ringtrain",
+        args,
+        log,
+        &[("RINGTRAIN_CACHE_DIR", cache)],
+        timeout,
+    )
+    .unwrap_or_else(|e| panic!("ringtrain {args:?}: {e}"))
+}
+
+/// A free `127.0.0.1:PORT` (for `serve --listen`, `--http-listen`).
+pub fn free_listen() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+    let port = l
+        .local_addr()
+        .expect("a bound listener has an address")
+        .port();
+    format!("127.0.0.1:{port}")
+}

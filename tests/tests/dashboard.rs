@@ -16,7 +16,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ringtrain_tests::{
-    log_dir, read_json, spawn_logged, synthetic_folder, wait_with_limit, workspace_root,
+    free_listen, log_dir, read_json, spawn_logged, synthetic_folder, wait_with_limit,
+    workspace_root,
 };
 use serde_json::Value;
 
@@ -42,14 +43,6 @@ fn setup_browser(logs: &Path) -> PathBuf {
     PathBuf::from(tools)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn samples(record: &Value) -> &Vec<Value> {
     record["samples"]
         .as_array()
@@ -69,8 +62,7 @@ fn dashboard_shows_workers_charts_and_live_progress_in_chromium() {
     let t = Instant::now();
     synthetic_folder(&data, 4, 1000).unwrap();
     eprintln!("dataset: {:.1} s", t.elapsed().as_secs_f64());
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_listen();
     let cache = tmp.path().join("cache");
     let mut launch = spawn_logged(
         "ringtrain",

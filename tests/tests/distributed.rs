@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ringtrain_tests::{
-    bin, kill9, log_dir, pids_with, read_json as json, run, synthetic_folder, Output,
+    bin, kill9, log_dir, pids_with, read_json as json, ringtrain, run, synthetic_folder, Output,
 };
 
 fn launch(data: &Path, run_dir: &Path, workers: u32, extra: &[&str], log: &str) -> Output {
@@ -34,15 +34,12 @@ fn launch(data: &Path, run_dir: &Path, workers: u32, extra: &[&str], log: &str) 
         "10",
     ];
     args.extend_from_slice(extra);
-    let cache = run_dir.with_extension("cache");
-    run(
-        "ringtrain",
+    ringtrain(
         &args,
+        &run_dir.with_extension("cache"),
         log,
-        &[("RINGTRAIN_CACHE_DIR", cache.to_str().unwrap())],
         Duration::from_secs(600),
     )
-    .unwrap()
 }
 
 #[test]

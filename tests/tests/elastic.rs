@@ -9,7 +9,7 @@ use std::process::Child;
 use std::time::Duration;
 
 use recovery::{dataset, final_hash, run_args, summary, undisturbed, wait_for_checkpoint};
-use ringtrain_tests::{kill9, log_dir, pids_with, spawn_logged, wait_with_limit};
+use ringtrain_tests::{free_listen, kill9, log_dir, pids_with, spawn_logged, wait_with_limit};
 
 const LIMIT: Duration = Duration::from_secs(300);
 
@@ -39,12 +39,6 @@ fn workers(url: &str, data: &Path, ids: &[&str], logs: &Path, cache: &Path) -> V
             )
         })
         .collect()
-}
-
-/// A free port on 127.0.0.1 for `serve --listen`.
-fn free_listen() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ringtrain_tests::{read_json as json, run, synthetic_folder, Output};
+use ringtrain_tests::{read_json as json, ringtrain, run, synthetic_folder, Output};
 
 fn has_gpu() -> bool {
     let out = run(
@@ -45,15 +45,12 @@ fn launch(data: &Path, run_dir: &Path, extra: &[&str], log: &str) -> Output {
         "0.5",
     ];
     args.extend_from_slice(extra);
-    let cache = run_dir.with_extension("cache");
-    run(
-        "ringtrain",
+    ringtrain(
         &args,
+        &run_dir.with_extension("cache"),
         log,
-        &[("RINGTRAIN_CACHE_DIR", cache.to_str().unwrap())],
         Duration::from_secs(600),
     )
-    .unwrap()
 }
 
 #[test]

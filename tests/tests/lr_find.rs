@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ringtrain_tests::{mnist_slice, read_json, run, Output};
+use ringtrain_tests::{mnist_slice, read_json, ringtrain, Output};
 
 fn lr_find(data: &Path, run_dir: &Path, extra: &[&str], log: &str) -> Output {
     let mut args = vec![
@@ -22,15 +22,12 @@ fn lr_find(data: &Path, run_dir: &Path, extra: &[&str], log: &str) -> Output {
         "0.5",
     ];
     args.extend_from_slice(extra);
-    let cache = run_dir.with_extension("cache");
-    run(
-        "ringtrain",
+    ringtrain(
         &args,
+        &run_dir.with_extension("cache"),
         log,
-        &[("RINGTRAIN_CACHE_DIR", cache.to_str().unwrap())],
         Duration::from_secs(900),
     )
-    .unwrap()
 }
 
 /// The points of `lr_find.json`, checked against the file's own promises: an exponential

@@ -11,7 +11,7 @@ use recovery::{
     checkpoints, dataset, final_hash, launch, run_args, summary, undisturbed, wait_for_checkpoint,
     EPOCHS,
 };
-use ringtrain_tests::{bin, kill9, log_dir, run, spawn_logged};
+use ringtrain_tests::{bin, kill9, log_dir, ringtrain, run, spawn_logged};
 
 #[test]
 fn interrupted_run_resumes_bitwise_exact_even_from_an_older_checkpoint() {
@@ -56,8 +56,7 @@ fn interrupted_run_resumes_bitwise_exact_even_from_an_older_checkpoint() {
     assert!(!refused.success());
     assert!(refused.stderr.contains("--resume"), "{}", refused.stderr);
 
-    let out = run(
-        "ringtrain",
+    let out = ringtrain(
         &[
             "launch",
             "--resume",
@@ -71,11 +70,10 @@ fn interrupted_run_resumes_bitwise_exact_even_from_an_older_checkpoint() {
             "--heartbeat-interval-s",
             "0.5",
         ],
+        &cache,
         "resume-resumed",
-        &[("RINGTRAIN_CACHE_DIR", cache.to_str().unwrap())],
         Duration::from_secs(600),
-    )
-    .unwrap();
+    );
     assert!(out.success(), "{}\n{}", out.stdout, out.stderr);
     assert!(
         out.stderr.contains(&newest),

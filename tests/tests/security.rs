@@ -6,14 +6,11 @@ use std::path::Path;
 use std::process::Child;
 use std::time::Duration;
 
-use ringtrain_tests::{log_dir, run, spawn_logged, synthetic_folder, wait_with_limit, Output};
+use ringtrain_tests::{
+    free_listen, log_dir, run, spawn_logged, synthetic_folder, wait_with_limit, Output,
+};
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
-
-fn free_listen() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
-}
 
 /// `ringtrain serve` for 1 worker on `data`, with `extra` flags.
 fn serve(data: &Path, run_dir: &Path, listen: &str, extra: &[&str], logs: &Path) -> Child {

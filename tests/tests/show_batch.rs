@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ringtrain_tests::{run, synthetic_folder, Output};
+use ringtrain_tests::{ringtrain, synthetic_folder, Output};
 
 fn show(data: &Path, out: &Path, extra: &[&str], log: &str) -> Output {
     let mut args = vec![
@@ -15,15 +15,12 @@ fn show(data: &Path, out: &Path, extra: &[&str], log: &str) -> Output {
         out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let cache = out.with_extension("cache");
-    run(
-        "ringtrain",
+    ringtrain(
         &args,
+        &out.with_extension("cache"),
         log,
-        &[("RINGTRAIN_CACHE_DIR", cache.to_str().unwrap())],
         Duration::from_secs(300),
     )
-    .unwrap()
 }
 
 /// Width, height and the gray level of every pixel (the grid may be RGB or gray).

@@ -12,7 +12,7 @@ use recovery::{
     checkpoints, dataset, final_hash, is_mid_epoch, parameters, run_args, summary,
     undisturbed_with, wait_for_checkpoint,
 };
-use ringtrain_tests::{kill9, log_dir, pids_with, run, spawn_logged, wait_with_limit};
+use ringtrain_tests::{kill9, log_dir, pids_with, ringtrain, spawn_logged, wait_with_limit};
 
 const LIMIT: Duration = Duration::from_secs(300);
 
@@ -69,8 +69,7 @@ fn checkpoints_inside_epochs_resume_bitwise_exact() {
     kill9(child.id());
     child.wait().unwrap();
     let newest = checkpoints(&run_dir).last().unwrap().clone();
-    let out = run(
-        "ringtrain",
+    let out = ringtrain(
         &[
             "launch",
             "--resume",
@@ -82,11 +81,10 @@ fn checkpoints_inside_epochs_resume_bitwise_exact() {
             "--threads-per-worker",
             "1",
         ],
+        &cache,
         "stop-periodic-resumed",
-        &[("RINGTRAIN_CACHE_DIR", cache.to_str().unwrap())],
         LIMIT,
-    )
-    .unwrap();
+    );
     assert!(out.success(), "{}\n{}", out.stdout, out.stderr);
     assert!(
         out.stderr.contains(&newest),

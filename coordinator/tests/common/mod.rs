@@ -9,6 +9,15 @@ use std::time::Duration;
 use ringtrain_common::pb::{self, coordinator_client::CoordinatorClient};
 use ringtrain_coordinator::{RunConfig, PROTOCOL_VERSION};
 
+/// A free port on 127.0.0.1 (for `http_listen`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// `classes` classes of `per_class` files in both splits.
 pub fn dataset(root: &Path, classes: usize, per_class: usize) {
     for split in ["training", "testing"] {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use ringtrain_tests::{read_json, run, synthetic_folder, Output};
+use ringtrain_tests::{read_json, ringtrain, synthetic_folder, Output};
 
 pub const EPOCHS: u64 = 6;
 
@@ -53,14 +53,7 @@ pub fn launch(args: &[String], extra: &[&str], log: &str, cache: &Path) -> Outpu
     let mut all: Vec<&str> = vec!["launch", "--threads-per-worker", "1"];
     all.extend(args.iter().map(String::as_str));
     all.extend_from_slice(extra);
-    run(
-        "ringtrain",
-        &all,
-        log,
-        &[("RINGTRAIN_CACHE_DIR", cache.to_str().unwrap())],
-        Duration::from_secs(600),
-    )
-    .unwrap()
+    ringtrain(&all, cache, log, Duration::from_secs(600))
 }
 
 pub fn summary(run_dir: &Path) -> serde_json::Value {
