@@ -41,6 +41,11 @@ fn rate(v: &serde_json::Value) -> String {
     v.as_f64().map_or("-".into(), |x| format!("{x:.0}"))
 }
 
+/// Seconds with one decimal.
+fn secs(v: &serde_json::Value) -> String {
+    v.as_f64().map_or("-".into(), |x| format!("{x:.1}"))
+}
+
 /// Seconds as milliseconds with one decimal.
 fn millis(v: &serde_json::Value) -> String {
     v.as_f64()
@@ -70,7 +75,7 @@ fn live(v: &serde_json::Value) -> Vec<String> {
             num(&v["valid_loss"]),
             num(&v["accuracy"]),
             rate(&v["train_images_per_s"]),
-            num(&v["checkpoint_age_s"])
+            secs(&v["checkpoint_age_s"])
         ),
     ];
     for r in v["ranks"].as_array().into_iter().flatten() {
@@ -83,7 +88,7 @@ fn live(v: &serde_json::Value) -> Vec<String> {
             num(&r["step"]),
             rate(&r["images_per_s"]),
             millis(&r["allreduce_s"]),
-            num(&r["heartbeat_age_s"]),
+            secs(&r["heartbeat_age_s"]),
             num(&r["restarts"])
         ));
     }
@@ -135,6 +140,18 @@ fn folder(dir: &Path) -> anyhow::Result<Vec<String>> {
             num(&r["valid_loss"]),
             num(&r["accuracy"]),
             rate(&r["train_images_per_s"])
+        ));
+    }
+    let sweep: Option<serde_json::Value> =
+        read("lr_find.json").and_then(|t| serde_json::from_str(&t).ok());
+    if let Some(r) = sweep {
+        out.push(format!(
+            "LR finder: suggested max_lr {} ({} steps; plot {})",
+            r["minimum"]["lr"]
+                .as_f64()
+                .map_or("-".into(), |x| format!("{x:.2e}")),
+            r["points"].as_array().map_or(0, Vec::len),
+            dir.join("plots").join("lr_find.png").display()
         ));
     }
     let latest = std::fs::read_link(dir.join("latest")).ok();

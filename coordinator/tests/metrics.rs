@@ -120,10 +120,14 @@ async fn metrics_parse_and_counters_increase_while_a_run_goes_on() {
         "{lines:?}"
     );
     assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("rank 0 w0 on cpu")
-                && l.contains("1000 images/s, all-reduce 4.0 ms")),
+        lines.iter().any(|l| l.contains("rank 0 w0 on cpu")
+                && l.contains("1000 images/s, all-reduce 4.0 ms")
+                // Ages to a tenth of a second.
+                && l.split("last heartbeat ")
+                    .nth(1)
+                    .and_then(|t| t.split(' ').next())
+                    .and_then(|age| age.split_once('.'))
+                    .is_some_and(|(_, tenths)| tenths.len() == 1)),
         "{lines:?}"
     );
     hang.abort();

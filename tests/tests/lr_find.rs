@@ -150,6 +150,19 @@ fn a_diverging_sweep_stops_on_every_rank_at_the_same_step() {
         "the table says it stopped: {}",
         out.stdout
     );
+    // `ringtrain status` of the folder names the suggestion too.
+    let status = ringtrain(
+        &["status", run_dir.to_str().unwrap()],
+        &run_dir.with_extension("cache"),
+        "lr_find_status",
+        Duration::from_secs(60),
+    );
+    let want = format!(
+        "LR finder: suggested max_lr {:.2e} ({} steps",
+        r["minimum"]["lr"].as_f64().unwrap(),
+        r["points"].as_array().unwrap().len()
+    );
+    assert!(status.stdout.contains(&want), "{}", status.stdout);
 }
 
 #[test]
