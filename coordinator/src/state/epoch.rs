@@ -91,6 +91,11 @@ pub struct EpochAggregator {
     smoother: Smoothener,
     /// Slowest rank's train seconds, per completed epoch.
     pub slowest_train_seconds: Vec<f64>,
+    /// Images trained in those seconds, per completed epoch: fewer than an epoch's when the
+    /// round resumed inside it or an LR sweep stopped early. Absent in checkpoints written
+    /// before it existed (those epochs count as whole).
+    #[serde(default)]
+    pub trained_images: Vec<u64>,
     /// Rows of completed epochs.
     pub rows: Vec<EpochRow>,
     /// The hash after the last completed epoch.
@@ -105,6 +110,7 @@ impl Default for EpochAggregator {
         Self {
             smoother: Smoothener::new(0.98),
             slowest_train_seconds: Vec::new(),
+            trained_images: Vec::new(),
             rows: Vec::new(),
             params_hash: None,
             rank_hashes: Vec::new(),
@@ -120,12 +126,14 @@ impl EpochAggregator {
 
     /// Combines the reports of every rank (sorted by rank, one each, all for the same epoch and
     /// with `steps_per_epoch` losses: the caller checked) into the epoch's result. `seconds` is
-    /// the epoch's wall time at the coordinator.
+    /// the epoch's wall time at the coordinator; `restored_steps` of the epoch were trained
+    /// before this round resumed it (their losses are in the reports, their time is not).
     pub fn complete(
         &mut self,
         reports: &[EpochReport],
         plan: &RunPlan,
         seconds: f64,
+        restored_steps: usize,
     ) -> Result<EpochResult, EpochError> {
         let epoch = reports.first().map_or(0, |r| r.epoch);
         let first_hash = reports
@@ -197,6 +205,7 @@ impl EpochAggregator {
         let valid_correct: u64 = reports.iter().map(|r| r.valid_correct).sum();
         let valid_loss_sum: f64 = reports.iter().map(|r| r.valid_loss_sum).sum();
         let slowest = reports.iter().map(|r| r.train_seconds).fold(0.0, f64::max);
+        let trained = done.saturating_sub(restored_steps) as u64 * u64::from(plan.batch_size);
         let row = EpochRow {
             epoch,
             train_loss,
@@ -207,13 +216,14 @@ impl EpochAggregator {
             seconds,
             train_seconds: slowest,
             train_images_per_s: if slowest > 0.0 {
-                plan.images_per_epoch() as f64 / slowest
+                trained as f64 / slowest
             } else {
                 0.0
             },
             lr: steps.last().map_or(f64::NAN, |s| s.lr),
         };
         self.slowest_train_seconds.push(slowest);
+        self.trained_images.push(trained);
         self.rows.push(row.clone());
         self.params_hash = Some(first_hash.to_string());
         self.rank_hashes = reports.iter().map(|r| r.params_hash.clone()).collect();
@@ -227,8 +237,16 @@ impl EpochAggregator {
     /// Training images per second over the whole run, paced by the slowest rank of each epoch.
     pub fn train_images_per_s(&self, plan: &RunPlan) -> f64 {
         let secs: f64 = self.slowest_train_seconds.iter().sum();
+        let images: u64 = (0..self.slowest_train_seconds.len())
+            .map(|i| {
+                self.trained_images
+                    .get(i)
+                    .copied()
+                    .unwrap_or_else(|| plan.images_per_epoch())
+            })
+            .sum();
         if secs > 0.0 {
-            (plan.images_per_epoch() * self.slowest_train_seconds.len() as u64) as f64 / secs
+            images as f64 / secs
         } else {
             0.0
         }
@@ -276,6 +294,7 @@ mod tests {
                 &[report(0, 0, [1.0, 2.0], "h"), report(1, 0, [3.0, 4.0], "h")],
                 &p,
                 5.0,
+                0,
             )
             .unwrap();
         assert_eq!(
@@ -305,12 +324,45 @@ mod tests {
                 &[report(0, 1, [1.0, 1.0], "g"), report(1, 1, [1.0, 1.0], "g")],
                 &p,
                 5.0,
+                0,
             )
             .unwrap();
         sm.add(1.0);
         assert_eq!(r2.row.train_loss, sm.add(1.0));
         assert_eq!(r2.steps[0].step, 2);
         assert_eq!((agg.done(), agg.params_hash.as_deref()), (2, Some("g")));
+        assert_eq!(agg.train_images_per_s(&p), 16.0 / 4.0);
+    }
+
+    #[test]
+    fn a_resumed_epoch_counts_only_the_images_this_round_trained() {
+        let p = plan();
+        let mut agg = EpochAggregator::default();
+        // Step 0 of the 2 was trained before the resume; the 2 s cover step 1 alone.
+        let r = agg
+            .complete(
+                &[report(0, 0, [1.0, 2.0], "h"), report(1, 0, [3.0, 4.0], "h")],
+                &p,
+                5.0,
+                1,
+            )
+            .unwrap();
+        assert_eq!(r.row.train_images_per_s, 4.0 / 2.0);
+        assert_eq!(
+            r.steps.len(),
+            2,
+            "the restored step's loss is still recorded"
+        );
+        agg.complete(
+            &[report(0, 1, [1.0, 1.0], "g"), report(1, 1, [1.0, 1.0], "g")],
+            &p,
+            5.0,
+            0,
+        )
+        .unwrap();
+        assert_eq!(agg.train_images_per_s(&p), (4.0 + 8.0) / 4.0);
+        // A checkpoint from before `trained_images` existed counts its epochs as whole.
+        agg.trained_images.clear();
         assert_eq!(agg.train_images_per_s(&p), 16.0 / 4.0);
     }
 
@@ -325,6 +377,7 @@ mod tests {
                 ],
                 &plan(),
                 1.0,
+                0,
             )
             .unwrap_err();
         assert_eq!(
@@ -352,6 +405,7 @@ mod tests {
                 ],
                 &plan(),
                 1.0,
+                0,
             )
             .unwrap_err();
         assert!(

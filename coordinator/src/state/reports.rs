@@ -109,7 +109,13 @@ impl RunState {
         let seconds = now
             .saturating_duration_since(self.epoch_started)
             .as_secs_f64();
-        match self.agg.complete(&reports, &plan, seconds) {
+        // Resumed inside this epoch: its first steps were trained (and timed) before.
+        let restored = self
+            .resume
+            .as_ref()
+            .filter(|p| p.epoch == done)
+            .map_or(0, |p| p.step_in_epoch as usize);
+        match self.agg.complete(&reports, &plan, seconds, restored) {
             Ok(result) => {
                 self.epoch_started = now;
                 self.global_step += result.steps.len() as u64;
