@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod devices;
 pub mod fetch;
+pub mod fsio;
 pub mod logging;
 pub mod lr_find;
 pub mod plot;

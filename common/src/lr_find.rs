@@ -253,12 +253,12 @@ pub fn centered_beta(range: &LrRange) -> f64 {
 
 /// Forward-backward debiased EMA (no lag: the curve's features stay where they were).
 fn zero_phase(xs: &[f64], beta: f64) -> Vec<f64> {
-    let pass = |it: &mut dyn Iterator<Item = f64>| -> Vec<f64> {
+    let ema = |it: &mut dyn Iterator<Item = &f64>| -> Vec<f64> {
         let mut s = Smoothener::new(beta);
-        it.map(|x| s.add(x)).collect()
+        it.map(|&x| s.add(x)).collect()
     };
-    let forward = pass(&mut xs.iter().copied());
-    let mut back = pass(&mut forward.iter().rev().copied());
+    let forward = ema(&mut xs.iter());
+    let mut back = ema(&mut forward.iter().rev());
     back.reverse();
     back
 }

@@ -26,7 +26,7 @@
 //! Tests: `tests` at the bottom; the service tests read the files back.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc;
 
 use std::sync::Arc;
@@ -152,33 +152,7 @@ pub struct Summary {
     pub run_dir: String,
 }
 
-/// Writes `bytes` to `path` atomically: temporary file in the same folder, fsync, rename, fsync
-/// of the folder.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // The rename is durable only once the folder entry is; not every filesystem allows it.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
+pub use ringtrain_common::fsio::write_atomic;
 
 /// The writer thread; dropping every [`mpsc::Sender`] ends it.
 #[derive(Debug)]

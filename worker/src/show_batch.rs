@@ -131,21 +131,16 @@ pub fn show_batch(opts: &ShowBatchOptions) -> Result<ShownBatch, ShowBatchError>
     })
 }
 
-/// Writes through a temporary file in the same folder, so `out` is never half a PNG.
+/// Creates `out`'s folder and replaces `out` atomically, so it is never half a PNG.
 fn write(out: &Path, bytes: &[u8]) -> Result<(), ShowBatchError> {
     let err = |e: std::io::Error| ShowBatchError::Io {
         path: out.to_path_buf(),
         reason: e.to_string(),
     };
-    let dir = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
-    std::fs::write(tmp.path(), bytes).map_err(err)?;
-    tmp.persist(out).map_err(|e| err(e.error))?;
-    Ok(())
+    if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    ringtrain_common::fsio::write_atomic(out, bytes).map_err(err)
 }
 
 #[cfg(test)]

@@ -48,14 +48,6 @@ impl RankPerf {
             allreduce_s: keep(allreduce_s),
         }
     }
-
-    /// Itself with any invalid value dropped (values built without `from_wire`).
-    pub fn valid(self) -> Self {
-        Self::from_wire(
-            self.images_per_s.unwrap_or(0.0),
-            self.allreduce_s.unwrap_or(0.0),
-        )
-    }
 }
 
 /// One rank of the current round.

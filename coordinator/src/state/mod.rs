@@ -517,7 +517,7 @@ impl RunState {
                     .heartbeat(now.saturating_duration_since(l.last_seen), interval);
                 l.last_seen = now;
                 l.step = l.step.max(step);
-                l.perf = perf.valid();
+                l.perf = perf;
                 l.informed |= self.status.is_terminal();
                 Ok(vec![])
             }
