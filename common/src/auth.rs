@@ -6,9 +6,12 @@
 //!   compares it with [`ct_eq`] before the request body is decoded (tonic interceptor), so a
 //!   caller without the token gets UNAUTHENTICATED and nothing it sent is used. The health
 //!   service stays open (kubelet probes carry no token).
-//! * Ring: the hello carries [`ring_proof`] = SHA-256(key ‖ ring id ‖ rank ‖ world size) with
-//!   key = SHA-256("ringtrain ring v1" ‖ token), never the token, so a captured hello does not
-//!   reveal it and a proof for one ring, rank and round does not fit another.
+//! * Ring: a challenge-response handshake. Each side proves it holds the ring key
+//!   (key = SHA-256("ringtrain ring v1" ‖ token), never the token) with [`ring_proof`] =
+//!   HMAC-SHA256(key, role ‖ ring id ‖ rank ‖ world size ‖ dialer's nonce ‖ acceptor's nonce).
+//!   The acceptor picks its nonce fresh for every connection, so a recorded proof is useless on
+//!   the next one; the role ("dial"/"accept") keeps one side's proof from being reflected as the
+//!   other's; the ring id carries the run and round.
 //! * No token configured: gRPC calls are not checked (local and test runs), and the ring proof
 //!   is computed from the empty token, so both ends still agree.
 //!
@@ -17,6 +20,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 /// Metadata key of the token on every gRPC call.
@@ -108,12 +112,8 @@ impl Token {
 
 /// Equality that takes the same time wherever the first difference is (lengths are not secret).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    // Keep the compiler from turning the fold into an early exit.
-    std::hint::black_box(diff) == 0
+    use subtle::ConstantTimeEq as _;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 /// The ring key of a token (`None`: no token configured).
@@ -124,15 +124,65 @@ pub fn ring_key(token: Option<&Token>) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// What rank `rank` of `world_size` sends in its hello on ring `ring_id`.
-pub fn ring_proof(key: &[u8; 32], ring_id: &str, rank: u32, world_size: u32) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(key);
-    h.update((ring_id.len() as u64).to_le_bytes());
-    h.update(ring_id.as_bytes());
-    h.update(rank.to_le_bytes());
-    h.update(world_size.to_le_bytes());
-    h.finalize().into()
+/// Which end of a ring connection makes a proof.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingRole {
+    /// The rank that connected (the predecessor).
+    Dial,
+    /// The rank that accepted.
+    Accept,
+}
+
+/// What a ring connection's two nonces and its identity are, for [`ring_proof`].
+#[derive(Debug, Clone, Copy)]
+pub struct RingHandshake<'a> {
+    /// `run id/round-N`.
+    pub ring_id: &'a str,
+    /// The proving side's rank.
+    pub rank: u32,
+    pub world_size: u32,
+    /// The dialer's nonce (in its hello) and the acceptor's (in its challenge).
+    pub dial_nonce: &'a [u8; 32],
+    pub accept_nonce: &'a [u8; 32],
+}
+
+fn ring_mac(key: &[u8; 32], role: RingRole, h: &RingHandshake<'_>) -> Hmac<Sha256> {
+    // HMAC takes keys of any length; 32 bytes cannot fail.
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
+    m.update(match role {
+        RingRole::Dial => b"ringtrain ring v3 dial",
+        RingRole::Accept => b"ringtrain ring v3 acpt",
+    });
+    m.update(&(h.ring_id.len() as u64).to_le_bytes());
+    m.update(h.ring_id.as_bytes());
+    m.update(&h.rank.to_le_bytes());
+    m.update(&h.world_size.to_le_bytes());
+    m.update(h.dial_nonce);
+    m.update(h.accept_nonce);
+    m
+}
+
+/// The proof `role` sends on a ring connection described by `h` (see the module contract).
+pub fn ring_proof(key: &[u8; 32], role: RingRole, h: &RingHandshake<'_>) -> [u8; 32] {
+    ring_mac(key, role, h).finalize().into_bytes().into()
+}
+
+/// Whether `proof` is `role`'s proof for `h` (constant time).
+pub fn verify_ring_proof(
+    key: &[u8; 32],
+    role: RingRole,
+    h: &RingHandshake<'_>,
+    proof: &[u8],
+) -> bool {
+    ring_mac(key, role, h).verify_slice(proof).is_ok()
+}
+
+/// 32 bytes from the OS's random source (ring nonces).
+pub fn random_nonce() -> std::io::Result<[u8; 32]> {
+    use std::io::Read;
+    let mut b = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b)
 }
 
 #[cfg(test)]
@@ -183,17 +233,37 @@ mod tests {
     }
 
     #[test]
-    fn ring_proofs_bind_token_ring_rank_and_size() {
+    fn ring_proofs_bind_token_role_ring_rank_size_and_both_nonces() {
         let t = Token::parse("secret-secret-secret", "t").unwrap();
         let k = ring_key(Some(&t));
-        let p = ring_proof(&k, "run/round-1", 1, 2);
-        assert_eq!(p, ring_proof(&k, "run/round-1", 1, 2));
-        assert_ne!(p, ring_proof(&ring_key(None), "run/round-1", 1, 2));
-        assert_ne!(p, ring_proof(&k, "run/round-2", 1, 2));
-        assert_ne!(p, ring_proof(&k, "run/round-1", 0, 2));
-        assert_ne!(p, ring_proof(&k, "run/round-1", 1, 3));
+        let (d, a) = ([1u8; 32], [2u8; 32]);
+        let h = RingHandshake {
+            ring_id: "run/round-1",
+            rank: 1,
+            world_size: 2,
+            dial_nonce: &d,
+            accept_nonce: &a,
+        };
+        let p = ring_proof(&k, RingRole::Dial, &h);
+        assert!(verify_ring_proof(&k, RingRole::Dial, &h, &p));
+        let other = [3u8; 32];
+        let changed: Vec<RingHandshake> = vec![
+            RingHandshake { ring_id: "run/round-2", ..h },
+            RingHandshake { rank: 0, ..h },
+            RingHandshake { world_size: 3, ..h },
+            RingHandshake { dial_nonce: &other, ..h },
+            // A fresh acceptor nonce: a recorded proof does not fit the next connection.
+            RingHandshake { accept_nonce: &other, ..h },
+        ];
+        for c in &changed {
+            assert!(!verify_ring_proof(&k, RingRole::Dial, c, &p), "{c:?}");
+        }
+        assert!(!verify_ring_proof(&k, RingRole::Accept, &h, &p), "no reflection");
+        assert!(!verify_ring_proof(&ring_key(None), RingRole::Dial, &h, &p));
+        assert!(!verify_ring_proof(&k, RingRole::Dial, &h, &p[..31]));
         let r = Token::random().unwrap();
         assert_eq!(r.expose().len(), 64);
         assert_ne!(r, Token::random().unwrap());
+        assert_ne!(random_nonce().unwrap(), random_nonce().unwrap());
     }
 }

@@ -150,6 +150,9 @@ pub struct Summary {
     /// Seconds from coordinator start to the end of the run.
     pub wall_seconds: f64,
     pub run_dir: String,
+    /// Rounds ended by a lost worker (`max_restarts` bounds them).
+    #[serde(default)]
+    pub restarts: u32,
 }
 
 pub use ringtrain_common::fsio::write_atomic;

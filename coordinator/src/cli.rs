@@ -186,6 +186,25 @@ pub struct RunArgs {
     #[arg(long, value_name = "IP:PORT", env = "RINGTRAIN_HTTP_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_listen: Option<String>,
+    /// Most gRPC connections that made an authenticated call, at once [default: 1024].
+    #[arg(long, env = "RINGTRAIN_MAX_CONNECTIONS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Most gRPC connections still in their handshake; past it the oldest is closed
+    /// [default: 256].
+    #[arg(long, env = "RINGTRAIN_MAX_PENDING_CONNECTIONS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pending_connections: Option<u32>,
+    /// Seconds a new gRPC connection has for TLS, the HTTP/2 preface and its first
+    /// authenticated call before it is closed [default: 10].
+    #[arg(long, env = "RINGTRAIN_HANDSHAKE_TIMEOUT_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshake_timeout_s: Option<f64>,
+    /// HTTP/2 keepalive of the gRPC server: ping period, and how long an answer may take,
+    /// in seconds [default: 10].
+    #[arg(long, env = "RINGTRAIN_KEEPALIVE_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keepalive_s: Option<f64>,
     /// Print the effective, validated configuration as JSON and exit (checks a job file or a
     /// command line, e.g. one in a Kubernetes manifest).
     #[arg(long)]
@@ -233,6 +252,10 @@ pub struct ServeArgs {
     /// gRPC listen address [default: 127.0.0.1:29400].
     #[arg(long, value_name = "IP:PORT", env = "RINGTRAIN_LISTEN")]
     pub listen: Option<String>,
+    /// Allow --listen on an address other machines can reach without an auth token (refused
+    /// otherwise): anyone who reaches the port could then join, report and upload checkpoints.
+    #[arg(long, env = "RINGTRAIN_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
 }
 
 impl ServeArgs {
@@ -242,6 +265,7 @@ impl ServeArgs {
         if let Some(listen) = &self.listen {
             c.listen = listen.clone();
         }
+        c.insecure_no_auth |= self.insecure_no_auth;
         Ok(c)
     }
 }

@@ -152,6 +152,21 @@ pub struct RunConfig {
     /// HTTP endpoint for the dashboard (`/`), Prometheus (`/metrics`) and `ringtrain status`
     /// (`/status`), e.g. `0.0.0.0:29401`; none: off.
     pub http_listen: Option<String>,
+    /// Serve gRPC on an address other machines can reach without an auth token. Refused unless
+    /// set: only for a trusted, isolated network (see the README's cluster mode).
+    pub insecure_no_auth: bool,
+    /// Most gRPC connections that have made an authenticated call, at once; past it new
+    /// connections are closed at once (`launch`'s and a cluster's workers need one each).
+    pub max_connections: u32,
+    /// Most gRPC connections still in their handshake (TCP accepted, no authenticated call
+    /// yet); past it the oldest is closed to make room.
+    pub max_pending_connections: u32,
+    /// A gRPC connection must finish TLS, the HTTP/2 preface and its first authenticated call
+    /// within this many seconds of being accepted, or it is closed.
+    pub handshake_timeout_s: f64,
+    /// HTTP/2 keepalive: the server pings every connection this often and closes one whose
+    /// ping is not answered within as long again (a dead or paused worker).
+    pub keepalive_s: f64,
     /// An LR range test instead of training (`ringtrain lr-find` sets it; as a TOML table
     /// `[lr_find]` with `start_lr`, `end_lr`, `iters`, `stop_div`): one epoch of `iters`
     /// steps on an exponential learning-rate sweep.
@@ -203,6 +218,11 @@ impl Default for RunConfig {
             tls_key: None,
             stall_timeout_s: 300.0,
             http_listen: None,
+            insecure_no_auth: false,
+            max_connections: 1024,
+            max_pending_connections: 256,
+            handshake_timeout_s: 10.0,
+            keepalive_s: 10.0,
             lr_find: None,
             resume_required: false,
         }
@@ -257,6 +277,9 @@ pub enum ConfigError {
     /// `listen` is not `host:port` with a numeric host.
     #[error("listen must be an IP:port address such as 127.0.0.1:29400, got {0:?}")]
     BadListen(String),
+    /// A connection limit is zero.
+    #[error("{field} must be at least 1")]
+    ZeroLimit { field: &'static str },
     /// An explicit `run_id` is empty or contains whitespace.
     #[error("run-id must be non-empty without whitespace, got {0:?}")]
     BadRunId(String),
@@ -335,6 +358,8 @@ impl RunConfig {
             ("collective-timeout-s", self.collective_timeout_s),
             ("stop-grace-s", self.stop_grace_s),
             ("stall-timeout-s", self.stall_timeout_s),
+            ("handshake-timeout-s", self.handshake_timeout_s),
+            ("keepalive-s", self.keepalive_s),
         ] {
             if !(value.is_finite() && value > 0.0) {
                 return Err(ConfigError::BadDuration { field, value });
@@ -342,6 +367,14 @@ impl RunConfig {
         }
         if self.heartbeat_missed == 0 {
             return Err(ConfigError::NoMissedHeartbeats);
+        }
+        for (field, value) in [
+            ("max-connections", self.max_connections),
+            ("max-pending-connections", self.max_pending_connections),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::ZeroLimit { field });
+            }
         }
         if self.epochs() == 0 {
             return Err(ConfigError::NoEpochs);
@@ -553,8 +586,34 @@ mod tests {
                 },
             ),
             (
+                Box::new(|c| c.handshake_timeout_s = 0.0),
+                ConfigError::BadDuration {
+                    field: "handshake-timeout-s",
+                    value: 0.0,
+                },
+            ),
+            (
+                Box::new(|c| c.keepalive_s = -2.0),
+                ConfigError::BadDuration {
+                    field: "keepalive-s",
+                    value: -2.0,
+                },
+            ),
+            (
                 Box::new(|c| c.heartbeat_missed = 0),
                 ConfigError::NoMissedHeartbeats,
+            ),
+            (
+                Box::new(|c| c.max_connections = 0),
+                ConfigError::ZeroLimit {
+                    field: "max-connections",
+                },
+            ),
+            (
+                Box::new(|c| c.max_pending_connections = 0),
+                ConfigError::ZeroLimit {
+                    field: "max-pending-connections",
+                },
             ),
             (Box::new(|c| c.epochs = Some(0)), ConfigError::NoEpochs),
             (Box::new(|c| c.batch_size = 0), ConfigError::ZeroBatch),

@@ -51,6 +51,38 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The gRPC port's connections, in the Prometheus text format.
+pub fn render_guard(g: &crate::guard::Guard) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (pending, established) = g.open();
+    let st = g.stats();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP ringtrain_grpc_connections gRPC connections open now: pending (handshake, no authenticated call yet) or established.\n# TYPE ringtrain_grpc_connections gauge\nringtrain_grpc_connections{{state=\"pending\"}} {pending}\nringtrain_grpc_connections{{state=\"established\"}} {established}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ringtrain_grpc_connections_accepted_total gRPC connections accepted.\n# TYPE ringtrain_grpc_connections_accepted_total counter\nringtrain_grpc_connections_accepted_total {}",
+        st.accepted.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP ringtrain_grpc_connections_closed_total gRPC connections the coordinator closed, by reason.\n# TYPE ringtrain_grpc_connections_closed_total counter"
+    );
+    for (reason, n) in [
+        ("handshake_timeout", st.timed_out.load(Relaxed)),
+        ("evicted", st.evicted.load(Relaxed)),
+        ("max_connections", st.refused_full.load(Relaxed)),
+    ] {
+        let _ = writeln!(
+            out,
+            "ringtrain_grpc_connections_closed_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    out
+}
+
 /// `m` in the Prometheus text exposition format.
 pub fn render(m: &Metrics) -> String {
     let mut out = String::new();

@@ -24,7 +24,12 @@
 //! * **Too few workers**: the round must close within `join_timeout_s` (600 s) or the run fails;
 //!   with `min_workers < workers` it closes `last_call_s` (30 s) after the minimum joined.
 //! * **A worker that does not fit** (protocol version, run id, model, dataset fingerprint,
-//!   duplicate id, full round) is refused at Join and the run goes on without it.
+//!   a live worker's id without its secret, full round) is refused at Join and the run goes on
+//!   without it. A call for a rank without its worker's secret, or a report that cannot be true,
+//!   is refused with the reason (`state/identity.rs`, `state/reports.rs`).
+//! * **A hostile network**: the gRPC port caps and times out connections that have not made an
+//!   authenticated call (`guard.rs`); a coordinator that was paused discounts the pause from the
+//!   heartbeat budget; a second coordinator on a run folder is refused (`runlock.rs`).
 //! * **The coordinator dies**: workers retry for `--connect-timeout-s`; a coordinator started
 //!   again on the same run folder (`--auto-resume`/`--resume`) continues from the latest good
 //!   checkpoint and the workers re-join. Ctrl-C/SIGTERM take a stop checkpoint, then stop the run as "interrupted".
@@ -39,6 +44,7 @@ pub mod cli;
 pub mod config;
 pub mod dashboard;
 pub mod gpus;
+pub mod guard;
 pub mod health;
 pub mod http;
 pub mod ids;
@@ -46,6 +52,7 @@ pub mod launch;
 pub mod plan;
 pub mod rendezvous;
 mod resume;
+pub mod runlock;
 pub mod security;
 pub mod server;
 pub mod service;

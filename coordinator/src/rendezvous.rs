@@ -186,6 +186,11 @@ impl Rendezvous {
         &self.state
     }
 
+    /// Whether `id` is waiting in this round.
+    pub fn has(&self, id: &WorkerId) -> bool {
+        self.joined.contains_key(id)
+    }
+
     /// Workers waiting in the open round.
     pub fn joined(&self) -> u32 {
         self.joined.len() as u32

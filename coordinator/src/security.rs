@@ -47,6 +47,24 @@ pub enum SecurityError {
     },
     #[error("tls_cert and tls_key go together: give both or neither")]
     TlsPair,
+    /// gRPC would be reachable from other machines with nobody's identity checked.
+    #[error("refusing to serve gRPC on {listen} without an auth token: anyone who can reach that port could join the run, report results and upload checkpoints. Give the run a token (--auth-token-file FILE or RINGTRAIN_AUTH_TOKEN; e.g. `openssl rand -hex 32 > token`), listen on 127.0.0.1, or pass --insecure-no-auth on a trusted, isolated network")]
+    Unauthenticated { listen: String },
+}
+
+/// Refuses a gRPC listen address other machines can reach (anything but loopback) when the run
+/// has no token, unless the configuration says `insecure_no_auth`.
+pub fn check_exposure(config: &RunConfig, token: Option<&Token>) -> Result<(), SecurityError> {
+    let loopback = config
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback());
+    if token.is_some() || loopback || config.insecure_no_auth {
+        return Ok(());
+    }
+    Err(SecurityError::Unauthenticated {
+        listen: config.listen.clone(),
+    })
 }
 
 /// The token of a run from its configuration (file) or `$RINGTRAIN_AUTH_TOKEN`.
@@ -76,6 +94,12 @@ pub fn load_tls(config: &RunConfig) -> Result<Option<ServerTlsConfig>, SecurityE
     }
 }
 
+/// Refused calls are logged at most this often: a stranger must not fill the log.
+static UNAUTHENTICATED_LOG: std::sync::LazyLock<ringtrain_common::logging::RateLimit> =
+    std::sync::LazyLock::new(|| {
+        ringtrain_common::logging::RateLimit::new(20, std::time::Duration::from_secs(10))
+    });
+
 /// Checks the token on every Coordinator call (see the module contract).
 #[derive(Clone, Default)]
 pub struct CheckToken {
@@ -93,21 +117,25 @@ impl CheckToken {
 impl tonic::service::Interceptor for CheckToken {
     fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         let Some(token) = &self.token else {
+            crate::guard::mark_authenticated(&req);
             return Ok(req);
         };
         let given = req.metadata().get(AUTH_HEADER).map(|v| v.as_bytes());
         if token.accepts(given) {
+            // The connection proved the token: it may stay past the handshake deadline.
+            crate::guard::mark_authenticated(&req);
             return Ok(req);
         }
-        let peer = req
-            .remote_addr()
+        let peer = crate::guard::peer_addr(&req)
             .map_or_else(|| "unknown".to_string(), |a| a.to_string());
         let why = if given.is_none() {
             "no auth token"
         } else {
             "a wrong auth token"
         };
-        tracing::warn!(%peer, reason = why, "call refused");
+        if let Some(left_out) = UNAUTHENTICATED_LOG.allow() {
+            tracing::warn!(%peer, reason = why, left_out, "call refused");
+        }
         Err(tonic::Status::unauthenticated(format!(
             "refused: {why}; this run requires its shared token (--auth-token-file or RINGTRAIN_AUTH_TOKEN)"
         )))
@@ -146,6 +174,29 @@ mod tests {
         );
         // No token configured: nothing is checked.
         assert!(CheckToken::new(None).call(request(None)).is_ok());
+    }
+
+    #[test]
+    fn reachable_addresses_need_a_token_or_the_explicit_opt_out() {
+        let t = Token::parse("0123456789abcdef0123", "test").unwrap();
+        let at = |listen: &str, insecure: bool| RunConfig {
+            listen: listen.into(),
+            insecure_no_auth: insecure,
+            ..RunConfig::default()
+        };
+        for listen in ["127.0.0.1:29400", "[::1]:29400", "127.0.0.2:1"] {
+            assert!(check_exposure(&at(listen, false), None).is_ok(), "{listen}");
+        }
+        for listen in ["0.0.0.0:29400", "[::]:29400", "10.1.2.3:29400"] {
+            let err = check_exposure(&at(listen, false), None).unwrap_err();
+            assert!(
+                matches!(&err, SecurityError::Unauthenticated { listen: l } if l == listen),
+                "{err}"
+            );
+            assert!(err.to_string().contains("--insecure-no-auth"), "{err}");
+            assert!(check_exposure(&at(listen, false), Some(&t)).is_ok());
+            assert!(check_exposure(&at(listen, true), None).is_ok());
+        }
     }
 
     #[test]

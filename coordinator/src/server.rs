@@ -27,13 +27,14 @@ use ringtrain_common::pb::coordinator_server::CoordinatorServer;
 use ringtrain_common::report::{ReportError, RunFiles};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::ServerTlsConfig;
 
 use crate::artifacts::{OutputWriter, Summary, TableSink};
 use crate::config::{ConfigError, RunConfig};
+use crate::guard::{self, Guard, GuardConfig};
 use crate::plan::{plan_run, DatasetView, PlanError};
+use crate::runlock::{LockError, RunLock};
 use crate::security::{self, CheckToken, SecurityError};
 use crate::service::CoordinatorService;
 pub use crate::shared::RunHandle;
@@ -46,6 +47,9 @@ pub const INTERRUPTED: &str = "interrupted; the checkpoints stay: continue with 
 /// Largest message either way. Shards of 60,000 paths (about 3 MB) and weights exceed tonic's
 /// 4 MiB default; anything larger than this is refused before it is decoded.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// HTTP/2 streams (calls) one connection may have open at once: a worker needs a few.
+const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 
 /// The coordinator's clock: tokio's, so `tokio::time::pause` drives every timeout in tests.
 pub(crate) fn now() -> Instant {
@@ -82,6 +86,9 @@ pub enum ServeError {
     /// The token or TLS files cannot be used.
     #[error(transparent)]
     Security(#[from] SecurityError),
+    /// Another coordinator holds the run folder.
+    #[error(transparent)]
+    Lock(#[from] LockError),
 }
 
 /// How a run ended.
@@ -124,6 +131,8 @@ pub struct Run {
     linger: Duration,
     token: Option<Token>,
     tls: Option<ServerTlsConfig>,
+    /// One coordinator per run folder, until this run is dropped.
+    _lock: Option<RunLock>,
 }
 
 fn unix_time() -> u64 {
@@ -143,8 +152,15 @@ impl Run {
     pub fn prepare_with_table(config: RunConfig, table: TableSink) -> Result<Self, ServeError> {
         config.validate()?;
         let token = security::load_token(&config)?;
+        security::check_exposure(&config, token.as_ref())?;
         let tls = security::load_tls(&config)?;
         let config = config.resolved(unix_time());
+        // Before the folder is read: a second coordinator on it must not resume from files
+        // the first is writing.
+        let lock = match &config.run_dir {
+            Some(dir) => Some(RunLock::acquire(dir, &config.listen)?),
+            None => None,
+        };
         let (config, resumed) = crate::resume::find_resume(config)?;
         let run_id = config.run_id.clone().unwrap_or_default();
         let run_dir = config.run_dir.clone().unwrap_or_default();
@@ -216,6 +232,7 @@ impl Run {
             linger,
             token,
             tls,
+            _lock: lock,
         })
     }
 
@@ -301,7 +318,16 @@ impl Run {
         let stall = Duration::from_secs_f64(self.prepared.config.stall_timeout_s);
         let (health, health_task) = crate::health::start(self.shared.clone(), stall).await;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let mut builder = tonic::transport::Server::builder();
+        let c = &self.prepared.config;
+        let keepalive = Duration::from_secs_f64(c.keepalive_s);
+        // The last-resort bound on any call; barriers end sooner (round over, run failed) and
+        // a worker's own deadline (grpc-timeout) is honoured below this.
+        let request_cap = Duration::from_secs_f64(c.join_timeout_s.max(c.stall_timeout_s) + 60.0);
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(keepalive))
+            .http2_keepalive_timeout(Some(keepalive))
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .timeout(request_cap);
         if let Some(tls) = self.tls.clone() {
             builder = builder
                 .tls_config(tls)
@@ -315,11 +341,31 @@ impl Run {
             auth = self.token.is_some(),
             "gRPC security"
         );
+        let fd_limit = guard::raise_fd_limit();
+        let limits = guard::fit_to_fd_limit(
+            GuardConfig {
+                max_connections: c.max_connections as usize,
+                max_pending: c.max_pending_connections as usize,
+                handshake_timeout: Duration::from_secs_f64(c.handshake_timeout_s),
+                tcp_keepalive: keepalive,
+            },
+            fd_limit,
+        );
+        tracing::info!(fd_limit, max_connections = limits.max_connections, max_pending = limits.max_pending,
+            handshake_timeout_s = limits.handshake_timeout.as_secs_f64(), keepalive_s = c.keepalive_s, "gRPC connection limits");
+        let conn_guard = Guard::new(limits);
+        self.shared.set_guard(conn_guard.clone());
+        let (accept_stop_tx, accept_stop_rx) = watch::channel(false);
+        let incoming = tokio_stream::wrappers::ReceiverStream::new(guard::accept_loop(
+            listener,
+            conn_guard,
+            accept_stop_rx,
+        ));
         let mut server = tokio::spawn(
             builder
                 .add_service(health)
                 .add_service(svc)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                .serve_with_incoming_shutdown(incoming, async {
                     let _ = stop_rx.await;
                 }),
         );
@@ -380,6 +426,7 @@ impl Run {
                 server.abort();
             }
         }
+        let _ = accept_stop_tx.send(true);
         watchdog.abort();
         progress.abort();
         health_task.abort();

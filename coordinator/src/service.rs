@@ -7,7 +7,9 @@
 //! * Errors: version/run/model/dataset mismatch and "not running yet" → `FAILED_PRECONDITION`;
 //!   duplicate worker or closed round → `ALREADY_EXISTS`; rendezvous timeout →
 //!   `DEADLINE_EXCEEDED`; unknown rank or a rank used by another worker → `NOT_FOUND`; malformed
-//!   request → `INVALID_ARGUMENT`; a request of an ended round → `ABORTED` (re-join); a failed
+//!   request or an impossible report → `INVALID_ARGUMENT`; a call for a rank without its worker's
+//!   secret → `PERMISSION_DENIED`; a Join with a live worker's id without its secret →
+//!   `ALREADY_EXISTS`; a request of an ended round → `ABORTED` (re-join); a failed
 //!   run → `FAILED_PRECONDITION` with the reason and metadata `ringtrain-run-status: failed`,
 //!   except where the reply has a status field (Heartbeat, ReportEpoch, Leave), which then says
 //!   `FAILED`.
@@ -32,7 +34,7 @@ use crate::rendezvous::{Candidate, Membership, RendezvousError};
 use crate::shared::Shared;
 use crate::state::epoch::EpochReport;
 use crate::state::midepoch::MidReport;
-use crate::state::{self, Event, JoinArgs, Prepared, RankPerf, RunError, Snapshot};
+use crate::state::{self, Event, JoinArgs, Prepared, RankPerf, RunError, Secret, Snapshot};
 
 /// The tonic service; cheap to clone.
 #[derive(Clone)]
@@ -66,7 +68,36 @@ fn to_status(e: RunError) -> Status {
         RunError::Failed { .. } => run_failed(msg),
         RunError::StaleRound { .. } => Status::aborted(msg),
         RunError::Stopping => Status::unavailable(msg),
+        // Retryable: the id frees up once its holder is declared lost.
+        RunError::IdentityHeld { .. } => Status::already_exists(msg),
+        RunError::NotAuthenticated { .. } => Status::permission_denied(msg),
     }
+}
+
+/// Who sent `req`: the TCP peer address, or "unknown" (service tests call without a socket).
+pub(crate) fn peer<T>(req: &Request<T>) -> String {
+    crate::guard::peer_addr(req).map_or_else(|| "unknown".into(), |a| a.to_string())
+}
+
+/// Refusals a stranger can cause at will are logged at most this often.
+static REFUSALS: std::sync::LazyLock<ringtrain_common::logging::RateLimit> =
+    std::sync::LazyLock::new(|| {
+        ringtrain_common::logging::RateLimit::new(20, std::time::Duration::from_secs(10))
+    });
+
+/// Logs a refused call with the caller's address and the reason (rate-limited), and turns it
+/// into its status.
+fn refuse(call: &str, peer: &str, e: RunError) -> Status {
+    let log = !matches!(
+        e,
+        RunError::Stopping | RunError::StaleRound { .. } | RunError::Failed { .. }
+    );
+    if log {
+        if let Some(left_out) = REFUSALS.allow() {
+            tracing::warn!(%peer, call, reason = %e, left_out, "call refused");
+        }
+    }
+    to_status(e)
 }
 
 /// Metadata key marking a status as "the run failed" (the worker exits with code 3).
@@ -140,6 +171,20 @@ impl Drop for PendingJoin {
 impl CoordinatorService {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
+    }
+
+    /// Refuses a round-scoped call that does not carry the secret of the worker at `rank`.
+    fn authenticate(
+        &self,
+        call: &str,
+        peer: &str,
+        round_token: u64,
+        rank: Rank,
+        secret: &[u8],
+    ) -> Result<(), Status> {
+        self.shared
+            .read(|s| s.authenticate(round_token, rank, secret))
+            .map_err(|e| refuse(call, peer, e))
     }
 
     /// Waits until `done` holds, the round `token` ended (then `ABORTED`; 0: any round) or the
@@ -231,6 +276,7 @@ fn join_reply(
             epoch_losses: r.epoch_losses.to_vec(),
         }),
         collective: snap.collective.map(|k| k.to_string()).unwrap_or_default(),
+        worker_secret: Vec::new(),
     }
 }
 
@@ -240,8 +286,11 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinReply>, Status> {
+        let peer = peer(&request);
         let r = request.into_inner();
         let worker_id = WorkerId(r.worker_id);
+        let fresh_secret = Secret::random()
+            .map_err(|e| Status::unavailable(format!("no randomness for a worker secret: {e}")))?;
         let args = JoinArgs {
             protocol_version: r.protocol_version,
             run_id: r.run_id,
@@ -253,15 +302,21 @@ impl Coordinator for CoordinatorService {
                 device: r.device,
                 device_uuid: r.device_uuid,
             },
+            secret: r.worker_secret,
+            fresh_secret,
         };
-        let joined_round = self
+        let (joined_round, secret) = self
             .shared
-            .apply(Event::Join(args), |s| s.snapshot().round)
+            .apply(Event::Join(args), |s| {
+                (s.snapshot().round, s.secret_of(&worker_id))
+            })
             .map_err(|e| {
-                // Refused workers (wrong version, run id, model, dataset; a taken worker id;
-                // a full round) are logged: nothing they sent is used.
+                // Refused workers (wrong version, run id, model, dataset; a live worker's id
+                // without its secret; a full round) are logged: nothing they sent is used.
                 if !matches!(e, RunError::Stopping) {
-                    tracing::warn!(worker_id = %worker_id, reason = %e, "join refused");
+                    if let Some(left_out) = REFUSALS.allow() {
+                        tracing::warn!(worker_id = %worker_id, %peer, reason = %e, left_out, "join refused");
+                    }
                 }
                 to_status(e)
             })?;
@@ -297,15 +352,20 @@ impl Coordinator for CoordinatorService {
             ))
         })?;
         let prepared = self.shared.read(|s| s.prepared().clone());
-        tracing::info!(run_id = %prepared.run_id, round = m.round, rank = rank.0, world_size = m.world_size(), worker_id = %worker_id, "rank assigned");
-        Ok(Response::new(join_reply(&prepared, &snap, m, plan, rank)))
+        tracing::info!(run_id = %prepared.run_id, round = m.round, rank = rank.0, world_size = m.world_size(), worker_id = %worker_id, %peer, "rank assigned");
+        let mut reply = join_reply(&prepared, &snap, m, plan, rank);
+        // The secret issued when it joined; the Join event always leaves one.
+        reply.worker_secret = secret.map(|x| x.0.to_vec()).unwrap_or_default();
+        Ok(Response::new(reply))
     }
 
     async fn heartbeat(
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatReply>, Status> {
+        let peer = peer(&request);
         let r = request.into_inner();
+        self.authenticate("heartbeat", &peer, r.round_token, Rank(r.rank), &r.worker_secret)?;
         let ev = Event::Heartbeat {
             run_id: r.run_id,
             round_token: r.round_token,
@@ -329,7 +389,7 @@ impl Coordinator for CoordinatorService {
                 reason,
                 stop: false,
             })),
-            Err(e) => Err(to_status(e)),
+            Err(e) => Err(refuse("heartbeat", &peer, e)),
         }
     }
 
@@ -337,8 +397,10 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::PixelStatsReport>,
     ) -> Result<Response<pb::NormStats>, Status> {
+        let peer = peer(&request);
         let r = request.into_inner();
         let rank = Rank(r.rank);
+        self.authenticate("pixel stats", &peer, r.round_token, rank, &r.worker_secret)?;
         let stats = PixelStats {
             sum: r.sum,
             sum_sq: r.sum_sq,
@@ -354,7 +416,7 @@ impl Coordinator for CoordinatorService {
                 },
                 |_| (),
             )
-            .map_err(to_status)?;
+            .map_err(|e| refuse("pixel stats", &peer, e))?;
         let _alive = Waiting::start(&self.shared, rank);
         let snap = self.wait(r.round_token, |s| s.norm.is_some()).await?;
         match snap.norm {
@@ -371,11 +433,13 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::EpochPlanRequest>,
     ) -> Result<Response<pb::EpochPlan>, Status> {
+        let peer = peer(&request);
         let r = request.into_inner();
+        self.authenticate("epoch plan", &peer, r.round_token, Rank(r.rank), &r.worker_secret)?;
         let sched = self
             .shared
             .read(|s| s.epoch_plan(&r.run_id, r.round_token, Rank(r.rank), r.epoch))
-            .map_err(to_status)?;
+            .map_err(|e| refuse("epoch plan", &peer, e))?;
         Ok(Response::new(pb::EpochPlan {
             epoch: r.epoch,
             first_step: sched.first_step,
@@ -388,8 +452,10 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::EpochReport>,
     ) -> Result<Response<pb::Verdict>, Status> {
+        let peer = peer(&request);
         let r = request.into_inner();
         let (rank, epoch) = (Rank(r.rank), r.epoch);
+        self.authenticate("epoch report", &peer, r.round_token, rank, &r.worker_secret)?;
         let report = EpochReport {
             rank,
             epoch,
@@ -401,6 +467,8 @@ impl Coordinator for CoordinatorService {
             train_seconds: r.train_seconds,
             model: r.model_safetensors,
             optimizer: r.optimizer_safetensors,
+            model_digest: r.model_digest,
+            optimizer_digest: r.optimizer_digest,
         };
         let token = r.round_token;
         match self.shared.apply(
@@ -413,7 +481,7 @@ impl Coordinator for CoordinatorService {
         ) {
             Ok(()) => {}
             Err(RunError::Failed { reason }) => return Ok(Response::new(failed_verdict(reason))),
-            Err(e) => return Err(to_status(e)),
+            Err(e) => return Err(refuse("epoch report", &peer, e)),
         }
         let _alive = Waiting::start(&self.shared, rank);
         let snap = self.wait(token, |s| s.epochs_done > epoch).await?;
@@ -430,8 +498,10 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::CheckpointReport>,
     ) -> Result<Response<pb::Verdict>, Status> {
+        let peer = peer(&request);
         let r = request.into_inner();
         let (rank, step, token) = (Rank(r.rank), r.global_step, r.round_token);
+        self.authenticate("checkpoint", &peer, token, rank, &r.worker_secret)?;
         let report = MidReport {
             rank,
             epoch: r.epoch,
@@ -441,6 +511,8 @@ impl Coordinator for CoordinatorService {
             params_hash: r.params_hash,
             model: r.model_safetensors,
             optimizer: r.optimizer_safetensors,
+            model_digest: r.model_digest,
+            optimizer_digest: r.optimizer_digest,
             stop: r.stop,
             preempted: r.preempted,
         };
@@ -452,7 +524,7 @@ impl Coordinator for CoordinatorService {
         match self.shared.apply(ev, |_| ()) {
             Ok(()) => {}
             Err(RunError::Failed { reason }) => return Ok(Response::new(failed_verdict(reason))),
-            Err(e) => return Err(to_status(e)),
+            Err(e) => return Err(refuse("checkpoint", &peer, e)),
         }
         let _alive = Waiting::start(&self.shared, rank);
         let snap = self.wait(token, |s| s.checkpoint_step >= step).await?;
@@ -469,15 +541,19 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::NcclIdRequest>,
     ) -> Result<Response<pb::NcclIdReply>, Status> {
+        let peer = peer(&request);
         let r = request.into_inner();
         let (rank, token) = (Rank(r.rank), r.round_token);
+        self.authenticate("NCCL id", &peer, token, rank, &r.worker_secret)?;
         let ev = Event::NcclId {
             run_id: r.run_id,
             round_token: token,
             rank,
             unique_id: r.unique_id,
         };
-        self.shared.apply(ev, |_| ()).map_err(to_status)?;
+        self.shared
+            .apply(ev, |_| ())
+            .map_err(|e| refuse("NCCL id", &peer, e))?;
         let _alive = Waiting::start(&self.shared, rank);
         let snap = self.wait(token, |s| s.nccl_id.is_some()).await?;
         match snap.nccl_id {
@@ -494,7 +570,9 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<pb::LeaveRequest>,
     ) -> Result<Response<pb::Verdict>, Status> {
+        let peer = peer(&request);
         let r = request.into_inner();
+        self.authenticate("leave", &peer, r.round_token, Rank(r.rank), &r.worker_secret)?;
         let ev = Event::Leave {
             run_id: r.run_id,
             round_token: r.round_token,
@@ -510,7 +588,7 @@ impl Coordinator for CoordinatorService {
                 reason,
             })),
             Err(RunError::Failed { reason }) => Ok(Response::new(failed_verdict(reason))),
-            Err(e) => Err(to_status(e)),
+            Err(e) => Err(refuse("leave", &peer, e)),
         }
     }
 }

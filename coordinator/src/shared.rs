@@ -29,6 +29,8 @@ struct Inner {
 pub(crate) struct Shared {
     inner: Mutex<Inner>,
     tx: watch::Sender<Snapshot>,
+    /// The gRPC port's connection guard, once serving (its counts go to `/metrics`).
+    guard: std::sync::OnceLock<Arc<crate::guard::Guard>>,
 }
 
 impl Shared {
@@ -41,7 +43,18 @@ impl Shared {
                 history,
             }),
             tx,
+            guard: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records the gRPC port's guard (once).
+    pub(crate) fn set_guard(&self, g: Arc<crate::guard::Guard>) {
+        let _ = self.guard.set(g);
+    }
+
+    /// The gRPC port's guard, when serving.
+    pub(crate) fn guard(&self) -> Option<&Arc<crate::guard::Guard>> {
+        self.guard.get()
     }
 
     /// Connects the output writer; outputs before this are dropped.

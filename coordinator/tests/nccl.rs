@@ -43,12 +43,13 @@ async fn join_two(
     (ra.map(|r| r.into_inner()), rb.map(|r| r.into_inner()))
 }
 
-fn share(token: u64, rank: u32, id: Vec<u8>) -> Request<pb::NcclIdRequest> {
+fn share(token: u64, rank: u32, id: Vec<u8>, secret: &[u8]) -> Request<pb::NcclIdRequest> {
     Request::new(pb::NcclIdRequest {
         run_id: "test-run".into(),
         round_token: token,
         rank,
         unique_id: id,
+        worker_secret: secret.to_vec(),
     })
 }
 
@@ -75,13 +76,14 @@ async fn rank_zero_id_reaches_the_other_ranks() {
     // Rank 1 asks first and waits for rank 0.
     let waiting = tokio::spawn({
         let svc = svc.clone();
-        async move { svc.share_nccl_id(share(t, 1, vec![])).await }
+        let secret = b.worker_secret.clone();
+        async move { svc.share_nccl_id(share(t, 1, vec![], &secret)).await }
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!waiting.is_finished(), "rank 1 waits for rank 0's id");
 
     let bad = svc
-        .share_nccl_id(share(t, 0, vec![1; 12]))
+        .share_nccl_id(share(t, 0, vec![1; 12], &a.worker_secret))
         .await
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
@@ -93,7 +95,7 @@ async fn rank_zero_id_reaches_the_other_ranks() {
 
     let id: Vec<u8> = (0..128u8).collect();
     let mine = svc
-        .share_nccl_id(share(t, 0, id.clone()))
+        .share_nccl_id(share(t, 0, id.clone(), &a.worker_secret))
         .await
         .unwrap()
         .into_inner();
@@ -113,7 +115,7 @@ async fn one_gpu_for_two_ranks_or_a_cpu_rank_means_the_ring() {
         assert_eq!(a.collective, "ring", "b on {b:?}");
         // A ring round has no NCCL id to share.
         let err = svc
-            .share_nccl_id(share(a.round_token, 0, vec![0; 128]))
+            .share_nccl_id(share(a.round_token, 0, vec![0; 128], &a.worker_secret))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);

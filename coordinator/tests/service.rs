@@ -30,7 +30,9 @@ async fn join_two(svc: &CoordinatorService, fp: &str) -> (pb::JoinReply, pb::Joi
     (a.unwrap(), b.unwrap())
 }
 
-fn epoch_report(rank: u32, epoch: u32, hash: &str, t: u64) -> pb::EpochReport {
+/// Rank `rank`'s report of `epoch` with params hash `hash` (hex, padded to 16 digits), carrying
+/// `secret`; rank 0 uploads the fake state.
+fn epoch_report(rank: u32, epoch: u32, hash: &str, t: u64, secret: &[u8]) -> pb::EpochReport {
     pb::EpochReport {
         run_id: "test-run".into(),
         round_token: t,
@@ -40,10 +42,13 @@ fn epoch_report(rank: u32, epoch: u32, hash: &str, t: u64) -> pb::EpochReport {
         valid_loss_sum: 1.0,
         valid_correct: 3,
         valid_count: 4,
-        params_hash: hash.into(),
+        params_hash: format!("{hash:0>16}"),
         train_seconds: 1.0,
-        model_safetensors: if rank == 0 { b"m".to_vec() } else { vec![] },
-        optimizer_safetensors: if rank == 0 { b"o".to_vec() } else { vec![] },
+        model_safetensors: if rank == 0 { common::fake_model(epoch) } else { vec![] },
+        optimizer_safetensors: if rank == 0 { common::fake_optimizer(epoch) } else { vec![] },
+        worker_secret: secret.to_vec(),
+        model_digest: common::digest(&common::fake_model(epoch)),
+        optimizer_digest: common::digest(&common::fake_optimizer(epoch)),
     }
 }
 
@@ -59,7 +64,7 @@ async fn join_refuses_wrong_version_model_fingerprint_and_duplicates() {
     let e = join(&svc, r).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(
-        e.message().contains("version 7") && e.message().contains("version 4"),
+        e.message().contains("version 7") && e.message().contains("version 5"),
         "{}",
         e.message()
     );
@@ -168,29 +173,34 @@ async fn barriers_wait_for_every_rank() {
     let dir = tempfile::tempdir().unwrap();
     let run = prepare(common::config(dir.path(), 2));
     let svc = run.service();
-    let t = join_two(&svc, run.fingerprint()).await.0.round_token;
-    let px = move |rank, sum| pb::PixelStatsReport {
+    let (a, b) = join_two(&svc, run.fingerprint()).await;
+    let t = a.round_token;
+    let secrets = [a.worker_secret.clone(), b.worker_secret.clone()];
+    // One image per rank: rank 0's all white, rank 1's all black.
+    let px = move |rank: u32, white: bool| pb::PixelStatsReport {
         run_id: "test-run".into(),
         round_token: t,
         rank,
-        sum,
-        sum_sq: 0,
-        count: 10,
+        sum: if white { 255 * 784 } else { 0 },
+        sum_sq: if white { 255 * 255 * 784 } else { 0 },
+        count: 784,
+        worker_secret: secrets[rank as usize].clone(),
     };
     let first = tokio::spawn({
         let svc = svc.clone();
-        async move { svc.report_pixel_stats(Request::new(px(0, 255 * 10))).await }
+        let req = px(0, true);
+        async move { svc.report_pixel_stats(Request::new(req)).await }
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!first.is_finished(), "the pixel barrier waits for rank 1");
     let second = svc
-        .report_pixel_stats(Request::new(px(1, 0)))
+        .report_pixel_stats(Request::new(px(1, false)))
         .await
         .unwrap()
         .into_inner();
     let first = first.await.unwrap().unwrap().into_inner();
     assert_eq!(first, second);
-    assert_eq!((first.mean, first.count), (vec![0.5], 20));
+    assert_eq!((first.mean, first.count), (vec![0.5], 2 * 784));
 
     let plan = svc
         .get_epoch_plan(Request::new(pb::EpochPlanRequest {
@@ -198,6 +208,7 @@ async fn barriers_wait_for_every_rank() {
             round_token: t,
             rank: 1,
             epoch: 1,
+            worker_secret: b.worker_secret.clone(),
         }))
         .await
         .unwrap()
@@ -207,7 +218,7 @@ async fn barriers_wait_for_every_rank() {
         (4, 4, 4)
     );
 
-    let mut r = epoch_report(0, 0, "h", t);
+    let mut r = epoch_report(0, 0, "1234", t, &a.worker_secret);
     r.step_losses = vec![0.5; 4];
     let e0 = tokio::spawn({
         let svc = svc.clone();
@@ -217,6 +228,9 @@ async fn barriers_wait_for_every_rank() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!e0.is_finished(), "the epoch barrier waits for rank 1");
     r.rank = 1;
+    r.worker_secret = b.worker_secret.clone();
+    r.model_safetensors.clear();
+    r.optimizer_safetensors.clear();
     let v1 = svc
         .report_epoch(Request::new(r))
         .await
@@ -237,16 +251,17 @@ async fn different_hashes_fail_both_ranks_with_the_hashes() {
         ..common::config(dir.path(), 2)
     });
     let svc = run.service();
-    let t = join_two(&svc, run.fingerprint()).await.0.round_token;
+    let (a, b) = join_two(&svc, run.fingerprint()).await;
+    let t = a.round_token;
     let (v0, v1) = tokio::join!(
-        svc.report_epoch(Request::new(epoch_report(0, 0, "aaaa", t))),
-        svc.report_epoch(Request::new(epoch_report(1, 0, "bbbb", t)))
+        svc.report_epoch(Request::new(epoch_report(0, 0, "aaaa", t, &a.worker_secret))),
+        svc.report_epoch(Request::new(epoch_report(1, 0, "bbbb", t, &b.worker_secret)))
     );
     for v in [v0.unwrap().into_inner(), v1.unwrap().into_inner()] {
         assert_eq!(v.status, pb::RunStatus::Failed as i32);
         assert_eq!(
             v.reason,
-            "replicas diverged after epoch 0: rank 0 aaaa, rank 1 bbbb"
+            "replicas diverged after epoch 0: rank 0 000000000000aaaa, rank 1 000000000000bbbb"
         );
     }
 }
@@ -260,14 +275,13 @@ async fn silent_rank_fails_the_run_and_releases_waiting_calls() {
     });
     let svc = run.service();
     let _watchdog = run.spawn_watchdog();
-    let t = join_two(&svc, run.fingerprint()).await.0.round_token;
+    let a = join_two(&svc, run.fingerprint()).await.0;
+    let t = a.round_token;
     // Rank 0 reports and waits in the barrier (alive); rank 1 ("b") never calls again.
     let waiting = tokio::spawn({
         let svc = svc.clone();
-        async move {
-            svc.report_epoch(Request::new(epoch_report(0, 0, "h", t)))
-                .await
-        }
+        let r = epoch_report(0, 0, "1234", t, &a.worker_secret);
+        async move { svc.report_epoch(Request::new(r)).await }
     });
     tokio::time::sleep(Duration::from_secs(14)).await;
     assert!(!waiting.is_finished(), "3 × 5 s have not passed yet");
@@ -286,6 +300,7 @@ async fn silent_rank_fails_the_run_and_releases_waiting_calls() {
         worker_id: "a".into(),
         epoch: 0,
         step: 0,
+        worker_secret: a.worker_secret.clone(),
         ..Default::default()
     };
     let reply = svc.heartbeat(Request::new(hb)).await.unwrap().into_inner();
@@ -323,7 +338,8 @@ async fn leave_with_failure_fails_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let run = prepare(common::config(dir.path(), 2));
     let svc = run.service();
-    let t = join_two(&svc, run.fingerprint()).await.0.round_token;
+    let (a, b) = join_two(&svc, run.fingerprint()).await;
+    let t = a.round_token;
     let leave = pb::LeaveRequest {
         run_id: "test-run".into(),
         round_token: t,
@@ -332,6 +348,7 @@ async fn leave_with_failure_fails_the_run() {
         reason: "out of memory".into(),
         weights_safetensors: vec![],
         recoverable: false,
+        worker_secret: b.worker_secret.clone(),
     };
     let v = svc.leave(Request::new(leave)).await.unwrap().into_inner();
     assert_eq!(
@@ -346,7 +363,8 @@ async fn leave_with_failure_fails_the_run() {
         rank: 0,
         sum: 0,
         sum_sq: 0,
-        count: 1,
+        count: 784,
+        worker_secret: a.worker_secret.clone(),
     };
     let e = svc.report_pixel_stats(Request::new(px)).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);

@@ -22,6 +22,7 @@ impl Coordinator for Hostile {
     async fn join(&self, r: Request<pb::JoinRequest>) -> Result<Response<pb::JoinReply>, Status> {
         let r = r.into_inner();
         Ok(Response::new(pb::JoinReply {
+            worker_secret: vec![7; 32],
             run_id: "hostile".into(),
             round: 1,
             rank: 0,

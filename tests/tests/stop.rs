@@ -141,6 +141,11 @@ fn sigterm_on_the_coordinator_takes_a_stop_checkpoint_and_a_restart_continues() 
     let mut serve_args: Vec<String> = vec!["serve".into(), "--listen".into(), listen.clone()];
     serve_args.extend(run_args(&data, &run_dir));
     serve_args.push("--auto-resume".into());
+    // The stop request reaches the ranks in a heartbeat reply: at 0.5 s a fast machine trains
+    // the remaining epochs before hearing it (the interval does not touch the arithmetic).
+    if let Some(i) = serve_args.iter().position(|a| a == "--heartbeat-interval-s") {
+        serve_args[i + 1] = "0.1".into();
+    }
     let serve_args: Vec<&str> = serve_args.iter().map(String::as_str).collect();
     let env = [("RINGTRAIN_CACHE_DIR", cache.as_path())];
     let mut serve = spawn_logged("ringtrain", &serve_args, &env, &logs, "serve-1");
@@ -165,8 +170,8 @@ fn sigterm_on_the_coordinator_takes_a_stop_checkpoint_and_a_restart_continues() 
             spawn_logged("ringtrain-worker", &args, &env, &logs, id)
         })
         .collect();
-    wait_for_checkpoint(&run_dir, 2, &mut serve, &logs);
-    std::thread::sleep(Duration::from_millis(150));
+    wait_for_checkpoint(&run_dir, 1, &mut serve, &logs);
+    std::thread::sleep(Duration::from_millis(50));
     term(serve.id());
     let status = wait_with_limit(&mut serve, LIMIT, "serve after SIGTERM");
     assert!(

@@ -37,6 +37,7 @@
 //!
 //! Tests: `tests.rs` beside this file (store behaviour on real folders), `manifest.rs` tests.
 
+pub mod digest;
 mod error;
 pub mod manifest;
 mod store;

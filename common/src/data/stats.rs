@@ -42,6 +42,26 @@ impl PixelStats {
         }
     }
 
+    /// The statistics of the union, or `None` when a sum would not fit (untrusted inputs).
+    pub fn checked_merge(self, other: Self) -> Option<Self> {
+        Some(Self {
+            sum: self.sum.checked_add(other.sum)?,
+            sum_sq: self.sum_sq.checked_add(other.sum_sq)?,
+            count: self.count.checked_add(other.count)?,
+        })
+    }
+
+    /// Whether these can be the sums of `count` pixels of 0..=255: `sum ≤ 255·count`,
+    /// `sum_sq ≤ 255²·count` and `sum² ≤ count·sum_sq` (Cauchy–Schwarz), in exact integers.
+    pub fn plausible(&self) -> bool {
+        let (s, q, n) = (
+            u128::from(self.sum),
+            u128::from(self.sum_sq),
+            u128::from(self.count),
+        );
+        s <= 255 * n && q <= 255 * 255 * n && s * s <= n * q
+    }
+
     /// Mean on the `[0, 1]` scale (pixel / 255).
     pub fn mean(&self) -> f64 {
         if self.count == 0 {
@@ -70,6 +90,25 @@ impl PixelStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn real_sums_are_plausible_and_forged_ones_are_not() {
+        let a = PixelStats::of(&[0, 17, 255, 255, 3]);
+        assert!(a.plausible());
+        assert!(PixelStats::default().plausible());
+        for forged in [
+            PixelStats { sum: 256, sum_sq: 65536, count: 1 },
+            PixelStats { sum: 10, sum_sq: 65026, count: 1 },
+            // Mean 100 but no spread claimed: sum² > count·sum_sq.
+            PixelStats { sum: 200, sum_sq: 100, count: 2 },
+            PixelStats { sum: u64::MAX, sum_sq: u64::MAX, count: 1 },
+        ] {
+            assert!(!forged.plausible(), "{forged:?}");
+        }
+        let big = PixelStats { sum: u64::MAX - 1, sum_sq: 0, count: 0 };
+        assert_eq!(big.checked_merge(a), None);
+        assert_eq!(a.checked_merge(a), Some(a.merge(a)));
+    }
 
     #[test]
     fn mean_std_and_merge() {

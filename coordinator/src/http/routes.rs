@@ -137,11 +137,17 @@ pub(super) fn respond(req: &Request, shared: &Arc<Shared>, streams: &Arc<Semapho
     }
     let metrics = || shared.read(|s| s.metrics(crate::server::now(), unix_ms()));
     match req.path.as_str() {
-        "/metrics" => Reply::full(
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            Cow::Owned(super::render(&metrics())),
-        ),
+        "/metrics" => {
+            let mut text = super::render(&metrics());
+            if let Some(g) = shared.guard() {
+                text.push_str(&super::render_guard(g));
+            }
+            Reply::full(
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                Cow::Owned(text),
+            )
+        }
         "/status" => Reply::full(
             "200 OK",
             "application/json",

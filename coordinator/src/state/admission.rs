@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    Action, Actions, Cause, Failure, JoinArgs, RunError, RunState, Status, PROTOCOL_VERSION,
-    ROOT_CAUSE_WINDOW,
+    Action, Actions, Admission, Cause, Failure, JoinArgs, RunError, RunState, Status,
+    PROTOCOL_VERSION, ROOT_CAUSE_WINDOW,
 };
 use super::{Liveness, RankPerf};
 use ringtrain_common::devices::{choose, WorkerDevice};
@@ -73,6 +73,24 @@ impl RunState {
                 "worker {worker_id} sent no collective_addr"
             )));
         }
+        // Before anything can change: a caller with a live worker's id but not its secret is
+        // refused, so it can neither restart the round nor take the slot.
+        let holder = self.identity_holder(&worker_id, now);
+        match self
+            .identities
+            .admit(&worker_id, &a.secret, a.fresh_secret, || holder.is_some(), now)
+        {
+            None => {
+                return Err(RunError::IdentityHeld {
+                    worker_id,
+                    holder: holder.unwrap_or_default(),
+                })
+            }
+            Some(Admission::TakenOver(_)) => {
+                tracing::warn!(worker_id = %worker_id, "worker id taken over: its previous holder was declared lost");
+            }
+            Some(_) => {}
+        }
         let mut out = Vec::new();
         let member = self.membership.as_ref().and_then(|m| m.rank_of(&worker_id));
         if let (Status::Running, Some(rank)) = (self.status, member) {
@@ -92,6 +110,28 @@ impl RunState {
             .on_event(RendezvousEvent::Join(a.candidate), now)?;
         out.extend(self.rendezvous_actions(acts, now));
         Ok(out)
+    }
+
+    /// Why `id` is held by a live worker right now (`None`: free to take over). Held: waiting in
+    /// the open rendezvous; a member of the running round that is not gone and was heard from
+    /// (or is inside a barrier call) within the heartbeat budget; or anyone heard from within
+    /// that budget between rounds.
+    fn identity_holder(&self, id: &WorkerId, now: Instant) -> Option<String> {
+        let c = &self.prepared.config;
+        let budget = Duration::from_secs_f64(c.heartbeat_interval_s * f64::from(c.heartbeat_missed));
+        if self.status == Status::Rendezvous && self.rdzv.has(id) {
+            return Some("it is waiting in the rendezvous".into());
+        }
+        let member = self.membership.as_ref().and_then(|m| m.rank_of(id));
+        if let (Status::Running, Some(rank)) = (self.status, member) {
+            let l = &self.ranks[rank.index()];
+            let age = now.saturating_duration_since(l.last_seen);
+            return (!l.gone && (l.waiting > 0 || age <= budget)).then(|| {
+                format!("rank {rank} of round {}, heard from {:.1} s ago", self.round, age.as_secs_f64())
+            });
+        }
+        let age = now.saturating_duration_since(self.identities.last_contact(id)?);
+        (age <= budget).then(|| format!("heard from {:.1} s ago", age.as_secs_f64()))
     }
 
     pub(super) fn rendezvous_actions(
@@ -194,6 +234,8 @@ impl RunState {
         if let Some(r) = rank {
             self.ranks[r.index()].gone = true;
         }
+        // Its process is gone: a restarted one may take the id at once.
+        self.identities.lose(worker_id);
         if self.status.is_terminal() {
             let root_cause = self.failure.as_ref().is_some_and(|f| {
                 f.reported_by.is_some_and(|by| Some(by) != rank)

@@ -43,6 +43,9 @@ pub struct EpochReport {
     pub model: Vec<u8>,
     /// Rank 0 only: Adam's moments after the epoch (safetensors).
     pub optimizer: Vec<u8>,
+    /// Every rank: `state_digest` of its model and optimizer state after the epoch.
+    pub model_digest: String,
+    pub optimizer_digest: String,
 }
 
 /// One step for `steps.csv`.
@@ -282,6 +285,8 @@ mod tests {
             train_seconds: 1.0 + f64::from(rank),
             model: Vec::new(),
             optimizer: Vec::new(),
+            model_digest: String::new(),
+            optimizer_digest: String::new(),
         }
     }
 

@@ -29,6 +29,9 @@ pub struct MidReport {
     /// Rank 0 only.
     pub model: Vec<u8>,
     pub optimizer: Vec<u8>,
+    /// Every rank: `state_digest` of its model and optimizer state.
+    pub model_digest: String,
+    pub optimizer_digest: String,
     pub stop: bool,
     pub preempted: bool,
 }
@@ -58,12 +61,15 @@ impl RunState {
                 r.epoch, r.step_in_epoch, r.global_step, self.global_step
             ));
         }
-        if r.step_losses.len() != r.step_in_epoch as usize || r.params_hash.is_empty() {
-            return bad("a checkpoint needs one loss per step done and a params_hash".into());
+        if r.step_losses.len() != r.step_in_epoch as usize {
+            return bad("a checkpoint needs one loss per step done".into());
         }
-        if r.rank.0 == 0 && (r.model.is_empty() || r.optimizer.is_empty()) {
-            return bad("rank 0 sent no model or optimizer state".into());
-        }
+        super::reports::check_state(
+            r.rank,
+            &r.params_hash,
+            (&r.model_digest, &r.optimizer_digest),
+            (&r.model, &r.optimizer),
+        )?;
         if let Some(other) = self.mid.values().find(|o| o.global_step != r.global_step) {
             return bad(format!(
                 "checkpoints at step {}, rank {} at step {}",
@@ -75,6 +81,17 @@ impl RunState {
             return Ok(vec![]);
         }
         let mut reports: Vec<MidReport> = std::mem::take(&mut self.mid).into_values().collect();
+        if let Err(why) = super::reports::agree_on_state(
+            reports
+                .iter()
+                .map(|r| (r.rank, r.model_digest.as_str(), r.optimizer_digest.as_str())),
+        ) {
+            let reason = format!(
+                "replicas diverged before the checkpoint at step {}: {why}",
+                reports[0].global_step
+            );
+            return Ok(self.fail(reason, Cause::Other, now));
+        }
         let first = reports[0].params_hash.clone();
         if reports.iter().any(|x| x.params_hash != first) {
             let hashes: Vec<String> = reports

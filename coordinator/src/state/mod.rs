@@ -32,6 +32,7 @@
 
 mod admission;
 pub mod epoch;
+pub mod identity;
 mod metrics;
 pub mod midepoch;
 mod nccl;
@@ -59,6 +60,7 @@ use crate::rendezvous::{
     Candidate, Membership, Rendezvous, RendezvousError, RendezvousEvent, RendezvousSettings,
 };
 use epoch::{EpochAggregator, EpochReport};
+pub use identity::{Admission, Secret};
 pub use metrics::{Metrics, RankMetrics, RankPerf};
 pub use rounds::{Progress, ResumePoint, Resumed};
 
@@ -155,6 +157,10 @@ pub struct JoinArgs {
     pub model: String,
     pub dataset_fingerprint: String,
     pub candidate: Candidate,
+    /// The secret an earlier Join gave this worker (empty on its first Join).
+    pub secret: Vec<u8>,
+    /// The secret to issue if this Join gets a new one (random, chosen by the caller).
+    pub fresh_secret: Secret,
 }
 
 /// Inputs of the state machine.
@@ -295,6 +301,12 @@ pub enum RunError {
     /// The request belongs to a round that ended (or to another coordinator process).
     #[error("round over: the request is for another round; this is round {round}, re-join")]
     StaleRound { round: u32 },
+    /// A Join with a worker id that a live worker holds, without that worker's secret.
+    #[error("worker id {worker_id} belongs to a live worker ({holder}); a re-join must carry its worker secret, else wait until that worker is declared lost")]
+    IdentityHeld { worker_id: WorkerId, holder: String },
+    /// A call for a rank without the secret of the worker holding it.
+    #[error("rank {rank} is worker {worker_id}; the call does not carry its worker secret")]
+    NotAuthenticated { rank: Rank, worker_id: WorkerId },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -345,6 +357,11 @@ pub struct RunState {
     counters: metrics::Counters,
     /// Rounds each worker was admitted to by this coordinator (its restarts: that minus 1).
     rounds_joined: BTreeMap<WorkerId, u32>,
+    /// Every worker's secret, and whether its holder is alive.
+    identities: identity::Identities,
+    /// The previous `Tick`: a gap far longer than the ticker's period means this process was
+    /// not running (SIGSTOP, a paused VM), which must not count against the workers.
+    last_tick: Option<Instant>,
 }
 
 type Actions = Result<Vec<Action>, RunError>;
@@ -387,6 +404,8 @@ impl RunState {
             nccl_id: None,
             counters: metrics::Counters::default(),
             rounds_joined: BTreeMap::new(),
+            identities: identity::Identities::default(),
+            last_tick: None,
             rdzv: Rendezvous::with_round(settings, now, round),
             prepared,
             started: now,
@@ -599,6 +618,31 @@ impl RunState {
         }
     }
 
+    /// Checks that a call for `rank` of round `round_token` carries the secret of the worker that
+    /// holds the rank. Only that: a call of another round, for a rank that does not exist or
+    /// while no round runs passes here and is refused (or answered) by its event as before.
+    pub fn authenticate(&self, round_token: u64, rank: Rank, secret: &[u8]) -> Result<(), RunError> {
+        if round_token != self.round_token {
+            return Ok(());
+        }
+        let Some(member) = self.membership.as_ref().and_then(|m| m.member(rank)) else {
+            return Ok(());
+        };
+        let worker_id = &member.candidate.worker_id;
+        if self.identities.verify(worker_id, secret) {
+            return Ok(());
+        }
+        Err(RunError::NotAuthenticated {
+            rank,
+            worker_id: worker_id.clone(),
+        })
+    }
+
+    /// The secret of `worker_id`, once a Join issued one.
+    pub fn secret_of(&self, worker_id: &WorkerId) -> Option<Secret> {
+        self.identities.secret_of(worker_id)
+    }
+
     /// The plan, when `rank` may talk about the running round under `run_id`.
     fn running_rank(
         &self,
@@ -650,6 +694,7 @@ impl RunState {
     }
 
     fn tick(&mut self, now: Instant) -> Actions {
+        self.forgive_own_pause(now);
         if self.status == Status::Rendezvous {
             let acts = self.rdzv.on_event(RendezvousEvent::Tick, now)?;
             return Ok(self.rendezvous_actions(acts, now));
@@ -675,7 +720,28 @@ impl RunState {
             c.heartbeat_missed,
             now.saturating_duration_since(l.last_seen).as_secs_f64()
         );
+        // Declared lost: its id is free for whoever joins with it next.
+        self.identities.lose(&self.worker_id(rank));
         Ok(self.restart_round(reason, Cause::Other, now))
+    }
+
+    /// When the ticks stopped for longer than a heartbeat interval, this process was not
+    /// running: the workers' heartbeats could not be heard meanwhile, so that time is added to
+    /// every rank's last contact instead of declaring them lost.
+    fn forgive_own_pause(&mut self, now: Instant) {
+        let Some(prev) = self.last_tick.replace(now) else {
+            return;
+        };
+        let gap = now.saturating_duration_since(prev);
+        let interval = Duration::from_secs_f64(self.prepared.config.heartbeat_interval_s);
+        if gap <= interval.max(Duration::from_secs(2)) {
+            return;
+        }
+        tracing::warn!(run_id = %self.prepared.run_id, paused_s = gap.as_secs_f64(),
+            "the coordinator was not running (paused or stopped); not counting that time against the workers' heartbeats");
+        for l in &mut self.ranks {
+            l.last_seen = (l.last_seen + gap).min(now);
+        }
     }
 
     fn fail(&mut self, reason: String, cause: Cause, now: Instant) -> Vec<Action> {

@@ -82,6 +82,7 @@ impl RunState {
             rank_hashes: self.agg.rank_hashes.clone(),
             wall_seconds: now.saturating_duration_since(self.started).as_secs_f64(),
             run_dir: self.prepared.run_dir.display().to_string(),
+            restarts: self.restarts,
         }
     }
 

@@ -4,6 +4,7 @@
 
 use std::time::Instant;
 
+use ringtrain_common::checkpoint::digest::{is_digest, state_digest};
 use ringtrain_common::data::PixelStats;
 
 use super::epoch::EpochReport;
@@ -29,19 +30,23 @@ impl RunState {
         stats: PixelStats,
         now: Instant,
     ) -> Actions {
-        let world_size = self.running_rank(run_id, round_token, rank)?.world_size;
+        let plan = self.running_rank(run_id, round_token, rank)?.clone();
+        let world_size = plan.world_size;
         self.ranks[rank.index()].last_seen = now;
         if self.norm.is_some() {
             return Ok(vec![]);
         }
+        check_pixel_stats(rank, &stats, plan.shard_of(rank).0.len())?;
         self.pixel.entry(rank).or_insert(stats);
         if self.pixel.len() < world_size as usize {
             return Ok(vec![]);
         }
+        // Each one is bounded by its shard, so the merge cannot overflow; checked anyway.
         let merged = self
             .pixel
             .values()
-            .fold(PixelStats::default(), |a, &b| a.merge(b));
+            .try_fold(PixelStats::default(), |a, &b| a.checked_merge(b))
+            .ok_or_else(|| RunError::BadRequest("pixel statistics overflow when merged".into()))?;
         self.norm = Some(merged);
         self.epoch_started = now;
         tracing::info!(run_id = %self.prepared.run_id, mean = merged.mean(), std = merged.std(), pixels = merged.count, "normalisation statistics merged");
@@ -83,23 +88,30 @@ impl RunState {
                 plan.steps_per_epoch
             )));
         }
-        if r.params_hash.is_empty() {
-            return Err(RunError::BadRequest(format!(
-                "rank {} sent no params_hash",
-                r.rank
-            )));
-        }
-        if r.rank.0 == 0 && (r.model.is_empty() || r.optimizer.is_empty()) {
-            return Err(RunError::BadRequest(
-                "rank 0 sent no model or optimizer state for the epoch's checkpoint".into(),
-            ));
-        }
+        check_epoch_numbers(&r, plan.shard_of(r.rank).1.len())?;
+        check_state(
+            r.rank,
+            &r.params_hash,
+            (&r.model_digest, &r.optimizer_digest),
+            (&r.model, &r.optimizer),
+        )?;
         self.reports.entry(r.rank).or_insert(r);
         if self.reports.len() < plan.world_size as usize {
             return Ok(vec![]);
         }
         let mut reports: Vec<EpochReport> =
             std::mem::take(&mut self.reports).into_values().collect();
+        if let Err(why) = agree_on_state(
+            reports
+                .iter()
+                .map(|r| (r.rank, r.model_digest.as_str(), r.optimizer_digest.as_str())),
+        ) {
+            return Ok(self.fail(
+                format!("replicas diverged after epoch {}: {why}", r_epoch(&reports)),
+                Cause::Other,
+                now,
+            ));
+        }
         let (model, optimizer) = reports.first_mut().map_or_else(Default::default, |r0| {
             (
                 std::mem::take(&mut r0.model),
@@ -179,13 +191,14 @@ impl RunState {
         let worker_id = self.worker_id(rank);
         let l = &mut self.ranks[rank.index()];
         let first_leave = !l.left;
-        l.left = true;
         l.last_seen = now;
         if self.status.is_terminal() || !first_leave {
+            l.left = true;
             l.informed = true;
             return Ok(vec![]);
         }
         if !ok {
+            l.left = true;
             let why = if reason.is_empty() {
                 "failed without a reason".to_string()
             } else {
@@ -206,6 +219,7 @@ impl RunState {
         }
         let (done, epochs) = (self.agg.done(), self.plan.as_ref().map_or(0, |p| p.epochs));
         if done < epochs {
+            self.ranks[rank.index()].left = true;
             return Ok(self.fail(
                 format!("rank {rank} ({worker_id}) left after {done} of {epochs} epochs"),
                 Cause::Other,
@@ -214,6 +228,27 @@ impl RunState {
         }
         tracing::info!(run_id = %self.prepared.run_id, rank = rank.0, worker_id = %worker_id, "rank finished");
         let mut out = Vec::new();
+        if rank.0 == 0 && !weights.is_empty() {
+            // Only the state every rank agreed on becomes final.safetensors.
+            let agreed = self.resume.as_ref().map(|p| state_digest(&p.model));
+            let got = state_digest(&weights);
+            match (agreed, got) {
+                (Some(Ok(want)), Ok(got)) if want == got => {}
+                (_, Err(e)) => {
+                    return Err(RunError::BadRequest(format!(
+                        "rank 0 ({worker_id}) final weights: {e}"
+                    )))
+                }
+                _ => {
+                    return Err(RunError::BadRequest(format!(
+                        "rank 0 ({worker_id}) final weights are not the state the ranks agreed on after the last epoch"
+                    )))
+                }
+            }
+        }
+        let l = &mut self.ranks[rank.index()];
+        l.left = true;
+        l.last_seen = now;
         if rank.0 == 0 {
             if weights.is_empty() {
                 tracing::warn!(
@@ -232,4 +267,117 @@ impl RunState {
         }
         Ok(out)
     }
+}
+
+/// Refuses pixel sums that cannot come from `shard_images` images of 28×28 `u8` pixels.
+fn check_pixel_stats(rank: Rank, s: &PixelStats, shard_images: usize) -> Result<(), RunError> {
+    // Bad files left out by skip_bad make a shard smaller, never larger.
+    let max = shard_images as u64 * PIXELS_PER_IMAGE;
+    let why = if s.count == 0 || s.count > max || s.count % PIXELS_PER_IMAGE != 0 {
+        format!("count {} is not a whole number of 28×28 images up to its {shard_images}", s.count)
+    } else if !s.plausible() {
+        format!(
+            "sum {} and sum_sq {} cannot come from {} pixels of 0..=255",
+            s.sum, s.sum_sq, s.count
+        )
+    } else {
+        return Ok(());
+    };
+    Err(RunError::BadRequest(format!("rank {rank} pixel statistics: {why}")))
+}
+
+/// Pixels of one image (the run's images are 28×28, one channel).
+const PIXELS_PER_IMAGE: u64 = 28 * 28;
+
+/// Refuses validation counts and timings no real epoch produces.
+fn check_epoch_numbers(r: &EpochReport, shard_valid: usize) -> Result<(), RunError> {
+    let bad = |why: String| Err(RunError::BadRequest(format!("rank {} epoch {}: {why}", r.rank, r.epoch)));
+    if r.valid_count == 0 || r.valid_count > shard_valid as u64 {
+        return bad(format!(
+            "valid_count {} outside 1..={shard_valid} (its validation shard)",
+            r.valid_count
+        ));
+    }
+    if r.valid_correct > r.valid_count {
+        return bad(format!(
+            "valid_correct {} > valid_count {}",
+            r.valid_correct, r.valid_count
+        ));
+    }
+    // A loss sum may be infinite (a diverged model) but never negative or NaN.
+    if r.valid_loss_sum.is_nan() || r.valid_loss_sum < 0.0 {
+        return bad(format!("valid_loss_sum {} is not a loss sum", r.valid_loss_sum));
+    }
+    if !(r.train_seconds.is_finite() && r.train_seconds >= 0.0) {
+        return bad(format!("train_seconds {} is not a duration", r.train_seconds));
+    }
+    Ok(())
+}
+
+/// Refuses a malformed hash or digest, and rank 0's uploaded state unless it parses and hashes
+/// to the digests it reported (every rank's digests are compared at the barrier).
+pub(super) fn check_state(
+    rank: Rank,
+    params_hash: &str,
+    (model_digest, optimizer_digest): (&str, &str),
+    (model, optimizer): (&[u8], &[u8]),
+) -> Result<(), RunError> {
+    let bad = |why: String| Err(RunError::BadRequest(format!("rank {rank}: {why}")));
+    if params_hash.len() != 16 || !params_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return bad(format!("params_hash {params_hash:?} is not 16 hex digits"));
+    }
+    for (field, d) in [("model_digest", model_digest), ("optimizer_digest", optimizer_digest)] {
+        if !is_digest(d) {
+            return bad(format!("{field} {d:?} is not a hex SHA-256"));
+        }
+    }
+    if rank.0 != 0 {
+        if !model.is_empty() || !optimizer.is_empty() {
+            return bad("only rank 0 uploads its state".into());
+        }
+        return Ok(());
+    }
+    for (what, bytes, want) in [
+        ("model", model, model_digest),
+        ("optimizer", optimizer, optimizer_digest),
+    ] {
+        if bytes.is_empty() {
+            return bad(format!("no {what} state for the checkpoint"));
+        }
+        match state_digest(bytes) {
+            Ok(got) if got == want => {}
+            Ok(got) => {
+                return bad(format!(
+                    "its {what} state hashes to {got}, not to the {what}_digest {want} it reported"
+                ))
+            }
+            Err(e) => return bad(format!("{what} state: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// Every rank's `(model_digest, optimizer_digest)` must be the same: the state rank 0 uploads is
+/// then the one every replica holds. The error names each rank's digests.
+pub(super) fn agree_on_state<'a>(
+    digests: impl Iterator<Item = (Rank, &'a str, &'a str)>,
+) -> Result<(), String> {
+    let all: Vec<(Rank, &str, &str)> = digests.collect();
+    let Some(first) = all.first() else {
+        return Ok(());
+    };
+    if all.iter().all(|d| (d.1, d.2) == (first.1, first.2)) {
+        return Ok(());
+    }
+    Err(format!(
+        "the ranks hold different training state: {}",
+        all.iter()
+            .map(|(r, m, o)| format!("rank {r} model {} optimizer {}", &m[..m.len().min(12)], &o[..o.len().min(12)]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+fn r_epoch(reports: &[EpochReport]) -> u32 {
+    reports.first().map_or(0, |r| r.epoch)
 }

@@ -3,7 +3,10 @@
 use std::time::Instant;
 
 use super::midepoch::MidReport;
-use super::tests::{join_args, prepared_with, published, report, running_with, RUN, T1};
+use super::tests::{
+    hex16, join_args, prepared_with, published, rejoin_args, report, running_with, state_bytes,
+    RUN, T1,
+};
 use super::*;
 
 /// Round 2's token (`round_token` is 1000 + round in tests).
@@ -22,6 +25,7 @@ fn checkpoints(actions: &[Action]) -> Vec<(u32, u32, u64)> {
 }
 
 fn mid(rank: u32, step_in_epoch: u32, global_step: u64, hash: &str) -> Event {
+    let (m, o, model_digest, optimizer_digest) = state_bytes();
     Event::Checkpoint {
         run_id: RUN.into(),
         round_token: T1,
@@ -31,9 +35,11 @@ fn mid(rank: u32, step_in_epoch: u32, global_step: u64, hash: &str) -> Event {
             step_in_epoch,
             global_step,
             step_losses: vec![0.5 + rank as f32; step_in_epoch as usize],
-            params_hash: hash.into(),
-            model: if rank == 0 { b"m".to_vec() } else { vec![] },
-            optimizer: if rank == 0 { b"o".to_vec() } else { vec![] },
+            params_hash: hex16(hash),
+            model: if rank == 0 { m } else { vec![] },
+            optimizer: if rank == 0 { o } else { vec![] },
+            model_digest,
+            optimizer_digest,
             stop: false,
             preempted: false,
         },
@@ -115,14 +121,22 @@ fn a_lost_rank_ends_the_round_and_the_next_resumes_from_the_checkpoint() {
         s.on_event(hb, t0).unwrap_err(),
         RunError::StaleRound { round: 2 }
     );
-    s.on_event(Event::Join(join_args("w-a")), t0).unwrap();
+    // w-a re-joins with its secret (the same worker); w-b's process exited, so its id is free
+    // and its replacement joins without one.
+    s.on_event(Event::Join(rejoin_args("w-a")), t0).unwrap();
     s.on_event(Event::Join(join_args("w-b")), t0).unwrap();
     let snap = s.snapshot();
     assert_eq!(snap.status, Status::Running);
     assert_eq!(snap.resume.unwrap().epoch, 1);
     assert_eq!(snap.epochs_done, 1, "the table keeps the completed epoch");
-    // The next loss exceeds max_restarts = 1: the run fails.
-    s.on_event(Event::Join(join_args("w-a")), t0).unwrap();
+    // A stranger with w-a's id cannot end the round...
+    assert!(matches!(
+        s.on_event(Event::Join(join_args("w-a")), t0).unwrap_err(),
+        RunError::IdentityHeld { .. }
+    ));
+    assert_eq!(s.snapshot().status, Status::Running);
+    // ...but w-a itself re-joining is a loss, which exceeds max_restarts = 1: the run fails.
+    s.on_event(Event::Join(rejoin_args("w-a")), t0).unwrap();
     assert_eq!(s.verdict().0, Status::Failed);
     assert!(s.verdict().1.contains("re-joined"), "{}", s.verdict().1);
     assert!(s
@@ -199,9 +213,58 @@ fn replicas_that_differ_at_a_checkpoint_fail_the_run() {
     s.on_event(mid(0, 1, 3, "aa"), t0).unwrap();
     s.on_event(mid(1, 1, 3, "bb"), t0).unwrap();
     assert_eq!(s.verdict().0, Status::Failed);
+    let want = format!("rank 0 {}, rank 1 {}", hex16("aa"), hex16("bb"));
+    assert!(s.verdict().1.contains(&want), "{}", s.verdict().1);
+}
+
+#[test]
+fn ids_stay_held_across_rounds_until_their_holder_is_lost() {
+    let t0 = Instant::now();
+    let mut s = running_with(prepared_with(2), t0);
+    let hb = |rank: u32, id: &str| Event::Heartbeat {
+        run_id: RUN.into(),
+        round_token: T1,
+        rank: Rank(rank),
+        worker_id: WorkerId(id.into()),
+        epoch: 0,
+        step: 1,
+        perf: Default::default(),
+    };
+    // w-a heartbeats; w-b goes silent and is declared lost after 3 × 5 s.
+    let t10 = t0 + Duration::from_secs(10);
+    s.on_event(hb(0, "w-a"), t10).unwrap();
+    let t16 = t0 + Duration::from_secs(16);
+    s.on_event(Event::Tick, t16).unwrap();
+    assert_eq!(s.snapshot().round, 2);
+    // A stranger with the live worker's id is refused, naming how recently it was heard from;
+    // the lost worker's id is free for its replacement.
+    let err = s.on_event(Event::Join(join_args("w-a")), t16).unwrap_err();
     assert!(
-        s.verdict().1.contains("rank 0 aa, rank 1 bb"),
-        "{}",
-        s.verdict().1
+        matches!(&err, RunError::IdentityHeld { holder, .. } if holder.contains("heard from 6.0 s ago")),
+        "{err}"
     );
+    s.on_event(Event::Join(join_args("w-b")), t16).unwrap();
+    // Once w-a has not been heard from for the budget either, its id is free too.
+    let t26 = t10 + Duration::from_secs(16);
+    s.on_event(Event::Join(join_args("w-a")), t26).unwrap();
+    assert_eq!(s.snapshot().status, Status::Running);
+}
+
+#[test]
+fn a_pause_of_the_coordinator_itself_does_not_lose_the_ranks() {
+    let t0 = Instant::now();
+    let mut s = running_with(prepared_with(2), t0);
+    let tick = |s: &mut RunState, t: Instant| s.on_event(Event::Tick, t).unwrap();
+    tick(&mut s, t0);
+    tick(&mut s, t0 + Duration::from_secs(1));
+    // SIGSTOP for 30 s: the next tick comes 30 s later; nobody could be heard meanwhile.
+    let resumed = t0 + Duration::from_secs(31);
+    tick(&mut s, resumed);
+    assert_eq!((s.snapshot().status, s.snapshot().round), (Status::Running, 1));
+    // Still counted from then on: silent past the budget after the pause, a rank is lost.
+    tick(&mut s, resumed + Duration::from_secs(1));
+    for k in 2..=16 {
+        tick(&mut s, resumed + Duration::from_secs(k));
+    }
+    assert_eq!(s.snapshot().round, 2, "silent ranks are still found after a pause");
 }

@@ -166,6 +166,19 @@ impl RunState {
             },
         );
         tracing::warn!(run_id = %self.prepared.run_id, round = self.round, restarts = self.restarts, %reason, %from, "round ended; waiting for workers to re-join");
+        // The members' liveness outlives the round: an id stays held for the heartbeat budget
+        // after its holder was last heard from, so only it can re-join under that id meanwhile.
+        if let Some(m) = &self.membership {
+            for (member, l) in m.members.iter().zip(&self.ranks) {
+                let id = &member.candidate.worker_id;
+                if l.gone {
+                    self.identities.lose(id);
+                } else {
+                    let at = if l.waiting > 0 { now } else { l.last_seen };
+                    self.identities.seen(id, at);
+                }
+            }
+        }
         self.status = Status::Rendezvous;
         self.rdzv = Rendezvous::with_round(self.rendezvous_settings(), now, self.round);
         self.membership = None;

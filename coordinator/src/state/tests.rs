@@ -59,7 +59,44 @@ pub(super) fn join_args(id: &str) -> JoinArgs {
             device: "cpu".into(),
             device_uuid: String::new(),
         },
+        secret: Vec::new(),
+        fresh_secret: secret_for(id),
     }
+}
+
+/// A Join of `id` that carries the secret its first Join got (the same worker again).
+pub(super) fn rejoin_args(id: &str) -> JoinArgs {
+    JoinArgs {
+        secret: secret_for(id).0.to_vec(),
+        ..join_args(id)
+    }
+}
+
+/// The secret a test worker gets on its first Join (distinct per id).
+pub(super) fn secret_for(id: &str) -> Secret {
+    let mut b = [0u8; 32];
+    for (i, c) in id.bytes().enumerate() {
+        b[i % 32] ^= c;
+    }
+    b[31] ^= 0x5a;
+    Secret(b)
+}
+
+/// A params hash for a test tag ("h", "aa"): 16 hex digits, distinct per tag.
+pub(super) fn hex16(tag: &str) -> String {
+    let h = tag
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{h:016x}")
+}
+
+/// A small model and optimizer state (safetensors) and their digests, as rank 0 uploads them.
+pub(super) fn state_bytes() -> (Vec<u8>, Vec<u8>, String, String) {
+    use ringtrain_common::checkpoint::digest::{f32_safetensors, state_digest};
+    let m = f32_safetensors(&[("w", &[2], &[0.5, -1.0])]);
+    let o = f32_safetensors(&[("exp_avg", &[2], &[0.0, 0.1]), ("exp_avg_sq", &[2], &[0.0, 0.2])]);
+    let (md, od) = (state_digest(&m).unwrap(), state_digest(&o).unwrap());
+    (m, o, md, od)
 }
 
 pub(super) fn published(actions: &[Action]) -> bool {
@@ -81,6 +118,7 @@ pub(super) fn running_with(p: Arc<Prepared>, t0: Instant) -> RunState {
 }
 
 pub(super) fn report(rank: u32, epoch: u32, hash: &str) -> Event {
+    let (m, o, model_digest, optimizer_digest) = state_bytes();
     Event::Epoch {
         run_id: RUN.into(),
         round_token: T1,
@@ -91,10 +129,12 @@ pub(super) fn report(rank: u32, epoch: u32, hash: &str) -> Event {
             valid_loss_sum: 1.0,
             valid_correct: 2,
             valid_count: 2,
-            params_hash: hash.into(),
+            params_hash: hex16(hash),
             train_seconds: 1.0,
-            model: if rank == 0 { b"m".to_vec() } else { vec![] },
-            optimizer: if rank == 0 { b"o".to_vec() } else { vec![] },
+            model: if rank == 0 { m } else { vec![] },
+            optimizer: if rank == 0 { o } else { vec![] },
+            model_digest,
+            optimizer_digest,
         },
     }
 }
@@ -179,8 +219,14 @@ fn join_refusals() {
         t0,
     )
     .unwrap();
-    assert_eq!(
+    // Its id is now held: without its secret a second Join is refused before the rendezvous
+    // sees it; with it, the rendezvous refuses the duplicate.
+    assert!(matches!(
         s.on_event(Event::Join(join_args("w")), t0).unwrap_err(),
+        RunError::IdentityHeld { worker_id, holder } if worker_id == w && holder.contains("waiting in the rendezvous")
+    ));
+    assert_eq!(
+        s.on_event(Event::Join(rejoin_args("w")), t0).unwrap_err(),
         RunError::Rendezvous(RendezvousError::Duplicate(w))
     );
     assert_eq!(s.snapshot().status, Status::Rendezvous);
@@ -253,30 +299,113 @@ fn calls_before_the_round_or_for_unknown_ranks_are_refused() {
 fn pixel_barrier_merges_once_everyone_reported() {
     let t0 = Instant::now();
     let mut s = running(t0);
-    let px = |rank, sum| Event::PixelStats {
+    // Each rank has 4 training images of 784 pixels; `white` of them are all 255.
+    let px = |rank, white: u64| Event::PixelStats {
         run_id: RUN.into(),
         round_token: T1,
         rank: Rank(rank),
         stats: PixelStats {
-            sum,
-            sum_sq: sum * 255,
-            count: 4,
+            sum: 255 * 784 * white,
+            sum_sq: 255 * 255 * 784 * white,
+            count: 4 * 784,
         },
     };
-    assert!(s.on_event(px(1, 255), t0).unwrap().is_empty());
+    assert!(s.on_event(px(1, 1), t0).unwrap().is_empty());
     assert!(s.snapshot().norm.is_none());
-    let acts = s.on_event(px(0, 510), t0).unwrap();
+    let acts = s.on_event(px(0, 2), t0).unwrap();
     assert!(published(&acts));
     assert_eq!(
         s.snapshot().norm,
         Some(PixelStats {
-            sum: 765,
-            sum_sq: 765 * 255,
-            count: 8
+            sum: 255 * 784 * 3,
+            sum_sq: 255 * 255 * 784 * 3,
+            count: 8 * 784
         })
     );
     // A retry after the barrier is harmless.
-    assert!(s.on_event(px(0, 510), t0).unwrap().is_empty());
+    assert!(s.on_event(px(0, 2), t0).unwrap().is_empty());
+}
+
+#[test]
+fn pixel_sums_that_no_shard_can_produce_are_refused() {
+    let t0 = Instant::now();
+    let mut s = running(t0);
+    let px = |sum: u64, sum_sq: u64, count: u64| Event::PixelStats {
+        run_id: RUN.into(),
+        round_token: T1,
+        rank: Rank(0),
+        stats: PixelStats { sum, sum_sq, count },
+    };
+    for (sum, sum_sq, count, why) in [
+        (0, 0, 0, "count 0"),
+        (0, 0, 5 * 784, "count 3920"),
+        (0, 0, 700, "count 700"),
+        (256 * 784, 65536 * 784, 784, "cannot come from"),
+        // Sums that would wrap a u64 once merged (the forged report).
+        (u64::MAX, u64::MAX, 784, "cannot come from"),
+    ] {
+        let err = s.on_event(px(sum, sum_sq, count), t0).unwrap_err();
+        assert!(
+            matches!(&err, RunError::BadRequest(m) if m.contains("rank 0 pixel statistics") && m.contains(why)),
+            "{err}"
+        );
+    }
+    assert!(s.snapshot().norm.is_none(), "nothing was merged");
+}
+
+#[test]
+fn epoch_reports_with_impossible_numbers_or_forged_state_are_refused() {
+    let t0 = Instant::now();
+    let mut s = running(t0);
+    let with = |rank: u32, f: &dyn Fn(&mut EpochReport)| {
+        let mut e = report(rank, 0, "h");
+        if let Event::Epoch { report, .. } = &mut e {
+            f(report);
+        }
+        e
+    };
+    let (_, _, _, od) = state_bytes();
+    let forged = ringtrain_common::checkpoint::digest::f32_safetensors(&[("w", &[2], &[7.0, 7.0])]);
+    let cases: Vec<(u32, Box<dyn Fn(&mut EpochReport)>, &str)> = vec![
+        (1, Box::new(|r| r.valid_correct = 3), "valid_correct 3 > valid_count 2"),
+        (1, Box::new(|r| r.valid_count = 3), "valid_count 3 outside 1..=2"),
+        (1, Box::new(|r| r.valid_count = 0), "valid_count 0"),
+        (1, Box::new(|r| r.valid_loss_sum = f64::NAN), "valid_loss_sum NaN"),
+        (1, Box::new(|r| r.valid_loss_sum = -1.0), "valid_loss_sum -1"),
+        (1, Box::new(|r| r.train_seconds = f64::INFINITY), "train_seconds inf"),
+        (1, Box::new(|r| r.params_hash = "h".into()), "not 16 hex digits"),
+        (1, Box::new(|r| r.model_digest = "x".into()), "model_digest \"x\""),
+        (1, Box::new(|r| r.model = vec![1]), "only rank 0 uploads"),
+        (0, Box::new(|r| r.model = b"not safetensors".to_vec()), "model state: not a valid safetensors"),
+        (0, Box::new(|r| r.optimizer.clear()), "no optimizer state"),
+        (0, Box::new(move |r| r.model = forged.clone()), "its model state hashes to"),
+        (0, Box::new(move |r| r.optimizer_digest = "0".repeat(64)), "not to the optimizer_digest"),
+    ];
+    for (rank, f, why) in cases {
+        let err = s.on_event(with(rank, &*f), t0).unwrap_err();
+        assert!(
+            matches!(&err, RunError::BadRequest(m) if m.contains(why)),
+            "{why}: {err}"
+        );
+    }
+    assert_eq!(od.len(), 64);
+    // Nothing was counted: the real reports still complete the epoch.
+    assert!(s.on_event(report(0, 0, "h"), t0).unwrap().is_empty());
+    s.on_event(report(1, 0, "h"), t0).unwrap();
+    assert_eq!(s.snapshot().epochs_done, 1);
+}
+
+#[test]
+fn ranks_that_agree_on_the_hash_but_not_on_the_state_fail_the_run() {
+    let t0 = Instant::now();
+    let mut s = running(t0);
+    s.on_event(report(0, 0, "h"), t0).unwrap();
+    let mut other = report(1, 0, "h");
+    if let Event::Epoch { report, .. } = &mut other {
+        report.optimizer_digest = "ab".repeat(32);
+    }
+    s.on_event(other, t0).unwrap();
+    assert!(reason(&s).contains("the ranks hold different training state"), "{}", reason(&s));
 }
 
 #[test]
@@ -319,7 +448,11 @@ fn hash_mismatch_fails_the_run_naming_ranks() {
     assert!(published(&acts));
     assert_eq!(
         reason(&s),
-        "replicas diverged after epoch 0: rank 0 aa, rank 1 bb"
+        format!(
+            "replicas diverged after epoch 0: rank 0 {}, rank 1 {}",
+            hex16("aa"),
+            hex16("bb")
+        )
     );
     // Every later call sees the failure.
     assert_eq!(
@@ -336,12 +469,19 @@ fn all_leave_ok_finishes_and_writes_weights() {
         s.on_event(report(0, e, "h"), t0).unwrap();
         s.on_event(report(1, e, "h"), t0).unwrap();
     }
-    let acts = s.on_event(leave(0, true, b"weights"), t0).unwrap();
-    assert!(matches!(acts.as_slice(), [Action::Output(Output::Weights(w))] if w == b"weights"));
+    // Final weights that are not the agreed state are refused; the agreed ones are written.
+    let err = s.on_event(leave(0, true, b"weights"), t0).unwrap_err();
+    assert!(matches!(&err, RunError::BadRequest(m) if m.contains("final weights")), "{err}");
+    let forged = ringtrain_common::checkpoint::digest::f32_safetensors(&[("w", &[2], &[9.0, 9.0])]);
+    let err = s.on_event(leave(0, true, &forged), t0).unwrap_err();
+    assert!(err.to_string().contains("not the state the ranks agreed on"), "{err}");
+    let (weights, ..) = state_bytes();
+    let acts = s.on_event(leave(0, true, &weights), t0).unwrap();
+    assert!(matches!(acts.as_slice(), [Action::Output(Output::Weights(w))] if *w == weights));
     assert_eq!(s.verdict().0, Status::Running);
     let acts = s.on_event(leave(1, true, b""), t0).unwrap();
     assert!(
-        matches!(acts.as_slice(), [Action::Output(Output::Summary(sm)), Action::Publish] if sm.status == "finished" && sm.params_hash.as_deref() == Some("h"))
+        matches!(acts.as_slice(), [Action::Output(Output::Summary(sm)), Action::Publish] if sm.status == "finished" && sm.params_hash.as_deref() == Some(hex16("h").as_str()))
     );
     assert_eq!(s.verdict(), (Status::Finished, String::new()));
     // Terminal states never change.
@@ -373,23 +513,33 @@ fn watchdog_fails_a_silent_rank_but_not_a_waiting_one() {
         step: 0,
         perf: Default::default(),
     };
+    // The ticker runs every second (sparser ticks would read as a paused coordinator).
+    let tick_until = |s: &mut RunState, from: u64, to: u64| {
+        for t in from..=to {
+            s.on_event(Event::Tick, t0 + Duration::from_secs(t)).unwrap();
+        }
+    };
     s.on_event(Event::WaitStart(Rank(0)), t0).unwrap();
     for t in [5, 10, 15] {
+        tick_until(&mut s, t - 4, t);
         s.on_event(hb(1), t0 + Duration::from_secs(t)).unwrap();
     }
     // Rank 0 has been silent for 20 s, but it waits in a barrier call: alive.
-    s.on_event(Event::Tick, t0 + Duration::from_secs(20))
-        .unwrap();
+    tick_until(&mut s, 16, 20);
     assert_eq!(s.verdict().0, Status::Running);
     s.on_event(Event::WaitEnd(Rank(0)), t0 + Duration::from_secs(20))
         .unwrap();
-    s.on_event(Event::Tick, t0 + Duration::from_secs(30))
-        .unwrap();
+    for t in [25, 30] {
+        tick_until(&mut s, t - 4, t);
+        s.on_event(hb(1), t0 + Duration::from_secs(t)).unwrap();
+    }
     assert_eq!(
         s.verdict().0,
         Status::Running,
         "15 s after the last sign of life is not yet more than 3 × 5 s"
     );
+    tick_until(&mut s, 31, 35);
+    s.on_event(hb(1), t0 + Duration::from_secs(35)).unwrap();
     s.on_event(Event::Tick, t0 + Duration::from_millis(35_100))
         .unwrap();
     assert_eq!(
@@ -444,7 +594,7 @@ fn process_exits() {
         s.on_event(report(0, e, "h"), t0).unwrap();
         s.on_event(report(1, e, "h"), t0).unwrap();
     }
-    s.on_event(leave(0, true, b"w"), t0).unwrap();
+    s.on_event(leave(0, true, &state_bytes().0), t0).unwrap();
     s.on_event(exited("w-a", true), t0).unwrap();
     assert_eq!(s.verdict().0, Status::Running);
     s.on_event(exited("w-b", false), t0).unwrap();

@@ -61,7 +61,37 @@ pub fn join_request(worker_id: &str, fingerprint: &str) -> pb::JoinRequest {
         collective_addr: format!("127.0.0.1:{}", 40000 + worker_id.len()),
         device: "cpu".into(),
         device_uuid: String::new(),
+        worker_secret: Vec::new(),
     }
+}
+
+/// The params hash the fake workers report after `epoch` (16 hex digits).
+pub fn fake_hash(epoch: u32) -> String {
+    format!("{:016x}", 0xfeed_0000 + u64::from(epoch))
+}
+
+/// The model state the fake workers hold after `epoch` (a valid safetensors file).
+pub fn fake_model(epoch: u32) -> Vec<u8> {
+    ringtrain_common::checkpoint::digest::f32_safetensors(&[("w", &[2], &[epoch as f32, 1.0])])
+}
+
+/// The optimizer state the fake workers hold after `epoch`.
+pub fn fake_optimizer(epoch: u32) -> Vec<u8> {
+    ringtrain_common::checkpoint::digest::f32_safetensors(&[
+        ("exp_avg", &[2], &[epoch as f32, 0.0]),
+        ("exp_avg_sq", &[2], &[0.0, 0.0]),
+    ])
+}
+
+/// Digest of a fake state.
+pub fn digest(bytes: &[u8]) -> String {
+    ringtrain_common::checkpoint::digest::state_digest(bytes).unwrap()
+}
+
+/// Pixel sums of `images` 28×28 images whose every pixel is 100 (plausible, shard-sized).
+pub fn fake_pixels(images: usize) -> (u64, u64, u64) {
+    let count = images as u64 * 784;
+    (100 * count, 10_000 * count, count)
 }
 
 /// How a fake worker behaves.
@@ -118,6 +148,7 @@ pub async fn fake_worker(
         }
     };
     let (rank, run_id, token) = (reply.rank, reply.run_id.clone(), reply.round_token);
+    let secret = reply.worker_secret.clone();
     let spec = reply.spec.unwrap();
     let shard = reply.shard.unwrap();
     let mut hb = c.clone();
@@ -131,6 +162,7 @@ pub async fn fake_worker(
         // What a training rank would report (fixed values, so tests can look for them).
         images_per_second: 1000.0,
         allreduce_seconds: 0.004,
+        worker_secret: secret.clone(),
     };
     let interval = Duration::from_secs_f64(spec.heartbeat_interval_s);
     tokio::spawn(async move {
@@ -144,13 +176,15 @@ pub async fn fake_worker(
         Behaviour::Hang => std::future::pending::<()>().await,
         Behaviour::Complete | Behaviour::Slow(_) => {}
     }
+    let (sum, sum_sq, count) = fake_pixels(shard.train.len());
     let px = pb::PixelStatsReport {
         run_id: run_id.clone(),
         rank,
-        sum: 100,
-        sum_sq: 100 * 255,
-        count: 400,
+        sum,
+        sum_sq,
+        count,
         round_token: token,
+        worker_secret: secret.clone(),
     };
     if c.report_pixel_stats(px).await.is_err() {
         return 3;
@@ -162,6 +196,7 @@ pub async fn fake_worker(
                 rank,
                 epoch,
                 round_token: token,
+                worker_secret: secret.clone(),
             })
             .await
             .unwrap()
@@ -179,19 +214,22 @@ pub async fn fake_worker(
             valid_loss_sum: 0.1 * n as f64,
             valid_correct: n,
             valid_count: n,
-            params_hash: format!("hash-{epoch}"),
+            params_hash: fake_hash(epoch),
             train_seconds: 0.5,
             round_token: token,
             model_safetensors: if rank == 0 {
-                b"fake-model".to_vec()
+                fake_model(epoch)
             } else {
                 vec![]
             },
             optimizer_safetensors: if rank == 0 {
-                b"fake-optim".to_vec()
+                fake_optimizer(epoch)
             } else {
                 vec![]
             },
+            worker_secret: secret.clone(),
+            model_digest: digest(&fake_model(epoch)),
+            optimizer_digest: digest(&fake_optimizer(epoch)),
         };
         let v = c.report_epoch(report).await.unwrap().into_inner();
         if v.status == pb::RunStatus::Failed as i32 {
@@ -199,7 +237,7 @@ pub async fn fake_worker(
         }
     }
     let weights = if rank == 0 {
-        b"fake-safetensors".to_vec()
+        fake_model(spec.epochs - 1)
     } else {
         vec![]
     };
@@ -211,6 +249,7 @@ pub async fn fake_worker(
         weights_safetensors: weights,
         round_token: token,
         recoverable: false,
+        worker_secret: secret,
     };
     match c.leave(leave).await {
         Ok(_) => 0,

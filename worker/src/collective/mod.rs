@@ -10,8 +10,9 @@
 //! ```text
 //!  mod.rs     Collective, CollectiveError, Solo
 //!  ring.rs    Ring, RingConfig: reduce-scatter / all-gather on &mut [f32]   (no tch)
-//!  link.rs    dial next + accept prev, hello exchange, socket options       (no tch)
-//!  wire.rs    byte layouts of hello, call header and chunks; error mapping  (no tch)
+//!  link.rs    dial next + accept prev (strangers refused), socket options   (no tch)
+//!  handshake.rs  the authenticated hello / challenge / proof exchange       (no tch)
+//!  wire.rs    byte layouts of call header and chunks; error mapping         (no tch)
 //!  tensor.rs  impl Collective for Ring: a CPU f32 tensor borrowed as &mut [f32]
 //! ```
 //!
@@ -26,6 +27,8 @@
 //! Tests: at the bottom of `ring.rs` (algorithm, handshake, failures), `wire.rs` (encodings)
 //! and `tensor.rs` (adapter).
 
+mod comm_slot;
+mod handshake;
 mod link;
 pub mod nccl;
 pub mod ring;
@@ -60,6 +63,15 @@ pub enum CollectiveError {
     /// A neighbour did not connect, accept or answer the handshake within the timeout.
     #[error("rank {rank} did not show up within {waited:?}")]
     Timeout { rank: u32, waited: Duration },
+    /// The previous rank did not connect within the timeout, and connections that failed the
+    /// handshake were refused meanwhile (the last one named).
+    #[error("rank {rank} did not connect within {waited:?}; {refused} connection(s) were refused meanwhile, the last {last}")]
+    Refused {
+        rank: u32,
+        waited: Duration,
+        refused: u32,
+        last: String,
+    },
     /// A connected peer sent a message that breaks the protocol (wrong magic, segment or count).
     #[error("protocol error from rank {rank}: {reason}")]
     Protocol { rank: u32, reason: String },

@@ -18,7 +18,9 @@
 //! # Failure
 //! A lost peer makes NCCL block rather than fail. [`NcclAbort`] (`ncclCommAbort` from the
 //! heartbeat thread when the coordinator ends the round) releases the blocked kernels; the next
-//! call here then fails with [`CollectiveError::PeerLost`] and the worker re-joins.
+//! call here then fails with [`CollectiveError::PeerLost`] and the worker re-joins. Who releases
+//! the communicator, and when, is `comm_slot.rs`: exactly once, by the first abort or the drop,
+//! never destroyed, never waiting for a blocked call.
 //!
 //! # Library
 //! cudarc opens `libnccl.so` and panics when it cannot. [`check_library`] probes first and turns
@@ -29,11 +31,12 @@
 //! `tests/tests/gpu.rs` behind the `cuda-tests` feature (a real communicator).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use cudarc::nccl::{result, sys};
 use tch::{Device, Kind, Tensor};
 
+use super::comm_slot::CommSlot;
 use super::{Collective, CollectiveError};
 
 /// Bytes in an NCCL unique id.
@@ -154,19 +157,19 @@ pub fn parse_unique_id(bytes: &[u8]) -> Result<sys::ncclUniqueId, CollectiveErro
     Ok(id)
 }
 
-/// The communicator, shared with [`NcclAbort`]; `None` once aborted.
-type SharedComm = Arc<Mutex<Option<Comm>>>;
+/// A raw NCCL communicator. Released only through its [`CommSlot`] (`ncclCommAbort`, once).
+#[derive(Clone, Copy)]
+struct CommPtr(sys::ncclComm_t);
 
-struct Comm(sys::ncclComm_t);
-
-// SAFETY: an ncclComm_t may be used from any thread; every use here is serialised by the mutex
-// that owns it, and ncclCommAbort is documented as safe to call while another thread is blocked
-// on the communicator's work.
-unsafe impl Send for Comm {}
+// SAFETY: an ncclComm_t may be used from any thread. The slot guarantees it is released once and
+// that no call starts after that; NCCL documents ncclCommAbort as safe to call while another
+// thread is blocked on the communicator's work.
+unsafe impl Send for CommPtr {}
+unsafe impl Sync for CommPtr {}
 
 /// An NCCL communicator for one round.
 pub struct Nccl {
-    comm: SharedComm,
+    comm: Arc<CommSlot<CommPtr>>,
     rank: u32,
     world_size: u32,
     device: Device,
@@ -175,22 +178,25 @@ pub struct Nccl {
 /// Ends a communicator from another thread (`ncclCommAbort`), releasing blocked collectives.
 #[derive(Clone)]
 pub struct NcclAbort {
-    comm: SharedComm,
+    comm: Arc<CommSlot<CommPtr>>,
 }
 
 impl NcclAbort {
-    /// Aborts the communicator (idempotent).
+    /// Aborts the communicator; only the first abort (or drop) releases it, and it never waits
+    /// for a collective in flight (`comm_slot.rs`).
     pub fn abort(&self) {
-        let taken = self
-            .comm
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(Comm(c)) = taken {
-            // SAFETY: `c` came from ncclCommInitRank and was not destroyed (taking it out of
-            // the shared slot makes this the only release).
-            let _ = unsafe { result::comm_abort(c) };
+        if self.comm.abort() {
+            tracing::warn!("NCCL communicator aborted");
         }
+    }
+}
+
+/// `ncclCommAbort`, the one release of a communicator.
+fn release(c: CommPtr) {
+    // SAFETY: `c` came from ncclCommInitRank; the slot calls this exactly once per
+    // communicator (module `comm_slot`), and never destroys it.
+    if let Err(e) = unsafe { result::comm_abort(c.0) } {
+        tracing::warn!(error = ?e, "ncclCommAbort failed");
     }
 }
 
@@ -228,7 +234,7 @@ impl Nccl {
         unsafe { result::comm_init_rank(&mut comm, n, id, r) }
             .map_err(|e| nccl_error("ncclCommInitRank", e, None))?;
         Ok(Self {
-            comm: Arc::new(Mutex::new(Some(Comm(comm)))),
+            comm: CommSlot::new(CommPtr(comm), release),
             rank,
             world_size,
             device,
@@ -245,11 +251,9 @@ impl Nccl {
 
 impl Drop for Nccl {
     fn drop(&mut self) {
-        // Abort, not destroy: ncclCommDestroy waits for peers, which may be gone.
-        NcclAbort {
-            comm: self.comm.clone(),
-        }
-        .abort();
+        // Abort, not destroy: ncclCommDestroy waits for peers, which may be gone. A no-op when
+        // the heartbeat thread aborted it already.
+        self.comm.abort();
     }
 }
 
@@ -290,19 +294,20 @@ impl Collective for Nccl {
         if count == 0 {
             return Ok(());
         }
-        let guard = self.comm.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(Comm(comm)) = guard.as_ref() else {
+        let Some(call) = self.comm.enter() else {
             return Err(CollectiveError::PeerLost {
                 rank: self.rank,
                 reason: "NCCL communicator aborted (the round ended)".into(),
             });
         };
+        let comm = call.handle().0;
         let ptr = buf.data_ptr();
         // SAFETY: `ptr` addresses `count` contiguous f32 on this communicator's device (checked
         // above), owned by `buf`, which is borrowed mutably for the call. The operation is
         // enqueued on the legacy default stream (null), libtorch's stream, so libtorch's later
-        // kernels on this memory run after it (module docs). The mutex keeps an abort from
-        // freeing the communicator while the call runs.
+        // kernels on this memory run after it (module docs). `call` proves the communicator
+        // was not released when the call started; an abort meanwhile is NCCL's documented way
+        // to end it (comm_slot.rs).
         let r = unsafe {
             result::all_reduce(
                 ptr,
@@ -310,12 +315,14 @@ impl Collective for Nccl {
                 count,
                 sys::ncclDataType_t::ncclFloat32,
                 sys::ncclRedOp_t::ncclAvg,
-                *comm,
+                comm,
                 std::ptr::null_mut(),
             )
         };
         r.map(|_| ()).map_err(|e| {
-            let err = nccl_error("ncclAllReduce", e, Some(*comm));
+            // After an abort the communicator is gone: do not ask it for its last error.
+            let live = (!self.comm.is_aborted()).then_some(comm);
+            let err = nccl_error("ncclAllReduce", e, live);
             CollectiveError::PeerLost {
                 rank: self.rank,
                 reason: err.to_string(),

@@ -46,10 +46,9 @@ use std::ops::Range;
 use std::thread;
 use std::time::Duration;
 
+use super::handshake::Identity;
 use super::link::{self, FirstError, Links};
-use super::wire::{
-    self, CallHeader, ChunkHeader, Hello, Op, CALL_HEADER_BYTES, CHUNK_HEADER_BYTES,
-};
+use super::wire::{self, CallHeader, ChunkHeader, Op, CALL_HEADER_BYTES, CHUNK_HEADER_BYTES};
 use super::CollectiveError;
 
 pub use super::ring_config::{RingConfig, DEFAULT_CHUNK_ELEMS};
@@ -107,15 +106,14 @@ impl Ring {
         let links = if cfg.world_size == 1 {
             None
         } else {
-            let hello = Hello {
+            let me = Identity {
+                ring_id: cfg.run_id.clone(),
                 rank: cfg.rank,
                 world_size: cfg.world_size,
-                run_id: cfg.run_id.clone(),
                 key: cfg.auth_key,
-                proof: [0; 32],
             };
             let next_addr = cfg.peers[((cfg.rank + 1) % cfg.world_size) as usize];
-            let links = link::establish(listener, next_addr, &hello, cfg.timeout)?;
+            let links = link::establish(listener, next_addr, &me, cfg.timeout)?;
             tracing::info!(
                 run_id = %cfg.run_id, rank = cfg.rank, world_size = cfg.world_size,
                 prev = links.prev_rank, next = links.next_rank, "ring connected"
@@ -774,59 +772,94 @@ pub(super) mod tests {
         assert!(*waited >= timeout.mul_f32(0.9), "gave up early: {waited:?}");
     }
 
-    /// A hand-made connector against rank 1 of 3 (which expects rank 0 of run "r", size 3).
-    fn handshake_field(hello: &[u8]) -> &'static str {
+    /// Bytes a stranger sends to a ring port: nothing a real peer would.
+    fn strangers() -> Vec<Vec<u8>> {
+        let me = |rank, world_size, ring_id: &str, key| super::super::handshake::Identity {
+            ring_id: ring_id.into(),
+            rank,
+            world_size,
+            key,
+        };
+        let hello = |i: &super::super::handshake::Identity| {
+            super::super::handshake::encode_hello(i, &[0; 32])
+        };
+        let key = ringtrain_common::auth::ring_key(None);
+        let mut old = hello(&me(0, 3, "r", key));
+        old[4] = 2;
+        vec![
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            Vec::new(),
+            vec![0xff; 3],
+            old,
+            hello(&me(0, 3, "r/round-0", key)),
+            hello(&me(2, 3, "r", key)),
+            hello(&me(0, 4, "r", key)),
+            // The right hello, but it cannot answer the challenge with the run's key.
+            hello(&me(0, 3, "r", [9; 32])),
+        ]
+    }
+
+    #[test]
+    fn strangers_on_a_ring_port_never_end_the_ring() {
         let mut setups = listeners(3, "r", T, DEFAULT_CHUNK_ELEMS);
-        let (l1, cfg1) = setups.remove(1);
-        // The listeners of ranks 0 and 2 stay bound: the victim's dial to rank 2 lands in the backlog.
-        let mut fake = TcpStream::connect(cfg1.peers[1]).unwrap();
-        fake.write_all(hello).unwrap();
-        match Ring::connect(l1, cfg1) {
-            Err(CollectiveError::Handshake { field, peer, .. }) => {
-                assert_eq!(
-                    peer,
-                    fake.local_addr().unwrap(),
-                    "the error names the connector"
-                );
-                field
-            }
-            other => panic!("expected a handshake error, got {other:?}"),
+        let victim = setups[1].1.peers[1];
+        // Strangers arrive first and keep arriving while the ring connects; one trickles a byte
+        // every 300 ms, one connects and says nothing.
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let out = thread::scope(|s| {
+            let stop = &stop;
+            s.spawn(move || {
+                let mut slow = TcpStream::connect(victim).unwrap();
+                let _silent = TcpStream::connect(victim).unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for b in strangers() {
+                        if let Ok(mut c) = TcpStream::connect(victim) {
+                            let _ = c.write_all(&b);
+                        }
+                    }
+                    let _ = slow.write_all(b"R");
+                    thread::sleep(Duration::from_millis(300));
+                }
+            });
+            thread::sleep(Duration::from_millis(200));
+            let setups = std::mem::take(&mut setups);
+            let out = per_rank(setups, |rank, l, cfg| {
+                let mut ring = Ring::connect(l, cfg)?;
+                let mut buf = input(rank, 1000, 5);
+                ring.all_reduce_mean(&mut buf).map(|_| bits(&buf))
+            });
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            out
+        });
+        let first = out[0].as_ref().unwrap();
+        for r in &out {
+            assert_eq!(r.as_ref().unwrap(), first, "every rank holds the same mean");
         }
     }
 
     #[test]
-    fn the_acceptor_rejects_a_wrong_run_rank_size_or_protocol() {
-        let with_key = |rank, world_size, run_id: &str, key| {
-            Hello {
-                rank,
-                world_size,
-                run_id: run_id.into(),
-                key,
-                proof: [0; 32],
-            }
-            .encode()
-        };
-        let hello = |rank, world_size, run_id: &str| {
-            with_key(
-                rank,
-                world_size,
-                run_id,
-                ringtrain_common::auth::ring_key(None),
-            )
-        };
-        // Right run, rank and size, but no proof of the run's token: refused before any data.
-        let token =
-            ringtrain_common::auth::Token::parse("another-runs-token-0000", "test").unwrap();
-        let stranger = ringtrain_common::auth::ring_key(Some(&token));
-        assert_eq!(handshake_field(&with_key(0, 3, "r", stranger)), "auth");
-        assert_eq!(handshake_field(&hello(0, 3, "other")), "run_id");
-        assert_eq!(handshake_field(&hello(2, 3, "r")), "rank");
-        assert_eq!(handshake_field(&hello(0, 4, "r")), "world_size");
-        assert_eq!(handshake_field(b"GET / HTTP/1.1\r\n\r\n"), "magic");
-        // A peer of the previous wire version (1: no auth proof) is named as such.
-        let mut v1 = hello(0, 3, "r");
-        v1[4] = 1;
-        assert_eq!(handshake_field(&v1), "version");
+    fn a_port_with_only_strangers_times_out_naming_the_last_refusal() {
+        let mut setups = listeners(3, "r", Duration::from_millis(1500), DEFAULT_CHUNK_ELEMS);
+        let (l1, cfg1) = setups.remove(1);
+        let victim = cfg1.peers[1];
+        let stranger = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(100));
+            let mut c = TcpStream::connect(victim).unwrap();
+            c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+            // Closed by the victim, not left hanging.
+            let mut b = [0u8; 1];
+            matches!(c.read(&mut b), Ok(0) | Err(_))
+        });
+        match Ring::connect(l1, cfg1) {
+            Err(CollectiveError::Refused {
+                rank: 0,
+                refused: 1,
+                last,
+                ..
+            }) => assert!(last.contains("magic"), "{last}"),
+            other => panic!("expected a refusal summary, got {other:?}"),
+        }
+        assert!(stranger.join().unwrap(), "the stranger's connection was closed");
     }
 
     #[test]
@@ -834,20 +867,15 @@ pub(super) mod tests {
         let mut setups = listeners(2, "a", Duration::from_secs(1), DEFAULT_CHUNK_ELEMS);
         setups[1].1.run_id = "b".into();
         let out = per_rank(setups, |_, l, cfg| Ring::connect(l, cfg).map(|_| ()));
-        assert!(out.iter().any(|r| matches!(
-            r,
-            Err(CollectiveError::Handshake {
-                field: "run_id",
-                ..
-            })
-        )));
-        assert!(
-            out.iter().all(|r| matches!(
-                r,
-                Err(CollectiveError::Handshake { .. } | CollectiveError::Timeout { .. })
-            )),
-            "{out:?}"
-        );
+        // Whichever side's deadline is noticed first: the acceptor's refusal (naming the run
+        // id) or the dialler's closed handshake.
+        for r in &out {
+            assert!(
+                matches!(r, Err(CollectiveError::Refused { last, .. }) if last.contains("run_id"))
+                    || matches!(r, Err(CollectiveError::Handshake { field: "hello", .. })),
+                "{out:?}"
+            );
+        }
     }
 
     #[test]

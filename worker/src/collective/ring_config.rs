@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{wire, CollectiveError};
+use super::{handshake, CollectiveError};
 
 /// Floats per message unless configured otherwise (256 KiB of payload).
 pub const DEFAULT_CHUNK_ELEMS: usize = 64 * 1024;
@@ -78,11 +78,11 @@ impl RingConfig {
                 return fail(format!("ranks {j} and {i} share the address {a}"));
             }
         }
-        if self.run_id.len() > wire::MAX_RUN_ID_BYTES {
+        if self.run_id.len() > handshake::MAX_RUN_ID_BYTES {
             return fail(format!(
                 "run_id is {} bytes, at most {}",
                 self.run_id.len(),
-                wire::MAX_RUN_ID_BYTES
+                handshake::MAX_RUN_ID_BYTES
             ));
         }
         if self.timeout.is_zero() {

@@ -5,9 +5,17 @@
 //! run as a task on the same runtime.
 //!
 //! # Contract
-//! * A call that cannot reach the coordinator (UNAVAILABLE, a broken connection) is retried
-//!   with backoff (0.1 s doubling to 2 s) for up to `patience`: a restarted coordinator is
-//!   waited for. Barrier calls are idempotent, so a retry is safe.
+//! * A call that cannot reach the coordinator (UNAVAILABLE, a broken connection, no answer
+//!   within its deadline) is retried with backoff (0.1 s doubling to 2 s, with jitter) for up
+//!   to `patience` (`--connect-timeout-s`): a restarted coordinator is waited for. Barrier
+//!   calls are idempotent, so a retry is safe.
+//! * Every attempt has a deadline: [`SHORT_CALL`] for calls the coordinator answers at once
+//!   (heartbeats: their interval), [`WAIT_CALL`] for barriers and Join, which wait for other
+//!   workers. A coordinator that stops answering on an open connection (a paused VM, a
+//!   partition without RST) is found by HTTP/2 keepalive pings every `keepalive` (a quarter
+//!   of `patience`, 1–10 s) that must be answered within as long again; the call then fails
+//!   and is retried like any unreachable coordinator. Connecting (TCP, TLS, HTTP/2) is bounded
+//!   the same way, so no call ever outlives `patience` plus one deadline.
 //! * ABORTED → [`TrainError::RoundEnded`] (re-join); FAILED_PRECONDITION marked
 //!   `ringtrain-run-status: failed` → [`TrainError::RunFailed`]; anything else →
 //!   [`TrainError::Coordinator`].
@@ -46,32 +54,76 @@ pub struct RoundCtl {
     pub stop: bool,
 }
 
-/// Retry pacing while the coordinator cannot be reached: 0.1 s doubling to 2 s, for up to
-/// `patience` in all.
+/// Retry pacing while the coordinator cannot be reached: 0.1 s doubling to 2 s, each wait
+/// drawn from its upper half at random (so workers do not retry in lockstep after a
+/// coordinator restart), for up to `patience` in all.
 pub(super) struct Backoff {
     started: Instant,
     next: Duration,
     patience: Duration,
+    jitter: u64,
 }
 
 impl Backoff {
     pub(super) fn new(patience: Duration) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.subsec_nanos() as u64)
+            ^ u64::from(std::process::id()).rotate_left(32);
         Self {
             started: Instant::now(),
             next: Duration::from_millis(100),
             patience,
+            jitter: seed | 1,
         }
+    }
+
+    /// Time left of the patience.
+    pub(super) fn left(&self) -> Duration {
+        self.patience.saturating_sub(self.started.elapsed())
     }
 
     /// Sleeps before the next attempt and returns true, or returns false once `patience` is
     /// spent.
     pub(super) fn wait(&mut self) -> bool {
-        if self.started.elapsed() >= self.patience {
+        let left = self.left();
+        if left.is_zero() {
             return false;
         }
-        std::thread::sleep(self.next);
+        // xorshift: a fraction in [0.5, 1) of the current step.
+        self.jitter ^= self.jitter << 13;
+        self.jitter ^= self.jitter >> 7;
+        self.jitter ^= self.jitter << 17;
+        let frac = 0.5 + (self.jitter % 1000) as f64 / 2000.0;
+        std::thread::sleep(self.next.mul_f64(frac).min(left));
         self.next = (self.next * 2).min(Duration::from_secs(2));
         true
+    }
+}
+
+/// Deadline of one attempt of a call the coordinator answers at once.
+pub const SHORT_CALL: Duration = Duration::from_secs(30);
+/// Deadline of one attempt of a call that waits for other workers (Join, barriers); liveness
+/// meanwhile comes from HTTP/2 keepalive.
+pub const WAIT_CALL: Duration = Duration::from_secs(15 * 60);
+
+/// HTTP/2 keepalive period (and answer timeout) for a given patience.
+pub fn keepalive_for(patience: Duration) -> Duration {
+    (patience / 4).clamp(Duration::from_secs(1), Duration::from_secs(10))
+}
+
+/// Runs one attempt of a call with its deadline; a missed deadline reads as UNAVAILABLE (the
+/// coordinator did not answer), which the callers retry.
+async fn attempt<T>(
+    deadline: Duration,
+    fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    match tokio::time::timeout(deadline, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(tonic::Status::unavailable(format!(
+            "no answer within {:.0} s",
+            deadline.as_secs_f64()
+        ))),
     }
 }
 
@@ -105,9 +157,16 @@ pub struct Security {
 /// Largest message either way: shards of 60,000 paths and weights fit many times over.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-fn endpoint(url: &str, sec: &Security) -> Result<Endpoint, TrainError> {
+fn endpoint(url: &str, sec: &Security, patience: Duration) -> Result<Endpoint, TrainError> {
     let bad = |e: String| TrainError::Coordinator(format!("coordinator URL {url}: {e}"));
-    let ep = Channel::from_shared(url.to_string()).map_err(|e| bad(e.to_string()))?;
+    let keepalive = keepalive_for(patience);
+    let ep = Channel::from_shared(url.to_string())
+        .map_err(|e| bad(e.to_string()))?
+        .connect_timeout(keepalive)
+        .http2_keep_alive_interval(keepalive)
+        .keep_alive_timeout(keepalive)
+        .keep_alive_while_idle(true)
+        .tcp_keepalive(Some(keepalive));
     let Some(ca) = &sec.tls_ca else {
         if url.starts_with("https://") {
             return Err(bad(
@@ -178,7 +237,7 @@ impl Client {
             .thread_name("ringtrain-rpc")
             .build()
             .map_err(|e| TrainError::Coordinator(format!("cannot start the RPC runtime: {e}")))?;
-        let ep = endpoint(url, sec)?;
+        let ep = endpoint(url, sec, patience)?;
         let header = match &sec.token {
             Some(t) => Some(t.bearer().parse().map_err(|_| {
                 TrainError::Coordinator("the auth token cannot go into a header".into())
@@ -186,18 +245,25 @@ impl Client {
             None => None,
         };
         let mut backoff = Backoff::new(patience);
+        // TCP, TLS and the HTTP/2 handshake: one bound per attempt, so a coordinator that
+        // accepts but never answers is retried like one that refuses.
+        let per_attempt = keepalive_for(patience) * 2;
         let channel = loop {
-            match rt.block_on(ep.connect()) {
-                Ok(c) => break c,
-                Err(e) if backoff.wait() => {
-                    tracing::debug!(%url, error = %e, "coordinator not reachable yet; retrying");
-                }
-                Err(e) => {
-                    return Err(TrainError::Coordinator(format!(
-                        "cannot reach {url} within {patience:?}: {e}"
-                    )));
-                }
+            let tried = rt.block_on(async {
+                tokio::time::timeout(per_attempt.min(backoff.left().max(Duration::from_millis(100))), ep.connect()).await
+            });
+            let err = match tried {
+                Ok(Ok(c)) => break c,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {:.0} s", per_attempt.as_secs_f64()),
+            };
+            if !backoff.wait() {
+                return Err(TrainError::Coordinator(format!(
+                    "connect: the coordinator at {url} did not answer within --connect-timeout-s {:.0} s: {err}",
+                    patience.as_secs_f64()
+                )));
             }
+            tracing::debug!(%url, error = %err, "coordinator not reachable yet; retrying");
         };
         // Large replies (shards of 60,000 paths, weights) exceed tonic's 4 MB default.
         let inner = CoordinatorClient::with_interceptor(channel, Authorize { header })
@@ -216,6 +282,7 @@ impl Client {
     fn call<Req: Clone, T, F>(
         &self,
         what: &str,
+        deadline: Duration,
         req: &Req,
         rpc: impl Fn(Rpc, Req) -> F,
     ) -> Result<T, TrainError>
@@ -224,20 +291,31 @@ impl Client {
     {
         let mut backoff = Backoff::new(self.patience);
         loop {
-            match self.rt.block_on(rpc(self.inner.clone(), req.clone())) {
+            match self
+                .rt
+                .block_on(attempt(deadline, rpc(self.inner.clone(), req.clone())))
+            {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) if transient(&s) && backoff.wait() => {
                     tracing::warn!(url = %self.url, call = what, error = %s.message(), "coordinator unreachable; retrying");
+                }
+                Err(s) if transient(&s) => {
+                    return Err(TrainError::Coordinator(format!(
+                        "{what}: the coordinator at {} did not answer within --connect-timeout-s {:.0} s: {}",
+                        self.url,
+                        self.patience.as_secs_f64(),
+                        s.message()
+                    )))
                 }
                 Err(s) => return Err(rpc_error(&self.url, what, s)),
             }
         }
     }
 
-    /// One Join attempt (the caller decides what to retry).
+    /// One Join attempt (the caller decides what to retry); it waits for the round to close.
     pub fn join_once(&self, req: pb::JoinRequest) -> Result<pb::JoinReply, tonic::Status> {
         self.rt
-            .block_on(self.inner.clone().join(req))
+            .block_on(attempt(WAIT_CALL, self.inner.clone().join(req)))
             .map(tonic::Response::into_inner)
     }
 
@@ -252,36 +330,45 @@ impl Client {
     }
 
     pub fn pixel_stats(&self, req: pb::PixelStatsReport) -> Result<pb::NormStats, TrainError> {
-        self.call("pixel stats", &req, |mut c, r| async move {
+        self.call("pixel stats", WAIT_CALL, &req, |mut c, r| async move {
             c.report_pixel_stats(r).await
         })
     }
 
     pub fn epoch_plan(&self, req: pb::EpochPlanRequest) -> Result<pb::EpochPlan, TrainError> {
-        self.call("epoch plan", &req, |mut c, r| async move {
+        self.call("epoch plan", SHORT_CALL, &req, |mut c, r| async move {
             c.get_epoch_plan(r).await
         })
     }
 
     pub fn report_epoch(&self, req: pb::EpochReport) -> Result<pb::Verdict, TrainError> {
-        self.call("epoch report", &req, |mut c, r| async move {
+        self.call("epoch report", WAIT_CALL, &req, |mut c, r| async move {
             c.report_epoch(r).await
         })
     }
 
     pub fn share_nccl_id(&self, req: pb::NcclIdRequest) -> Result<pb::NcclIdReply, TrainError> {
-        self.call("NCCL id", &req, |mut c, r| async move {
+        self.call("NCCL id", WAIT_CALL, &req, |mut c, r| async move {
             c.share_nccl_id(r).await
         })
     }
 
     pub fn leave(&self, req: pb::LeaveRequest) -> Result<pb::Verdict, TrainError> {
-        self.call("leave", &req, |mut c, r| async move { c.leave(r).await })
+        self.call("leave", SHORT_CALL, &req, |mut c, r| async move {
+            c.leave(r).await
+        })
     }
 
-    /// On SIGTERM: sets `terminated` (the training loop then stops at a checkpoint the ranks
-    /// agree on) and exits the process with code 143 after `grace` if it is still running.
-    pub fn watch_sigterm(&self, terminated: Arc<std::sync::atomic::AtomicBool>, grace: Duration) {
+    /// On SIGTERM: outside a round (joining, or waiting for a coordinator) there is nothing to
+    /// checkpoint, so the process exits at once with code 143. In a round it sets `terminated`
+    /// (the training loop then stops at a checkpoint the ranks agree on) and exits with code
+    /// 143 after `grace` if it is still running.
+    pub fn watch_sigterm(
+        &self,
+        terminated: Arc<std::sync::atomic::AtomicBool>,
+        ctl: Arc<Mutex<RoundCtl>>,
+        grace: Duration,
+    ) {
         self.rt.spawn(async move {
             let Ok(mut term) =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -289,11 +376,21 @@ impl Client {
                 return;
             };
             term.recv().await;
+            terminated.store(true, std::sync::atomic::Ordering::SeqCst);
+            let in_round = ctl
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .heartbeat
+                .is_some();
+            if !in_round {
+                tracing::warn!("SIGTERM outside a round: nothing to checkpoint; exiting");
+                eprintln!("ringtrain-worker: SIGTERM while not in a round; exiting");
+                std::process::exit(crate::EXIT_TERMINATED);
+            }
             tracing::warn!(
                 grace_s = grace.as_secs_f64(),
                 "SIGTERM: stopping at the next step with a checkpoint"
             );
-            terminated.store(true, std::sync::atomic::Ordering::SeqCst);
             tokio::time::sleep(grace).await;
             eprintln!("ringtrain-worker: no stop checkpoint within {grace:?} of SIGTERM; exiting");
             std::process::exit(crate::EXIT_TERMINATED);
@@ -302,7 +399,7 @@ impl Client {
 
     /// A checkpoint inside an epoch (waits for every rank).
     pub fn checkpoint(&self, req: pb::CheckpointReport) -> Result<pb::Verdict, TrainError> {
-        self.call("checkpoint", &req, |mut c, r| async move {
+        self.call("checkpoint", WAIT_CALL, &req, |mut c, r| async move {
             c.checkpoint(r).await
         })
     }
@@ -372,8 +469,13 @@ impl Client {
                     Err(_) => tracing::warn!(%url, "heartbeat timed out"),
                 }
                 if last_ok.elapsed() > patience {
-                    tracing::error!(%url, "coordinator unreachable for {:?}; giving up", last_ok.elapsed());
-                    eprintln!("ringtrain-worker: coordinator {url} unreachable for {:?}", last_ok.elapsed());
+                    let line = format!(
+                        "heartbeat: the coordinator at {url} did not answer within --connect-timeout-s {:.0} s (last answer {:.1} s ago); giving up",
+                        patience.as_secs_f64(),
+                        last_ok.elapsed().as_secs_f64()
+                    );
+                    tracing::error!(%url, "{line}");
+                    eprintln!("ringtrain-worker: {line}");
                     std::process::exit(1);
                 }
             }

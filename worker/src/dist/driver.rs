@@ -1,5 +1,6 @@
 //! The distributed driver: normalisation, schedule and epoch verdicts come from the coordinator.
 
+use ringtrain_common::checkpoint::digest::state_digest;
 use ringtrain_common::data::PixelStats;
 use ringtrain_common::pb::{self, RunStatus};
 use ringtrain_common::schedule::SchedulePoint;
@@ -21,6 +22,8 @@ pub(super) struct Distributed<'a> {
     round_token: u64,
     rank: u32,
     steps_per_epoch: usize,
+    /// This worker's secret (JoinReply.worker_secret), on every call.
+    secret: Vec<u8>,
 }
 
 impl<'a> Distributed<'a> {
@@ -33,6 +36,7 @@ impl<'a> Distributed<'a> {
         round_token: u64,
         rank: u32,
         steps_per_epoch: usize,
+        secret: Vec<u8>,
     ) -> Self {
         Self {
             client,
@@ -42,6 +46,29 @@ impl<'a> Distributed<'a> {
             round_token,
             rank,
             steps_per_epoch,
+            secret,
+        }
+    }
+
+    /// What this rank tells the coordinator about its state: the digests of the model and
+    /// optimizer bytes (every rank), and the bytes themselves (rank 0, for the checkpoint).
+    fn state_report(
+        &self,
+        state: Option<&(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(Vec<u8>, Vec<u8>, String, String), TrainError> {
+        let Some((model, optimizer)) = state else {
+            return Err(TrainError::Coordinator(
+                "internal: a distributed rank must serialise its state at checkpoints".into(),
+            ));
+        };
+        let digest = |what: &str, b: &[u8]| {
+            state_digest(b).map_err(|e| TrainError::Resume(format!("own {what} state: {e}")))
+        };
+        let (md, od) = (digest("model", model)?, digest("optimizer", optimizer)?);
+        if self.rank == 0 {
+            Ok((model.clone(), optimizer.clone(), md, od))
+        } else {
+            Ok((Vec::new(), Vec::new(), md, od))
         }
     }
 }
@@ -62,6 +89,7 @@ impl Driver for Distributed<'_> {
             sum: local.sum,
             sum_sq: local.sum_sq,
             count: local.count,
+            worker_secret: self.secret.clone(),
         })?;
         match (merged.mean.first(), merged.std.first()) {
             (Some(&mean), Some(&std)) if std > 0.0 => Ok(Normalize {
@@ -80,6 +108,7 @@ impl Driver for Distributed<'_> {
             rank: self.rank,
             epoch,
             round_token: self.round_token,
+            worker_secret: self.secret.clone(),
         })?;
         if plan.lr.len() != self.steps_per_epoch || plan.beta1.len() != self.steps_per_epoch {
             return Err(TrainError::BadPlan {
@@ -97,8 +126,12 @@ impl Driver for Distributed<'_> {
     }
 
     fn epoch_done(&mut self, r: &EpochResult) -> Result<(), TrainError> {
-        let (model, optimizer) = r.state.clone().unwrap_or_default();
+        let (model, optimizer, model_digest, optimizer_digest) =
+            self.state_report(r.state.as_ref())?;
         let verdict = self.client.report_epoch(pb::EpochReport {
+            worker_secret: self.secret.clone(),
+            model_digest,
+            optimizer_digest,
             round_token: self.round_token,
             model_safetensors: model,
             optimizer_safetensors: optimizer,
@@ -121,8 +154,12 @@ impl Driver for Distributed<'_> {
     }
 
     fn checkpoint(&mut self, c: &MidCheckpoint) -> Result<(), TrainError> {
-        let (model, optimizer) = c.state.clone().unwrap_or_default();
+        let (model, optimizer, model_digest, optimizer_digest) =
+            self.state_report(c.state.as_ref())?;
         let verdict = self.client.checkpoint(pb::CheckpointReport {
+            worker_secret: self.secret.clone(),
+            model_digest,
+            optimizer_digest,
             run_id: self.run_id.clone(),
             round_token: self.round_token,
             rank: self.rank,
@@ -159,6 +196,7 @@ impl Driver for Distributed<'_> {
             recoverable: false,
             reason: String::new(),
             weights_safetensors: bytes,
+            worker_secret: self.secret.clone(),
         })?;
         check(&verdict)
     }

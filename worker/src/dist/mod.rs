@@ -15,6 +15,7 @@
 //! Tests: `tests/tests/distributed.rs` (real binaries, 2 and 3 workers, failures), `resume.rs`,
 //! `elastic.rs` and `stop.rs` (rounds, restarts, stop checkpoints).
 
+mod advertise;
 mod client;
 mod driver;
 
@@ -126,8 +127,10 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
     let ctl = Arc::new(Mutex::new(RoundCtl::default()));
     let progress = Arc::new(Progress::default());
     let terminated = Arc::new(AtomicBool::new(false));
-    client.watch_sigterm(terminated.clone(), opts.stop_grace);
+    client.watch_sigterm(terminated.clone(), ctl.clone(), opts.stop_grace);
     let mut heartbeats = false;
+    // Issued by the first JoinReply; every later call and re-join carries it.
+    let mut secret: Vec<u8> = Vec::new();
     loop {
         if terminated.load(Ordering::SeqCst) {
             return Err(TrainError::Terminated);
@@ -140,7 +143,8 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
                 opts.collective_listen
             ))
         })?;
-        let reply = join(opts, &client, &fingerprint, &listener, &dev)?;
+        let reply = join(opts, &client, &fingerprint, &listener, &dev, &secret)?;
+        secret = reply.worker_secret.clone();
         let spec = reply
             .spec
             .clone()
@@ -158,6 +162,7 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
                 epoch: 0,
                 step: 0,
                 round_token: reply.round_token,
+                worker_secret: secret.clone(),
                 ..Default::default()
             });
             g.ended = false;
@@ -182,6 +187,7 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
             progress: progress.clone(),
             device,
             token: opts.security.token.as_ref(),
+            secret: &secret,
         };
         let result = train_round(opts, &round, listener);
         let ended = {
@@ -199,6 +205,7 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
                 recoverable,
                 reason,
                 weights_safetensors: Vec::new(),
+                worker_secret: secret.clone(),
             });
         };
         match result {
@@ -248,19 +255,20 @@ fn join(
     fingerprint: &str,
     listener: &TcpListener,
     dev: &JoinDevice,
+    secret: &[u8],
 ) -> Result<pb::JoinReply, TrainError> {
     let port = listener
         .local_addr()
         .map_err(|e| TrainError::Coordinator(e.to_string()))?
         .port();
-    let host = opts.advertise_host.clone().unwrap_or_else(|| {
-        let ip = opts.collective_listen.ip();
-        if ip.is_unspecified() {
-            "127.0.0.1".to_string()
-        } else {
-            ip.to_string()
-        }
-    });
+    let host = advertise::ring_host(
+        opts.advertise_host.as_deref(),
+        opts.collective_listen.ip(),
+        &opts.coordinator,
+    )
+    .map_err(TrainError::Coordinator)?;
+    let collective_addr = advertise::join_host_port(&host, port);
+    tracing::info!(%collective_addr, "ring address announced to peers");
     let req = pb::JoinRequest {
         protocol_version: opts
             .protocol_version
@@ -269,9 +277,10 @@ fn join(
         run_id: opts.run_id.clone().unwrap_or_default(),
         model: opts.model.map(|m| m.to_string()).unwrap_or_default(),
         dataset_fingerprint: fingerprint.to_string(),
-        collective_addr: format!("{host}:{port}"),
+        collective_addr,
         device: crate::device::name(dev.device),
         device_uuid: dev.uuid.clone(),
+        worker_secret: secret.to_vec(),
     };
     let mut backoff = client::Backoff::new(client.patience());
     loop {
@@ -289,6 +298,18 @@ fn join(
         );
         tracing::info!(code = ?status.code(), reason = %status.message(), "cannot join yet");
         if !retry || !backoff.wait() {
+            let unreachable = matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+            );
+            if unreachable {
+                return Err(TrainError::Coordinator(format!(
+                    "join: the coordinator at {} did not answer within --connect-timeout-s {:.0} s: {}",
+                    client.url(),
+                    client.patience().as_secs_f64(),
+                    status.message()
+                )));
+            }
             return Err(match client::classify("join", client.url(), status) {
                 TrainError::RoundEnded(m) => TrainError::Coordinator(m),
                 e => e,
@@ -308,6 +329,8 @@ struct Round<'a> {
     progress: Arc<Progress>,
     device: Device,
     token: Option<&'a ringtrain_common::auth::Token>,
+    /// This worker's secret, for every call of the round.
+    secret: &'a [u8],
 }
 
 fn train_round(opts: &WorkerOptions, r: &Round, listener: TcpListener) -> Result<(), TrainError> {
@@ -390,7 +413,9 @@ fn train_round(opts: &WorkerOptions, r: &Round, listener: TcpListener) -> Result
         progress: false,
         progress_counters: Some(r.progress.clone()),
         resume,
-        save_state: reply.rank == 0,
+        // Every rank serialises its state at checkpoints: all report its digest, rank 0 also
+        // uploads the bytes, and the coordinator accepts them only when the digests agree.
+        save_state: true,
         checkpoint_every: spec.checkpoint_every_steps,
         lr_find_stop_div: (spec.lr_find_stop_div > 0.0).then_some(spec.lr_find_stop_div),
     };
@@ -402,6 +427,7 @@ fn train_round(opts: &WorkerOptions, r: &Round, listener: TcpListener) -> Result
         reply.round_token,
         reply.rank,
         spec.steps_per_epoch as usize,
+        r.secret.to_vec(),
     );
     run_replica(&replica, &ds, collective.as_mut(), &mut driver)?;
     Ok(())
@@ -442,6 +468,7 @@ fn connect_collective(
                 round_token: reply.round_token,
                 rank: reply.rank,
                 unique_id: own,
+                worker_secret: r.secret.to_vec(),
             })?;
             let comm = Nccl::init(&shared.unique_id, reply.rank, reply.world_size, r.device)?;
             tracing::info!(
