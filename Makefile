@@ -15,7 +15,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(TORCH_VENV)/bin:$(PATH)
 
 BIN := target/release
-.PHONY: run run-single run-gpus test bench build setup setup-browser data clean-runs gpu-bundle gpu-check
+.PHONY: run run-single run-gpus test bench build setup setup-browser setup-netlab data clean-runs gpu-bundle gpu-check
 
 setup: $(TORCH_VENV)/.ringtrain-ok
 $(TORCH_VENV)/.ringtrain-ok: scripts/setup-torch.sh
@@ -26,6 +26,10 @@ $(TORCH_VENV)/.ringtrain-ok: scripts/setup-torch.sh
 # ~/.cache/ringtrain/browser-tools) for the dashboard's browser test; quiet when already there.
 setup-browser:
 	./scripts/setup-browser.sh >/dev/null
+
+# iproute2 and iptables (apt-get, when missing) for the network tests' lab of namespaces.
+setup-netlab:
+	./scripts/setup-netlab.sh
 
 build: setup
 	$(CARGO) build --release --bins
@@ -57,7 +61,7 @@ data: build
 		$(BIN)/ringtrain data fetch mnist --dest "$(MNIST_DIR)"; \
 	fi
 
-test: setup setup-browser
+test: setup setup-browser setup-netlab
 	$(CARGO) build --release --bins
 	$(CARGO) test --release --workspace
 

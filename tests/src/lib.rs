@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod netlab;
 mod process;
 pub use process::{kill9, pids_with, read_json, spawn_logged, wait_with_limit};
 

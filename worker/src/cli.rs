@@ -54,7 +54,8 @@ pub struct JoinArgs {
     /// Address to accept the ring predecessor on.
     #[arg(long, default_value = "0.0.0.0:0", env = "RINGTRAIN_COLLECTIVE_LISTEN")]
     pub collective_listen: std::net::SocketAddr,
-    /// Host name or IP peers use to reach this worker [default: the listen IP, 127.0.0.1 if unspecified].
+    /// Host name or IP peers use to reach this worker [default: the listen IP; when that is
+    /// 0.0.0.0, the source address of this machine's route to the coordinator].
     #[arg(long, env = "RINGTRAIN_ADVERTISE_HOST")]
     pub advertise_host: Option<String>,
     /// Decoded-image cache folder [default: $RINGTRAIN_CACHE_DIR or ~/.cache/ringtrain/decoded].
@@ -69,7 +70,8 @@ pub struct JoinArgs {
     /// Refuse to join another run.
     #[arg(long, env = "RINGTRAIN_RUN_ID")]
     pub run_id: Option<String>,
-    /// How long to keep trying to reach the coordinator, seconds.
+    /// How long to keep trying to reach the coordinator, seconds; also how long a coordinator
+    /// that stops answering is waited for before the worker exits 1.
     #[arg(long, default_value_t = 600.0)]
     pub connect_timeout_s: f64,
     /// After SIGTERM, seconds to wait for the stop checkpoint before exiting (code 143).
