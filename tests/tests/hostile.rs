@@ -159,6 +159,7 @@ fn a_coordinator_that_never_answers_is_given_up_within_the_connect_timeout() {
     );
     let status = wait(&mut w, Duration::from_secs(60), "a worker facing a silent coordinator");
     let took = started.elapsed();
+    eprintln!("silent coordinator: the worker with --connect-timeout-s 5 gave up after {:.1} s", took.as_secs_f64());
     assert!(!status.success());
     assert!(
         took >= Duration::from_secs(4) && took < Duration::from_secs(5 + 6),
@@ -410,4 +411,94 @@ fn serving_other_machines_needs_a_token_or_the_explicit_opt_out() {
     wait(&mut opted, Duration::from_secs(30), "serve with --insecure-no-auth");
     let err = stderr(&logs, "opt-out");
     assert!(err.contains("coordinator listening"), "{err}");
+}
+
+/// A stranger that knows the run's token (a misconfigured duplicate, an insider) reads a member's
+/// id off `/status` and joins with it while the round trains. It learns the protocol version the
+/// way an attacker would, from the refusal of version 0.
+#[test]
+fn a_stranger_with_a_members_id_can_neither_take_its_slot_nor_end_the_round() {
+    use ringtrain_common::pb::{self, coordinator_client::CoordinatorClient};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = cluster::dataset(tmp.path());
+    let want = reference_hash(tmp.path(), &data, 2);
+    let logs = log_dir("net-stolen-id");
+    let run_dir = tmp.path().join("run");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut procs = Reaper(vec![spawn(
+        serve_cmd(&[], &data, &run_dir, &listen, 2, &["--heartbeat-interval-s", "1"]),
+        &logs,
+        "serve",
+    )]);
+    for i in 0..2 {
+        let cmd = worker_cmd(
+            &[],
+            &format!("http://{listen}"),
+            &data,
+            &tmp.path().join(format!("cache{i}")),
+            &["--worker-id", &format!("w{i}")],
+        );
+        procs.0.push(spawn(cmd, &logs, &format!("worker{i}")));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let refusal = rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{listen}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let bearer: tonic::metadata::MetadataValue<_> =
+            format!("Bearer {}", cluster::TOKEN).parse().unwrap();
+        let mut c = CoordinatorClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", bearer.clone());
+            Ok(r)
+        });
+        let fingerprint = ringtrain_common::data::scan_dataset(&data, &Default::default())
+            .unwrap()
+            .layout_fingerprint();
+        let mut req = pb::JoinRequest {
+            worker_id: "w0".into(),
+            dataset_fingerprint: fingerprint,
+            collective_addr: "127.0.0.1:9".into(),
+            device: "cpu".into(),
+            ..Default::default()
+        };
+        let probe = c.join(req.clone()).await.unwrap_err();
+        req.protocol_version = probe
+            .message()
+            .split("coordinator speaks version ")
+            .nth(1)
+            .and_then(|v| v.trim().parse().ok())
+            .expect("the refusal names the version");
+        // Strike while the round trains.
+        let t = Instant::now();
+        while !stderr(&logs, "serve").contains("after=\"running\"") {
+            assert!(t.elapsed() < Duration::from_secs(120), "the round never ran");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::timeout(Duration::from_secs(30), c.join(req)).await
+    });
+    let status = wait(&mut procs.0[0], Duration::from_secs(300), "serve");
+    assert!(status.success(), "{}", stderr(&logs, "serve"));
+    match refusal {
+        Ok(Err(s)) => {
+            assert_eq!(s.code(), tonic::Code::AlreadyExists, "{s:?}");
+            assert!(s.message().contains("belongs to a live worker"), "{}", s.message());
+        }
+        Ok(Ok(reply)) => {
+            let r = reply.into_inner();
+            panic!("the stolen id got rank {} of round {}", r.rank, r.round)
+        }
+        Err(_) => panic!("the stolen id's Join was neither refused nor answered in 30 s"),
+    }
+    assert_eq!(summary(&run_dir)["restarts"], 0, "the stranger ended a round");
+    assert_eq!(final_hash(&run_dir), want);
+    let log = stderr(&logs, "serve");
+    assert!(
+        log.lines().any(|l| l.contains("join refused") && l.contains("worker_id=w0") && l.contains("peer=127.0.0.1:")),
+        "the refusal is logged with the peer:\n{log}"
+    );
 }
