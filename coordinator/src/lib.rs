@@ -43,6 +43,7 @@ pub mod artifacts;
 pub mod cli;
 pub mod config;
 pub mod dashboard;
+pub mod exposition;
 pub mod gpus;
 pub mod guard;
 pub mod health;

@@ -68,7 +68,7 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' da
 
 /// One live update: `/status`'s object plus the failure reason.
 pub fn live_json(m: &Metrics, reason: &str) -> Value {
-    let mut v = crate::http::status_json(m);
+    let mut v = crate::exposition::status_json(m);
     if let Value::Object(o) = &mut v {
         o.insert(
             "reason".into(),

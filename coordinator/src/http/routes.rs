@@ -138,9 +138,9 @@ pub(super) fn respond(req: &Request, shared: &Arc<Shared>, streams: &Arc<Semapho
     let metrics = || shared.read(|s| s.metrics(crate::server::now(), unix_ms()));
     match req.path.as_str() {
         "/metrics" => {
-            let mut text = super::render(&metrics());
+            let mut text = crate::exposition::render(&metrics());
             if let Some(g) = shared.guard() {
-                text.push_str(&super::render_guard(g));
+                text.push_str(&crate::exposition::render_guard(g));
             }
             Reply::full(
                 "200 OK",
@@ -151,7 +151,7 @@ pub(super) fn respond(req: &Request, shared: &Arc<Shared>, streams: &Arc<Semapho
         "/status" => Reply::full(
             "200 OK",
             "application/json",
-            Cow::Owned(super::status_json(&metrics()).to_string()),
+            Cow::Owned(crate::exposition::status_json(&metrics()).to_string()),
         ),
         "/history" => {
             let points = req
