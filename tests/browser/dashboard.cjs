@@ -119,10 +119,11 @@ async function main() {
         // A reload mid-run draws the whole run again from /history.
         const before = s.points;
         await page.reload({ waitUntil: 'load', timeout: 20000 });
+        // Generous: on a loaded 2-core machine the reload and /history can take seconds.
         await page.waitForFunction(
           (n) => Number(document.getElementById('chart-loss').dataset.points) >= n,
           before['chart-loss'],
-          { timeout: 10000 },
+          { timeout: 30000 },
         );
         const after = await page.evaluate(sample);
         record.reload = { before, after: after.points };
