@@ -445,11 +445,18 @@ fn a_stranger_with_a_members_id_can_neither_take_its_slot_nor_end_the_round() {
         .build()
         .unwrap();
     let refusal = rt.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{listen}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        // The coordinator may not listen yet.
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{listen}")).unwrap();
+        let t = Instant::now();
+        let channel = loop {
+            match endpoint.connect().await {
+                Ok(c) => break c,
+                Err(e) => {
+                    assert!(t.elapsed() < Duration::from_secs(60), "cannot reach the coordinator: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
         let bearer: tonic::metadata::MetadataValue<_> =
             format!("Bearer {}", cluster::TOKEN).parse().unwrap();
         let mut c = CoordinatorClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {

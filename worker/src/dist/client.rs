@@ -20,8 +20,12 @@
 //!   `ringtrain-run-status: failed` → [`TrainError::RunFailed`]; anything else →
 //!   [`TrainError::Coordinator`].
 //! * Heartbeats follow the current round in [`RoundCtl`]: a stale round aborts the round's ring
-//!   (its blocked all-reduce fails at once), a failed run exits the process (code 3), a
-//!   coordinator unreachable for `patience` exits it (code 1).
+//!   (its blocked all-reduce fails at once). A failed run, a coordinator unreachable for
+//!   `patience`, and SIGTERM past its grace (or outside a round) *stop* the client: the round's
+//!   collective is aborted, every call in flight is cancelled and every later one returns
+//!   [`Client::stopped`]'s error, so the worker returns a typed error that `main` turns into the
+//!   exit code (3, 1, 143). No `process::exit` here; `main` keeps one backstop
+//!   ([`exit_deadline`]) for a training thread that cannot be interrupted.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -52,6 +56,82 @@ pub struct RoundCtl {
     pub ended: bool,
     /// Set by the heartbeat task when the coordinator asks for a stop checkpoint.
     pub stop: bool,
+}
+
+/// Why the client stopped for good.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fatal {
+    /// The coordinator declared the run failed (exit 3).
+    RunFailed(String),
+    /// The coordinator did not answer for `patience` (exit 1).
+    Unreachable(String),
+    /// SIGTERM: outside a round at once, in a round after the grace (exit 143).
+    Terminated,
+}
+
+impl Fatal {
+    fn into_error(self) -> TrainError {
+        match self {
+            Fatal::RunFailed(m) => TrainError::RunFailed(m),
+            Fatal::Unreachable(m) => TrainError::Coordinator(m),
+            Fatal::Terminated => TrainError::Terminated,
+        }
+    }
+
+    fn exit_code(&self) -> i32 {
+        match self {
+            Fatal::RunFailed(_) => crate::EXIT_ABORTED,
+            Fatal::Unreachable(_) => 1,
+            Fatal::Terminated => crate::EXIT_TERMINATED,
+        }
+    }
+}
+
+/// The client's stop switch, shared with its tasks.
+struct Stop {
+    fatal: Mutex<Option<Fatal>>,
+    tx: tokio::sync::watch::Sender<bool>,
+}
+
+/// How long the training thread gets to notice a stop before `main`'s backstop exits.
+const STOP_BACKSTOP: Duration = Duration::from_secs(10);
+
+/// When the process must be gone at the latest, and with which exit code: set once the client
+/// stopped (or SIGTERM arrived); `main` exits when it passes and the worker has not returned.
+static EXIT_DEADLINE: std::sync::OnceLock<(Instant, i32)> = std::sync::OnceLock::new();
+
+/// See [`EXIT_DEADLINE`]; `None` while the worker runs normally.
+pub fn exit_deadline() -> Option<(Instant, i32)> {
+    EXIT_DEADLINE.get().copied()
+}
+
+impl Stop {
+    /// Stops the client (the first reason wins): aborts the round's collective, cancels calls.
+    fn stop(&self, why: Fatal, ctl: &Mutex<RoundCtl>) {
+        {
+            let mut f = self.fatal.lock().unwrap_or_else(PoisonError::into_inner);
+            if f.is_some() {
+                return;
+            }
+            let _ = EXIT_DEADLINE.set((Instant::now() + STOP_BACKSTOP, why.exit_code()));
+            *f = Some(why);
+        }
+        let mut g = ctl.lock().unwrap_or_else(PoisonError::into_inner);
+        g.ended = true;
+        g.heartbeat = None;
+        if let Some(a) = g.abort.take() {
+            a();
+        }
+        drop(g);
+        self.tx.send_replace(true);
+    }
+
+    fn fatal(&self) -> Option<Fatal> {
+        self.fatal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// Retry pacing while the coordinator cannot be reached: 0.1 s doubling to 2 s, each wait
@@ -116,14 +196,19 @@ pub fn keepalive_for(patience: Duration) -> Duration {
 /// coordinator did not answer), which the callers retry.
 async fn attempt<T>(
     deadline: Duration,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
     fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<tonic::Response<T>, tonic::Status> {
-    match tokio::time::timeout(deadline, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(tonic::Status::unavailable(format!(
-            "no answer within {:.0} s",
-            deadline.as_secs_f64()
-        ))),
+    tokio::select! {
+        r = tokio::time::timeout(deadline, fut) => match r {
+            Ok(r) => r,
+            Err(_) => Err(tonic::Status::unavailable(format!(
+                "no answer within {:.0} s",
+                deadline.as_secs_f64()
+            ))),
+        },
+        // The caller looks at why (Client::stopped) before anything else.
+        _ = stopped.wait_for(|s| *s) => Err(tonic::Status::cancelled("the worker is stopping")),
     }
 }
 
@@ -191,6 +276,9 @@ pub struct Client {
     inner: Rpc,
     url: String,
     patience: Duration,
+    stop: Arc<Stop>,
+    /// The round the heartbeats follow; shared with the worker's loop.
+    ctl: Arc<Mutex<RoundCtl>>,
 }
 
 /// Errors worth retrying: the coordinator is (re)starting or the connection broke.
@@ -229,8 +317,13 @@ fn rpc_error(url: &str, what: &str, status: tonic::Status) -> TrainError {
 
 impl Client {
     /// Connects to `url`, retrying with backoff for up to `patience` (the coordinator may start
-    /// after its workers, or restart).
-    pub fn connect(url: &str, patience: Duration, sec: &Security) -> Result<Self, TrainError> {
+    /// after its workers, or restart). `ctl` is the round the heartbeats will follow.
+    pub fn connect(
+        url: &str,
+        patience: Duration,
+        sec: &Security,
+        ctl: Arc<Mutex<RoundCtl>>,
+    ) -> Result<Self, TrainError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -269,12 +362,23 @@ impl Client {
         let inner = CoordinatorClient::with_interceptor(channel, Authorize { header })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let (tx, _) = tokio::sync::watch::channel(false);
         Ok(Self {
             rt,
             inner,
             url: url.to_string(),
             patience,
+            stop: Arc::new(Stop {
+                fatal: Mutex::new(None),
+                tx,
+            }),
+            ctl,
         })
+    }
+
+    /// Why the client stopped for good, as the error the worker returns (`None`: it did not).
+    pub fn stopped(&self) -> Option<TrainError> {
+        self.stop.fatal().map(Fatal::into_error)
     }
 
     /// Runs one unary call to completion on the RPC runtime, from the (non-async) caller thread,
@@ -291,11 +395,16 @@ impl Client {
     {
         let mut backoff = Backoff::new(self.patience);
         loop {
+            if let Some(e) = self.stopped() {
+                return Err(e);
+            }
+            let stopped = self.stop.tx.subscribe();
             match self
                 .rt
-                .block_on(attempt(deadline, rpc(self.inner.clone(), req.clone())))
+                .block_on(attempt(deadline, stopped, rpc(self.inner.clone(), req.clone())))
             {
                 Ok(r) => return Ok(r.into_inner()),
+                Err(_) if self.stopped().is_some() => {}
                 Err(s) if transient(&s) && backoff.wait() => {
                     tracing::warn!(url = %self.url, call = what, error = %s.message(), "coordinator unreachable; retrying");
                 }
@@ -314,8 +423,9 @@ impl Client {
 
     /// One Join attempt (the caller decides what to retry); it waits for the round to close.
     pub fn join_once(&self, req: pb::JoinRequest) -> Result<pb::JoinReply, tonic::Status> {
+        let stopped = self.stop.tx.subscribe();
         self.rt
-            .block_on(attempt(WAIT_CALL, self.inner.clone().join(req)))
+            .block_on(attempt(WAIT_CALL, stopped, self.inner.clone().join(req)))
             .map(tonic::Response::into_inner)
     }
 
@@ -359,16 +469,12 @@ impl Client {
         })
     }
 
-    /// On SIGTERM: outside a round (joining, or waiting for a coordinator) there is nothing to
-    /// checkpoint, so the process exits at once with code 143. In a round it sets `terminated`
-    /// (the training loop then stops at a checkpoint the ranks agree on) and exits with code
-    /// 143 after `grace` if it is still running.
-    pub fn watch_sigterm(
-        &self,
-        terminated: Arc<std::sync::atomic::AtomicBool>,
-        ctl: Arc<Mutex<RoundCtl>>,
-        grace: Duration,
-    ) {
+    /// On SIGTERM: sets `terminated` (the training loop then stops at a checkpoint the ranks
+    /// agree on and the worker returns [`TrainError::Terminated`]). Outside a round (joining, or
+    /// waiting for a coordinator) there is nothing to checkpoint, so the client stops at once;
+    /// in a round it stops after `grace` if the worker has not returned by then.
+    pub fn watch_sigterm(&self, terminated: Arc<std::sync::atomic::AtomicBool>, grace: Duration) {
+        let (stop, ctl) = (self.stop.clone(), self.ctl.clone());
         self.rt.spawn(async move {
             let Ok(mut term) =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -383,17 +489,21 @@ impl Client {
                 .heartbeat
                 .is_some();
             if !in_round {
-                tracing::warn!("SIGTERM outside a round: nothing to checkpoint; exiting");
-                eprintln!("ringtrain-worker: SIGTERM while not in a round; exiting");
-                std::process::exit(crate::EXIT_TERMINATED);
+                tracing::warn!("SIGTERM outside a round: nothing to checkpoint; stopping");
+                stop.stop(Fatal::Terminated, &ctl);
+                return;
             }
             tracing::warn!(
                 grace_s = grace.as_secs_f64(),
                 "SIGTERM: stopping at the next step with a checkpoint"
             );
+            let _ = EXIT_DEADLINE.set((
+                Instant::now() + grace + STOP_BACKSTOP,
+                crate::EXIT_TERMINATED,
+            ));
             tokio::time::sleep(grace).await;
-            eprintln!("ringtrain-worker: no stop checkpoint within {grace:?} of SIGTERM; exiting");
-            std::process::exit(crate::EXIT_TERMINATED);
+            tracing::warn!(grace_s = grace.as_secs_f64(), "no stop checkpoint within the grace period; stopping");
+            stop.stop(Fatal::Terminated, &ctl);
         });
     }
 
@@ -406,12 +516,8 @@ impl Client {
 
     /// Starts heartbeats every `interval` for whatever round `ctl` holds; each carries the
     /// current global step, images/s and all-reduce time from `progress`.
-    pub fn start_heartbeats(
-        &self,
-        ctl: Arc<Mutex<RoundCtl>>,
-        interval: Duration,
-        progress: Arc<Progress>,
-    ) {
+    pub fn start_heartbeats(&self, interval: Duration, progress: Arc<Progress>) {
+        let (stop, ctl) = (self.stop.clone(), self.ctl.clone());
         let mut c = self.inner.clone();
         let url = self.url.clone();
         let patience = self.patience.max(interval);
@@ -445,8 +551,8 @@ impl Client {
                         }
                         if reply.status == RunStatus::Failed as i32 {
                             tracing::error!(rank = req.rank, reason = %reply.reason, "coordinator stopped the run");
-                            eprintln!("ringtrain-worker: run failed: {}", reply.reason);
-                            std::process::exit(crate::EXIT_ABORTED);
+                            stop.stop(Fatal::RunFailed(reply.reason), &ctl);
+                            return;
                         }
                     }
                     Ok(Err(status)) if status.code() == tonic::Code::Aborted => {
@@ -462,8 +568,8 @@ impl Client {
                         }
                     }
                     Ok(Err(status)) if run_failed(&status) => {
-                        eprintln!("ringtrain-worker: {}", status.message());
-                        std::process::exit(crate::EXIT_ABORTED);
+                        stop.stop(Fatal::RunFailed(status.message().to_string()), &ctl);
+                        return;
                     }
                     Ok(Err(status)) => tracing::warn!(%url, error = %status, "heartbeat failed"),
                     Err(_) => tracing::warn!(%url, "heartbeat timed out"),
@@ -475,8 +581,8 @@ impl Client {
                         last_ok.elapsed().as_secs_f64()
                     );
                     tracing::error!(%url, "{line}");
-                    eprintln!("ringtrain-worker: {line}");
-                    std::process::exit(1);
+                    stop.stop(Fatal::Unreachable(line), &ctl);
+                    return;
                 }
             }
         });

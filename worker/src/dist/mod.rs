@@ -41,7 +41,7 @@ use crate::optim::AdamConfig;
 use crate::train::progress::Progress;
 use crate::train::state::ResumeState;
 use crate::train::{run_replica, ReplicaSpec, TrainError};
-pub use client::{Client, RoundCtl, Security};
+pub use client::{exit_deadline, Client, Fatal, RoundCtl, Security};
 use driver::Distributed;
 
 /// How this worker process takes part in a run.
@@ -112,7 +112,13 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
         device,
         uuid: gpu.map(|g| g.uuid).unwrap_or_default(),
     };
-    let client = Client::connect(&opts.coordinator, opts.connect_timeout, &opts.security)?;
+    let ctl = Arc::new(Mutex::new(RoundCtl::default()));
+    let client = Client::connect(
+        &opts.coordinator,
+        opts.connect_timeout,
+        &opts.security,
+        ctl.clone(),
+    )?;
     // The fingerprint proves this worker sees the same files as the coordinator.
     // skip_bad here: its scan then equals the coordinator's whether or not the run skips bad
     // files (with skip_bad off the coordinator itself refuses a dataset with bad files).
@@ -124,14 +130,16 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
         },
     )?;
     let fingerprint = local.layout_fingerprint();
-    let ctl = Arc::new(Mutex::new(RoundCtl::default()));
     let progress = Arc::new(Progress::default());
     let terminated = Arc::new(AtomicBool::new(false));
-    client.watch_sigterm(terminated.clone(), ctl.clone(), opts.stop_grace);
+    client.watch_sigterm(terminated.clone(), opts.stop_grace);
     let mut heartbeats = false;
     // Issued by the first JoinReply; every later call and re-join carries it.
     let mut secret: Vec<u8> = Vec::new();
     loop {
+        if let Some(e) = client.stopped() {
+            return Err(e);
+        }
         if terminated.load(Ordering::SeqCst) {
             return Err(TrainError::Terminated);
         }
@@ -171,7 +179,6 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
         }
         if !heartbeats {
             client.start_heartbeats(
-                ctl.clone(),
                 Duration::from_secs_f64(spec.heartbeat_interval_s.max(0.05)),
                 progress.clone(),
             );
@@ -210,6 +217,14 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
         };
         match result {
             Ok(()) => return Ok(()),
+            // The client stopped for good (run failed, coordinator gone, SIGTERM's grace over).
+            Err(_) if client.stopped().is_some() => {
+                let e = client.stopped().unwrap_or(TrainError::Terminated);
+                if matches!(e, TrainError::Terminated) {
+                    leave(false, true, "preempted (SIGTERM)".into());
+                }
+                return Err(e);
+            }
             Err(_) if terminated.load(Ordering::SeqCst) => {
                 // Whatever broke, this worker was told to go: say so and exit.
                 leave(false, true, "preempted (SIGTERM)".into());
@@ -284,10 +299,16 @@ fn join(
     };
     let mut backoff = client::Backoff::new(client.patience());
     loop {
+        if let Some(e) = client.stopped() {
+            return Err(e);
+        }
         let status = match client.join_once(req.clone()) {
             Ok(reply) => return Ok(reply),
             Err(s) => s,
         };
+        if let Some(e) = client.stopped() {
+            return Err(e);
+        }
         let retry = matches!(
             status.code(),
             tonic::Code::Unavailable
