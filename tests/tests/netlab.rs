@@ -177,6 +177,33 @@ fn loss_drops_about_the_given_share_silently_and_one_way() -> anyhow::Result<()>
     Ok(())
 }
 
+/// Sends `len` patterned bytes from host 0 to host 1 over TCP; checks they arrive intact and
+/// returns how long it took from connecting to the receiver's end of stream.
+fn transfer(lab: &Lab, len: u32) -> anyhow::Result<Duration> {
+    let listener = listen(lab, 1)?;
+    let addr = listener.local_addr()?;
+    let server = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        let (mut s, _) = listener.accept()?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got)?;
+        Ok(got)
+    });
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 977) as u8).collect();
+    let t = Instant::now();
+    let mut c = connect(lab, 0, addr, Duration::from_secs(5))?;
+    c.write_all(&data)?;
+    c.shutdown(Shutdown::Write)?;
+    let got = server.join().expect("server thread")?;
+    let took = t.elapsed();
+    assert!(
+        got == data,
+        "payload differs ({} of {} bytes)",
+        got.len(),
+        data.len()
+    );
+    Ok(took)
+}
+
 #[test]
 fn tcp_bulk_transfer_survives_delay_jitter_and_loss() -> anyhow::Result<()> {
     let lab = Lab::new("bulk", 2)?;
@@ -185,32 +212,30 @@ fn tcp_bulk_transfer_survives_delay_jitter_and_loss() -> anyhow::Result<()> {
         jitter: Duration::from_millis(2),
         loss: 0.01,
     })?;
-    let listener = listen(&lab, 1)?;
-    let addr = listener.local_addr()?;
-    let server = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
-        let (mut s, _) = listener.accept()?;
-        let mut got = Vec::new();
-        s.read_to_end(&mut got)?;
-        Ok(got)
-    });
-    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7 + i / 977) as u8).collect();
-    let t = Instant::now();
-    let mut c = connect(&lab, 0, addr, Duration::from_secs(5))?;
-    c.write_all(&data)?;
-    c.shutdown(Shutdown::Write)?;
-    let got = server.join().expect("server thread")?;
-    let took = t.elapsed();
+    let took = transfer(&lab, 2_000_000)?;
     eprintln!(
         "2 MB over 5±2 ms, 1% loss each way: {took:?} ({:.1} MB/s)",
         2.0 / took.as_secs_f64()
     );
-    assert!(
-        got == data,
-        "payload differs ({} of {} bytes)",
-        got.len(),
-        data.len()
-    );
     assert!(took < Duration::from_secs(30), "{took:?}");
+    Ok(())
+}
+
+#[test]
+fn ten_ms_of_delay_leaves_bulk_tcp_fast() -> anyhow::Result<()> {
+    // Packets held where they leave (the sender's OUTPUT hook) stay charged to the sending
+    // socket's TCP Small Queues budget: 10 ms of delay cut bulk TCP to 0.5 MB/s that way.
+    let lab = Lab::new("fast", 2)?;
+    lab.impair_all(Impairment {
+        delay: Duration::from_millis(10),
+        ..Impairment::default()
+    })?;
+    let took = transfer(&lab, 20_000_000)?;
+    eprintln!(
+        "20 MB over 10 ms each way: {took:?} ({:.1} MB/s)",
+        20.0 / took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}: under 2 MB/s");
     Ok(())
 }
 

@@ -1,44 +1,44 @@
-//! The delayer: one thread per impaired host that holds that host's outgoing packets and releases
-//! them when due, or drops them.
+//! The delayer: one thread per receiving host that holds the packets arriving there from impaired
+//! hosts and releases them when due, or drops them.
 //!
 //! Owns the timing and the loss decisions; not the netlink format (`nfqueue.rs`) nor the iptables
-//! rule that sends packets here (`mod.rs`).
+//! rules that send packets here (`mod.rs`).
 //!
 //! ```text
-//!  host namespace                                   delayer thread (this file, entered into the
-//!  app ──send──▶ OUTPUT -o eth0 ──NFQUEUE 0──▶      host's namespace with setns)
-//!                                │                    recv id ─▶ loss? ── yes ─▶ DROP verdict
-//!                                │                       │ no
-//!                                │                    due = now + delay ± U(jitter), min now
-//!                                │                    min-heap by (due, arrival order)
-//!                                ◀──ACCEPT verdict─── ppoll(queue fd, wake fd; until next due)
-//!                        eth0 ──▶ switch
+//!  sender i ─eth0─▶ switch ─▶ receiver j: PREROUTING -i eth0 -s addr(i) ──NFQUEUE i──▶ delayer of j
+//!                                                                     (a thread entered into j's
+//!        recv (queue i, id) ─▶ loss_i? ── yes ─▶ DROP verdict          namespace with setns)
+//!                                │ no
+//!                             due = now + delay_i ± U(jitter_i), at least now
+//!                             min-heap by (due, arrival order)
+//!   j's IP stack ◀──ACCEPT──  ppoll(queue fd, wake fd; until the next due time)
 //! ```
 //!
 //! # Contract
-//! * Loss is decided here, per packet, by a seeded PRNG: a DROP verdict on a packet already
-//!   queued is silent to the sender, whereas an iptables DROP on OUTPUT fails `sendto()` with
-//!   EPERM and makes TCP retry at once rather than see a loss.
-//! * With loss > 0 the kernel segments GSO super-packets before queueing them, so loss is per wire
-//!   packet; with loss = 0 super-packets are held whole (far fewer wake-ups, same timing).
+//! * Packets are held on the receiver, after its IP layer took them over from the sending socket.
+//!   Held on the sender (OUTPUT hook) they would still count against the socket's TCP Small
+//!   Queues budget (~1 ms of data): bulk TCP under 10 ms of delay fell to 0.5 MB/s that way, and
+//!   runs at 200 MB/s this way. netem orphans its packets for the same reason.
+//! * Loss is decided here, per packet, by a seeded PRNG: silent to the sender, which handed the
+//!   packet off long before. With loss > 0 the kernel segments GSO super-packets before queueing
+//!   them, so loss is per wire packet; with loss = 0 they are held whole (fewer wake-ups).
 //! * Jitter is uniform in [-jitter, +jitter] per packet, so packets can overtake each other, like
 //!   netem's jitter.
 //! * The thread sleeps in `ppoll()` until the next packet is due or one arrives: no spinning.
-//! * Stopping releases every held packet (ACCEPT) before the socket closes, because the kernel
-//!   drops whatever is still queued when a queue is unbound.
-//! * The queue holds 65536 packets and fails open: past that, or if this thread dies, packets
-//!   flow undelayed rather than vanish (the rule has `--queue-bypass`).
+//! * Unbinding a sender's queue or stopping first releases its held packets (ACCEPT), because the
+//!   kernel drops whatever is still queued when a queue is unbound.
+//! * Each queue holds 65536 packets and fails open: past that, or if this thread dies, packets
+//!   flow undelayed rather than vanish (the rules have `--queue-bypass`).
 //!
-//! Tests: `tests/tests/netlab.rs` (round trip under delay, UDP loss ratio, TCP bulk transfer).
+//! Tests: `tests/tests/netlab.rs` (round trip under delay, UDP loss ratio, TCP bulk transfers).
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -48,50 +48,46 @@ use super::links::enter_netns;
 use super::nfqueue::{NfQueue, F_FAIL_OPEN, F_GSO};
 use super::Impairment;
 
-/// The queue number the host's iptables rule sends packets to (queues are per namespace).
-pub const QUEUE_NUM: u16 = 0;
 const QUEUE_MAX_LEN: u32 = 65536;
 
-struct Shared {
-    imp: Mutex<Impairment>,
-    stop: AtomicBool,
+/// A request to the thread: impair packets from queue `queue` (a sender) with `imp`, or stop
+/// holding them (None); the outcome goes back on `done`.
+struct Set {
+    queue: u16,
+    imp: Option<Impairment>,
+    done: mpsc::SyncSender<anyhow::Result<()>>,
 }
 
 /// A running delayer thread; stop it with [`Delayer::stop`] (drop stops it too, quietly).
 pub struct Delayer {
-    shared: Arc<Shared>,
+    requests: Option<mpsc::Sender<Set>>,
     waker: UnixStream,
     thread: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Delayer {
-    /// Starts a thread inside the namespace at `netns` and returns once its queue is bound
-    /// (so a rule added afterwards never bypasses it). `seed` fixes its jitter and loss draws.
-    pub fn start(netns: PathBuf, imp: Impairment, seed: u64) -> anyhow::Result<Delayer> {
+    /// Starts a thread inside the namespace at `netns` and returns once its socket is open.
+    /// `seed` fixes its jitter and loss draws.
+    pub fn start(netns: PathBuf, seed: u64) -> anyhow::Result<Delayer> {
         let (waker, wake_rx) = UnixStream::pair().context("creating the delayer's wake pipe")?;
         waker.set_nonblocking(true)?;
         wake_rx.set_nonblocking(true)?;
-        let shared = Arc::new(Shared {
-            imp: Mutex::new(imp),
-            stop: AtomicBool::new(false),
-        });
+        let (requests, request_rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let name = netns
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("netlab-delay-{name}"))
             .spawn(move || {
-                let bound = enter_netns(&netns).and_then(|()| {
-                    NfQueue::bind(QUEUE_NUM, QUEUE_MAX_LEN, flags(&imp))
-                        .with_context(|| format!("binding NFQUEUE {QUEUE_NUM} in {name}"))
+                let opened = enter_netns(&netns).and_then(|()| {
+                    NfQueue::open().with_context(|| format!("opening an NFQUEUE socket in {name}"))
                 });
-                match bound {
+                match opened {
                     Ok(queue) => {
                         let _ = ready_tx.send(Ok(()));
-                        run(queue, wake_rx, &thread_shared, seed)
+                        run(queue, wake_rx, request_rx, seed)
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -101,7 +97,7 @@ impl Delayer {
             })
             .context("spawning a delayer thread")?;
         let mut delayer = Delayer {
-            shared,
+            requests: Some(requests),
             waker,
             thread: Some(thread),
         };
@@ -111,19 +107,28 @@ impl Delayer {
             Err(_) => {
                 let _ = delayer.stop_inner();
                 Err(anyhow!(
-                    "the delayer thread did not bind its queue within 10 s"
+                    "the delayer thread did not open its socket within 10 s"
                 ))
             }
         }
     }
 
-    /// Applies `imp` to packets arriving from now on (held ones keep their due time).
-    pub fn set(&self, imp: Impairment) {
-        *self.shared.imp.lock().unwrap_or_else(|p| p.into_inner()) = imp;
+    /// Impairs what arrives on queue `queue` from now on (binding it first if new; held packets
+    /// keep their due time), or with None releases its held packets and unbinds it. Returns once
+    /// the thread did so, so a rule added afterwards never bypasses the queue.
+    pub fn set(&self, queue: u16, imp: Option<Impairment>) -> anyhow::Result<()> {
+        let (done, done_rx) = mpsc::sync_channel(1);
+        let requests = self.requests.as_ref().context("the delayer is stopped")?;
+        requests
+            .send(Set { queue, imp, done })
+            .map_err(|_| anyhow!("the delayer thread has ended"))?;
         self.wake();
+        done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| anyhow!("the delayer thread did not answer within 10 s"))?
     }
 
-    /// Releases every held packet, closes the queue and returns the thread's error, if any.
+    /// Releases every held packet, closes the socket and returns the thread's error, if any.
     pub fn stop(mut self) -> anyhow::Result<()> {
         self.stop_inner()
     }
@@ -132,7 +137,8 @@ impl Delayer {
         let Some(thread) = self.thread.take() else {
             return Ok(());
         };
-        self.shared.stop.store(true, Ordering::SeqCst);
+        // A closed request channel is the stop signal.
+        self.requests = None;
         self.wake();
         thread
             .join()
@@ -161,36 +167,81 @@ fn flags(imp: &Impairment) -> u32 {
     }
 }
 
-/// A held packet: due time, then arrival order so equal due times keep FIFO order.
-type Held = Reverse<(Instant, u64, u32)>;
+/// A held packet: due time, arrival order (equal due times keep FIFO order), queue, packet id.
+type Held = Reverse<(Instant, u64, u16, u32)>;
+
+/// The thread's state besides the socket.
+struct State {
+    imps: HashMap<u16, Impairment>,
+    held: BinaryHeap<Held>,
+    rng: SplitMix64,
+    arrivals: u64,
+}
+
+impl State {
+    /// Drops, holds or passes each packet of `ids` (draining it) arrived at `now`.
+    fn admit(
+        &mut self,
+        ids: &mut Vec<(u16, u32)>,
+        now: Instant,
+        verdicts: &mut Vec<(u16, u32, bool)>,
+    ) {
+        for (num, id) in ids.drain(..) {
+            // A packet of a queue unbound meanwhile: let it go.
+            let Some(imp) = self.imps.get(&num).copied() else {
+                verdicts.push((num, id, true));
+                continue;
+            };
+            if imp.loss > 0.0 && self.rng.unit() < imp.loss {
+                verdicts.push((num, id, false));
+                continue;
+            }
+            let offset = (self.rng.unit() * 2.0 - 1.0) * imp.jitter.as_secs_f64();
+            let wait = (imp.delay.as_secs_f64() + offset).max(0.0);
+            if wait == 0.0 {
+                verdicts.push((num, id, true));
+            } else {
+                self.arrivals += 1;
+                let due = now + Duration::from_secs_f64(wait);
+                self.held.push(Reverse((due, self.arrivals, num, id)));
+            }
+        }
+    }
+}
 
 fn run(
     mut queue: NfQueue,
     mut wake_rx: UnixStream,
-    shared: &Shared,
+    requests: mpsc::Receiver<Set>,
     seed: u64,
 ) -> anyhow::Result<()> {
-    let mut held: BinaryHeap<Held> = BinaryHeap::new();
-    let mut rng = SplitMix64(seed);
-    let mut arrivals = 0u64;
+    let mut st = State {
+        imps: HashMap::new(),
+        held: BinaryHeap::new(),
+        rng: SplitMix64(seed),
+        arrivals: 0,
+    };
     let mut ids = Vec::new();
     let mut verdicts = Vec::new();
-    let mut current_flags = flags(&shared.imp.lock().unwrap_or_else(|p| p.into_inner()));
     let result = loop {
-        if shared.stop.load(Ordering::SeqCst) {
+        let stop = loop {
+            match requests.try_recv() {
+                Ok(set) => {
+                    let outcome = apply(&mut queue, &mut st, set.queue, set.imp);
+                    let _ = set.done.send(outcome);
+                }
+                Err(mpsc::TryRecvError::Empty) => break false,
+                Err(mpsc::TryRecvError::Disconnected) => break true,
+            }
+        };
+        if stop {
             break Ok(());
         }
-        let imp = *shared.imp.lock().unwrap_or_else(|p| p.into_inner());
-        if flags(&imp) != current_flags {
-            current_flags = flags(&imp);
-            if let Err(e) = queue.set_flags(current_flags) {
-                break Err(e).context("changing the queue's flags");
-            }
-        }
         let now = Instant::now();
-        let timeout = held
+        let timeout = st
+            .held
             .peek()
-            .map(|Reverse((due, _, _))| due.saturating_duration_since(now));
+            .map(|Reverse((due, ..))| due.saturating_duration_since(now));
         if let Err(e) = poll_fds(&[queue.as_raw_fd(), wake_rx.as_raw_fd()], timeout) {
             break Err(e).context("ppoll on the queue");
         }
@@ -200,26 +251,13 @@ fn run(
             break Err(e).context("reading the queue");
         }
         let now = Instant::now();
-        for id in ids.drain(..) {
-            if imp.loss > 0.0 && rng.unit() < imp.loss {
-                verdicts.push((id, false));
-                continue;
-            }
-            let offset = (rng.unit() * 2.0 - 1.0) * imp.jitter.as_secs_f64();
-            let wait = (imp.delay.as_secs_f64() + offset).max(0.0);
-            if wait == 0.0 {
-                verdicts.push((id, true));
-            } else {
-                arrivals += 1;
-                held.push(Reverse((now + Duration::from_secs_f64(wait), arrivals, id)));
-            }
-        }
-        while let Some(&Reverse((due, _, id))) = held.peek() {
+        st.admit(&mut ids, now, &mut verdicts);
+        while let Some(&Reverse((due, _, num, id))) = st.held.peek() {
             if due > now {
                 break;
             }
-            held.pop();
-            verdicts.push((id, true));
+            st.held.pop();
+            verdicts.push((num, id, true));
         }
         if let Err(e) = queue.verdicts(&verdicts) {
             break Err(e).context("sending verdicts");
@@ -227,9 +265,59 @@ fn run(
         verdicts.clear();
     };
     // Held packets would be dropped by the kernel when the socket closes; let them go instead.
-    let rest: Vec<(u32, bool)> = held.drain().map(|Reverse((_, _, id))| (id, true)).collect();
+    let rest: Vec<(u16, u32, bool)> = st
+        .held
+        .drain()
+        .map(|Reverse((_, _, num, id))| (num, id, true))
+        .collect();
     let released = queue.verdicts(&rest).context("releasing held packets");
     result.and(released)
+}
+
+/// Binds, re-configures or (releasing its packets first) unbinds queue `num`.
+fn apply(
+    queue: &mut NfQueue,
+    st: &mut State,
+    num: u16,
+    imp: Option<Impairment>,
+) -> anyhow::Result<()> {
+    match (st.imps.get(&num).copied(), imp) {
+        (None, Some(new)) => {
+            queue
+                .bind(num, QUEUE_MAX_LEN, flags(&new))
+                .with_context(|| format!("binding NFQUEUE {num}"))?;
+            st.imps.insert(num, new);
+        }
+        (Some(old), Some(new)) => {
+            if flags(&old) != flags(&new) {
+                queue
+                    .set_flags(num, flags(&new))
+                    .with_context(|| format!("changing the flags of NFQUEUE {num}"))?;
+            }
+            st.imps.insert(num, new);
+        }
+        (Some(_), None) => {
+            // Packets already waiting in the socket would be dropped by the unbind: take them in
+            // first (the caller removed the rule, so no more arrive for `num`).
+            let mut ids = Vec::new();
+            let mut rest = Vec::new();
+            queue.read_packets(&mut ids).context("reading the queue")?;
+            st.admit(&mut ids, Instant::now(), &mut rest);
+            st.imps.remove(&num);
+            st.held.retain(|&Reverse((_, _, n, id))| {
+                if n == num {
+                    rest.push((n, id, true));
+                }
+                n != num
+            });
+            queue.verdicts(&rest).context("releasing held packets")?;
+            queue
+                .unbind(num)
+                .with_context(|| format!("unbinding NFQUEUE {num}"))?;
+        }
+        (None, None) => {}
+    }
+    Ok(())
 }
 
 /// ppoll(2) for readability of `fds`, up to `timeout` (None: no limit). EINTR counts as a wake-up.

@@ -247,7 +247,7 @@ fn probe() -> anyhow::Result<()> {
     ip_cmd(&format!("netns add {ns}")).context("cannot create a network namespace")?;
     let rule = iptables_in(
         &ns,
-        "-A OUTPUT -o eth0 -j NFQUEUE --queue-num 0 --queue-bypass",
+        "-t mangle -A PREROUTING -i eth0 -s 198.18.0.10 -j NFQUEUE --queue-num 0 --queue-bypass",
     )
     .context("iptables cannot add an NFQUEUE rule inside a namespace");
     let deleted = delete_netns(&ns);

@@ -8,7 +8,7 @@
 //!   rtlab<pid>-<n>-<tag>-h0        rtlab<pid>-<n>-<tag>-h1        ... -hN-1  (host namespaces)
 //!   lo 127.0.0.1                   lo 127.0.0.1
 //!   eth0 198.18.0.10/24            eth0 198.18.0.11/24                      198.18.0.(10+i)
-//!    │  OUTPUT -o eth0 → NFQUEUE     │   (only while impaired: delay.rs)
+//!    │  PREROUTING -i eth0 -s <impaired host> → NFQUEUE <its index> (delay.rs)
 //!    │ veth                          │ veth
 //!  ┌─┴───────────────────────────────┴──────────────────────────┐
 //!  │ h0                             h1              ...  hN-1   │  rtlab<pid>-<n>-<tag>-sw
@@ -23,7 +23,9 @@
 //!   segment, so labs may reuse them. Neighbour (ARP) entries are static, so a partition never
 //!   turns into a quick "host unreachable": packets just vanish.
 //! * `impair` affects only what host i sends on `eth0` (loopback is untouched): delay ± uniform
-//!   jitter and per-packet loss, done by a thread of this process (the kernel here has no netem).
+//!   jitter and per-packet loss, done by threads of this process (the kernel here has no netem).
+//!   They hold the packets where they arrive, in every other host, not where they leave: see
+//!   `delay.rs` for why (TCP Small Queues). A lab of one host has no link to impair.
 //! * `link_down` disables host i's switch port: frames both ways are dropped in the switch, no
 //!   RST, no ICMP, and the host keeps its carrier (taking the veth down would show NO-CARRIER).
 //! * Drop kills every process inside the lab's namespaces, stops the delayers and deletes the
@@ -50,7 +52,7 @@ use anyhow::{bail, Context};
 
 pub use links::check_available;
 
-use delay::{Delayer, QUEUE_NUM};
+use delay::Delayer;
 use links::{ip_batch, ip_cmd, iptables_in, netns_path, PREFIX};
 
 /// Most hosts in one lab (addresses 198.18.0.10 ..).
@@ -87,8 +89,15 @@ impl Impairment {
 pub struct Lab {
     switch: String,
     hosts: Vec<String>,
-    /// Per host: its running delayer, when impaired.
-    delayers: Mutex<Vec<Option<Delayer>>>,
+    impairments: Mutex<Impairments>,
+}
+
+/// Who is impaired, and the delayers that do it.
+struct Impairments {
+    /// Per sending host: its impairment.
+    of: Vec<Option<Impairment>>,
+    /// Per receiving host: its delayer, while any other host is impaired.
+    delayers: Vec<Option<Delayer>>,
 }
 
 impl Lab {
@@ -112,7 +121,10 @@ impl Lab {
         let lab = Lab {
             switch: format!("{base}-sw"),
             hosts: (0..hosts).map(|i| format!("{base}-h{i}")).collect(),
-            delayers: Mutex::new((0..hosts).map(|_| None).collect()),
+            impairments: Mutex::new(Impairments {
+                of: vec![None; hosts],
+                delayers: (0..hosts).map(|_| None).collect(),
+            }),
         };
         // On error `lab` drops here and deletes whatever was created.
         lab.build()
@@ -200,17 +212,25 @@ impl Lab {
     /// previous impairment of that host.
     pub fn impair(&self, host: usize, imp: Impairment) -> anyhow::Result<()> {
         imp.validate()?;
-        let mut delayers = self.lock_delayers();
-        if let Some(d) = &delayers[host] {
-            d.set(imp);
-            return Ok(());
+        assert!(host < self.hosts(), "host {host} out of range");
+        let mut state = self.lock_impairments();
+        let new = state.of[host].is_none();
+        state.of[host] = Some(imp);
+        for rx in (0..self.hosts()).filter(|&rx| rx != host) {
+            let delayer = match &mut state.delayers[rx] {
+                Some(d) => d,
+                slot => {
+                    // Seeded per receiver: the same test draws the same jitter and losses.
+                    let seed = 0x6e65_746c_6162_0000 ^ rx as u64;
+                    slot.insert(Delayer::start(netns_path(self.netns(rx)), seed)?)
+                }
+            };
+            delayer.set(host as u16, Some(imp))?;
+            if new {
+                // After the bind, so no packet bypasses the delay.
+                iptables_in(self.netns(rx), &self.nfqueue_rule("-A", host))?;
+            }
         }
-        // Seeded per host: the same test draws the same jitter and losses for the same packets.
-        let seed = 0x6e65_746c_6162_0000 ^ host as u64;
-        let d = Delayer::start(netns_path(self.netns(host)), imp, seed)?;
-        // The queue is bound before the rule exists, so no packet bypasses the delay.
-        iptables_in(self.netns(host), &nfqueue_rule("-A"))?;
-        delayers[host] = Some(d);
         Ok(())
     }
 
@@ -221,14 +241,26 @@ impl Lab {
 
     /// Ends host `host`'s impairment: held packets are released at once. No-op when unimpaired.
     pub fn clear_impairment(&self, host: usize) -> anyhow::Result<()> {
-        let mut delayers = self.lock_delayers();
-        let Some(d) = delayers[host].take() else {
+        let mut state = self.lock_impairments();
+        if state.of[host].take().is_none() {
             return Ok(());
-        };
-        // Rule first, so nothing is queued after the delayer's final release.
-        let rule = iptables_in(self.netns(host), &nfqueue_rule("-D"));
-        let stopped = d.stop();
-        rule.and(stopped)
+        }
+        let mut first_error = Ok(());
+        for rx in (0..self.hosts()).filter(|&rx| rx != host) {
+            // Rule first, so nothing is queued after the delayer's final release.
+            let rule = iptables_in(self.netns(rx), &self.nfqueue_rule("-D", host));
+            let released = match &state.delayers[rx] {
+                Some(d) => d.set(host as u16, None),
+                None => Ok(()),
+            };
+            let still_needed = (0..self.hosts()).any(|h| h != rx && state.of[h].is_some());
+            let stopped = match state.delayers[rx].take_if(|_| !still_needed) {
+                Some(d) => d.stop(),
+                None => Ok(()),
+            };
+            first_error = first_error.and(rule).and(released).and(stopped);
+        }
+        first_error
     }
 
     /// Partitions host `host`: its switch port drops every frame both ways, silently.
@@ -248,9 +280,19 @@ impl Lab {
         links::bridge_cmd(&self.switch, &format!("link set dev h{host} state {state}"))
     }
 
-    fn lock_delayers(&self) -> std::sync::MutexGuard<'_, Vec<Option<Delayer>>> {
-        // A panic elsewhere while holding the lock leaves the vector itself consistent.
-        self.delayers.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_impairments(&self) -> std::sync::MutexGuard<'_, Impairments> {
+        // A panic elsewhere while holding the lock leaves the vectors themselves consistent.
+        self.impairments.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The rule, in receiver namespaces, that sends what `from` sends to the delayer's queue
+    /// `from`; `--queue-bypass` lets packets through when no delayer is bound. In `mangle`
+    /// PREROUTING: after the IP layer took the packet over from the sending socket.
+    fn nfqueue_rule(&self, op: &str, from: usize) -> String {
+        format!(
+            "-t mangle {op} PREROUTING -i eth0 -s {} -j NFQUEUE --queue-num {from} --queue-bypass",
+            self.addr(from)
+        )
     }
 
     /// Every namespace of the lab, switch first.
@@ -269,7 +311,12 @@ impl Drop for Lab {
                 eprintln!("netlab: {e:#}");
             }
         }
-        for d in self.lock_delayers().iter_mut().filter_map(Option::take) {
+        for d in self
+            .lock_impairments()
+            .delayers
+            .iter_mut()
+            .filter_map(Option::take)
+        {
             if let Err(e) = d.stop() {
                 eprintln!("netlab: {e:#}");
             }
@@ -280,12 +327,6 @@ impl Drop for Lab {
             }
         }
     }
-}
-
-/// The rule that sends host traffic on eth0 to the delayer; `--queue-bypass` lets packets through
-/// when no delayer is bound.
-fn nfqueue_rule(op: &str) -> String {
-    format!("{op} OUTPUT -o eth0 -j NFQUEUE --queue-num {QUEUE_NUM} --queue-bypass")
 }
 
 /// Locally administered MAC of host i's eth0 (02:72:74 = "rt").

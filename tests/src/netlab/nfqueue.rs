@@ -1,5 +1,5 @@
-//! A minimal NFQUEUE client: one `NETLINK_NETFILTER` socket bound to one queue number, packet ids
-//! in, verdicts out.
+//! A minimal NFQUEUE client: one `NETLINK_NETFILTER` socket bound to any number of queues,
+//! (queue, packet id) pairs in, verdicts out.
 //!
 //! Owns the netlink wire format of `nfnetlink_queue` (linux/netfilter/nfnetlink_queue.h); not the
 //! timing (`delay.rs`) nor the iptables rule that feeds the queue (`links.rs`).
@@ -10,14 +10,14 @@
 //! safe byte pushes; `unsafe` is confined to the libc socket calls.
 //!
 //! # Contract
-//! * The socket belongs to the network namespace of the thread that calls [`NfQueue::bind`]
+//! * The socket belongs to the network namespace of the thread that calls [`NfQueue::open`]
 //!   (queues are per namespace): enter the host's namespace first.
 //! * Only metadata is copied to user space (`NFQNL_COPY_META`): a packet costs ~100 bytes of netlink
 //!   traffic whatever its size.
 //! * Verdicts may be given in any order; many are sent in one datagram (the kernel walks every
 //!   netlink message in it).
-//! * Closing the socket (drop) unbinds the queue; packets still held are then dropped by the kernel,
-//!   so callers release them first.
+//! * Unbinding a queue, or closing the socket (drop), makes the kernel drop the packets of it still
+//!   waiting for a verdict, so callers release them first.
 //!
 //! Tests: `tests/tests/netlab.rs` (delay, loss) — this needs root and a kernel, so no unit tests.
 
@@ -37,6 +37,7 @@ const NFQA_CFG_QUEUE_MAXLEN: u16 = 3;
 const NFQA_CFG_MASK: u16 = 4;
 const NFQA_CFG_FLAGS: u16 = 5;
 const NFQNL_CFG_CMD_BIND: u8 = 1;
+const NFQNL_CFG_CMD_UNBIND: u8 = 2;
 const NFQNL_COPY_META: u8 = 1;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 const NLMSG_HDRLEN: usize = 16;
@@ -59,23 +60,21 @@ const RCVBUF: libc::c_int = 16 << 20;
 /// Verdicts per datagram; 32 bytes each.
 const VERDICTS_PER_SEND: usize = 1024;
 
-/// A bound NFQUEUE socket.
+/// An NFQUEUE socket.
 pub struct NfQueue {
     fd: OwnedFd,
-    num: u16,
     seq: u32,
     rx: Vec<u8>,
     tx: Vec<u8>,
-    /// Packet ids read while waiting for a config acknowledgement, returned by the next read.
-    backlog: Vec<u32>,
+    /// Packets read while waiting for a config acknowledgement, returned by the next read.
+    backlog: Vec<(u16, u32)>,
     /// Verdicts the kernel refused (e.g. a packet flushed meanwhile); counted, not fatal.
     pub verdict_errors: u64,
 }
 
 impl NfQueue {
-    /// Opens a socket in the calling thread's network namespace and binds queue `num` with a
-    /// metadata-only copy, `max_len` held packets at most, and `flags` (`F_*`).
-    pub fn bind(num: u16, max_len: u32, flags: u32) -> io::Result<NfQueue> {
+    /// Opens a socket in the calling thread's network namespace, bound to no queue yet.
+    pub fn open() -> io::Result<NfQueue> {
         // SAFETY: plain socket(2); the returned descriptor is owned by `fd` right below.
         let raw = unsafe {
             libc::socket(
@@ -108,49 +107,63 @@ impl NfQueue {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut q = NfQueue {
+        Ok(NfQueue {
             fd,
-            num,
             seq: 0,
             rx: vec![0; 1 << 16],
             tx: Vec::with_capacity(VERDICTS_PER_SEND * 32),
             backlog: Vec::new(),
             verdict_errors: 0,
-        };
+        })
+    }
+
+    /// Binds queue `num` with a metadata-only copy, `max_len` held packets at most, and `flags`
+    /// (`F_*`).
+    pub fn bind(&mut self, num: u16, max_len: u32, flags: u32) -> io::Result<()> {
         // struct nfqnl_msg_config_cmd { u8 command; u8 pad; be16 pf }
-        q.config(&[(NFQA_CFG_CMD, &[NFQNL_CFG_CMD_BIND, 0, 0, 0])])?;
+        self.config(num, &[(NFQA_CFG_CMD, &[NFQNL_CFG_CMD_BIND, 0, 0, 0])])?;
         // struct nfqnl_msg_config_params { be32 copy_range; u8 copy_mode } (packed, 5 bytes)
         let params = [0, 0, 0, 0, NFQNL_COPY_META];
-        q.config(&[
-            (NFQA_CFG_PARAMS, &params),
-            (NFQA_CFG_QUEUE_MAXLEN, &max_len.to_be_bytes()),
-        ])?;
-        q.set_flags(flags)?;
-        Ok(q)
+        self.config(
+            num,
+            &[
+                (NFQA_CFG_PARAMS, &params),
+                (NFQA_CFG_QUEUE_MAXLEN, &max_len.to_be_bytes()),
+            ],
+        )?;
+        self.set_flags(num, flags)
     }
 
-    /// Replaces the queue's `F_*` flags.
-    pub fn set_flags(&mut self, flags: u32) -> io::Result<()> {
-        self.config(&[
-            (NFQA_CFG_FLAGS, &flags.to_be_bytes()),
-            (NFQA_CFG_MASK, &FLAGS_MASK.to_be_bytes()),
-        ])
+    /// Unbinds queue `num` (the kernel drops its packets still waiting for a verdict).
+    pub fn unbind(&mut self, num: u16) -> io::Result<()> {
+        self.config(num, &[(NFQA_CFG_CMD, &[NFQNL_CFG_CMD_UNBIND, 0, 0, 0])])
     }
 
-    /// Appends the ids of every packet that can be read now without blocking.
-    pub fn read_packets(&mut self, ids: &mut Vec<u32>) -> io::Result<()> {
+    /// Replaces queue `num`'s `F_*` flags.
+    pub fn set_flags(&mut self, num: u16, flags: u32) -> io::Result<()> {
+        self.config(
+            num,
+            &[
+                (NFQA_CFG_FLAGS, &flags.to_be_bytes()),
+                (NFQA_CFG_MASK, &FLAGS_MASK.to_be_bytes()),
+            ],
+        )
+    }
+
+    /// Appends (queue, packet id) of every packet that can be read now without blocking.
+    pub fn read_packets(&mut self, ids: &mut Vec<(u16, u32)>) -> io::Result<()> {
         ids.append(&mut self.backlog);
         while !matches!(self.recv_one(ids, None)?, Read::Nothing) {}
         Ok(())
     }
 
-    /// Sends one verdict per `(packet id, accept)`.
-    pub fn verdicts(&mut self, items: &[(u32, bool)]) -> io::Result<()> {
+    /// Sends one verdict per `(queue, packet id, accept)`.
+    pub fn verdicts(&mut self, items: &[(u16, u32, bool)]) -> io::Result<()> {
         for chunk in items.chunks(VERDICTS_PER_SEND) {
             let mut tx = std::mem::take(&mut self.tx);
             tx.clear();
-            for &(id, accept) in chunk {
-                let start = begin(&mut tx, NFQNL_MSG_VERDICT, NLM_F_REQUEST, 0, self.num);
+            for &(num, id, accept) in chunk {
+                let start = begin(&mut tx, NFQNL_MSG_VERDICT, NLM_F_REQUEST, 0, num);
                 // struct nfqnl_msg_verdict_hdr { be32 verdict; be32 id }
                 let mut hdr = [0u8; 8];
                 hdr[..4].copy_from_slice(&(if accept { NF_ACCEPT } else { NF_DROP }).to_be_bytes());
@@ -167,7 +180,7 @@ impl NfQueue {
 
     /// Sends a config message and waits for its acknowledgement (packets read meanwhile go to
     /// the backlog).
-    fn config(&mut self, attrs: &[(u16, &[u8])]) -> io::Result<()> {
+    fn config(&mut self, num: u16, attrs: &[(u16, &[u8])]) -> io::Result<()> {
         self.seq += 1;
         let seq = self.seq;
         let mut msg = Vec::with_capacity(64);
@@ -176,7 +189,7 @@ impl NfQueue {
             NFQNL_MSG_CONFIG,
             NLM_F_REQUEST | NLM_F_ACK,
             seq,
-            self.num,
+            num,
         );
         for (ty, payload) in attrs {
             attr(&mut msg, *ty, payload);
@@ -207,9 +220,9 @@ impl NfQueue {
         acked
     }
 
-    /// Reads one datagram without blocking; packet ids go to `ids`. A refusal of the config
+    /// Reads one datagram without blocking; (queue, packet id) pairs go to `ids`. A refusal of the config
     /// message `ack_for` is returned as the kernel's errno.
-    fn recv_one(&mut self, ids: &mut Vec<u32>, ack_for: Option<u32>) -> io::Result<Read> {
+    fn recv_one(&mut self, ids: &mut Vec<(u16, u32)>, ack_for: Option<u32>) -> io::Result<Read> {
         // SAFETY: `rx` is a live buffer of the length passed.
         let n = unsafe {
             libc::recv(
@@ -252,8 +265,9 @@ impl NfQueue {
                     (false, _) => self.verdict_errors += 1,
                 }
             } else if ty == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET {
-                if let Some(id) = packet_id(body) {
-                    ids.push(id);
+                if let (Some(id), Some(num)) = (packet_id(body), body.get(2..4)) {
+                    // nfgenmsg.res_id: the queue number, big-endian.
+                    ids.push((u16::from_be_bytes([num[0], num[1]]), id));
                 }
             }
             off += (len + 3) & !3;
