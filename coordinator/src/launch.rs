@@ -339,35 +339,43 @@ fn spawn_worker(w: &WorkerArgs, index: usize, n: usize) -> Result<Proc, LaunchEr
     })
 }
 
+/// Where the workers go, what `--device` they get, and the lines that tell the person.
+type Placement = (Vec<GpuPlacement>, Option<&'static str>, Vec<String>);
+
 /// With `--gpus`: one worker per selected GPU (sets `config.workers`), or CPU workers when the
-/// machine has none, which is said on stderr. Returns the placements and the `--device` flag.
+/// machine has none, which a notice says. Returns the placements, the `--device` flag and the
+/// notices (shown once the run's output is open).
 async fn place_workers(
     config: &mut RunConfig,
     opts: &LaunchOptions,
     bin: &std::path::Path,
-) -> Result<(Vec<GpuPlacement>, Option<&'static str>), LaunchError> {
+) -> Result<Placement, LaunchError> {
     let Some(sel) = &opts.gpus else {
-        return Ok((Vec::new(), None));
+        return Ok((Vec::new(), None, Vec::new()));
     };
     let visible = gpus::probe(bin).await?;
     let inherited = std::env::var("CUDA_VISIBLE_DEVICES").ok();
     let placements = gpus::place(sel, &visible, inherited.as_deref())?;
     if placements.is_empty() {
-        eprintln!(
+        let line = format!(
             "ringtrain: --gpus: no CUDA device visible to {}; running {} CPU worker(s) instead",
             bin.display(),
             config.workers
         );
-        return Ok((placements, Some("cpu")));
+        return Ok((placements, Some("cpu"), vec![line]));
     }
     config.workers = placements.len() as u32;
-    for (i, p) in placements.iter().enumerate() {
-        eprintln!(
-            "ringtrain: worker {i} on {} (CUDA_VISIBLE_DEVICES={})",
-            p.label, p.visible_devices
-        );
-    }
-    Ok((placements, Some("cuda:0")))
+    let lines = placements
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!(
+                "ringtrain: worker {i} on {} (CUDA_VISIBLE_DEVICES={})",
+                p.label, p.visible_devices
+            )
+        })
+        .collect();
+    Ok((placements, Some("cuda:0"), lines))
 }
 
 /// Runs `config` with `config.workers` local worker processes. `interrupt` resolving (Ctrl-C)
@@ -378,12 +386,15 @@ pub async fn launch(
     interrupt: impl Future<Output = ()>,
 ) -> Result<RunOutcome, LaunchError> {
     let bin = resolve_worker_bin(opts.worker_bin.clone())?;
-    let (placements, device) = place_workers(&mut config, &opts, &bin).await?;
+    let (placements, device, placement_notices) = place_workers(&mut config, &opts, &bin).await?;
     // Local workers either all start or the launcher reports which one did not.
     config.min_workers = Some(config.workers);
     config.listen = "127.0.0.1:0".into();
     let n = config.workers as usize;
     let mut run = Run::prepare(config)?;
+    for line in placement_notices {
+        run.handle().notice(line);
+    }
     if run.has_tls() {
         return Err(LaunchError::Io {
             what: "--tls-cert/--tls-key".into(),
@@ -475,7 +486,7 @@ pub async fn launch(
                     let worker_id = p.worker_id.clone();
                     if died && restarts < max_restarts && !handle.is_over() {
                         restarts += 1;
-                        eprintln!("ringtrain: {reason}; restarting it (restart {restarts} of {max_restarts})");
+                        handle.notice(format!("ringtrain: {reason}; restarting it (restart {restarts} of {max_restarts})"));
                         handle.process_exited(&worker_id, false, false, reason);
                         match spawn_worker(&args, i, n) {
                             Ok(p) => children.0[i] = p,

@@ -74,7 +74,7 @@ pub(crate) fn find_resume(config: RunConfig) -> Result<(RunConfig, Option<Resume
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     tracing::info!(run_id = %st.run_id, checkpoint = %loaded.dir.display(), epoch = st.epoch, step = st.global_step, "resuming from checkpoint");
-    eprintln!(
+    let notice = format!(
         "ringtrain: resuming run {} from {} (epoch {} of {}, step {})",
         st.run_id,
         loaded.dir.display(),
@@ -94,6 +94,7 @@ pub(crate) fn find_resume(config: RunConfig) -> Result<(RunConfig, Option<Resume
         },
         progress,
         round: st.round,
+        notice,
     };
     Ok((config, Some(resumed)))
 }

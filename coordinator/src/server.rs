@@ -212,6 +212,7 @@ impl Run {
             run_dir: run_dir.clone(),
             dataset,
         });
+        let resume_notice = resumed.as_ref().map(|r| r.notice.clone());
         let state = RunState::resuming(prepared.clone(), now(), resumed);
         let (tx, _) = watch::channel(state.snapshot());
         let linger = Duration::from_secs_f64(2.0 * prepared.config.heartbeat_interval_s);
@@ -225,6 +226,9 @@ impl Run {
         });
         let (out, writer) = OutputWriter::start(run_dir, files, table, hook);
         shared.open_output(out);
+        if let Some(line) = resume_notice {
+            shared.emit(crate::artifacts::Output::Notice(line));
+        }
         Ok(Self {
             shared,
             writer,

@@ -147,6 +147,12 @@ impl RunHandle {
         Self { shared }
     }
 
+    /// A line for the person watching the run (the output layer writes it after the table's
+    /// current lines, on stdout), not a log line.
+    pub fn notice(&self, line: impl Into<String>) {
+        self.shared.emit(Output::Notice(line.into()));
+    }
+
     /// Fails the run with `reason` (ignored once the run ended).
     pub fn fail(&self, reason: impl Into<String>) {
         let _ = self.shared.apply(Event::Fail(reason.into()), |_| ());

@@ -70,9 +70,10 @@ fn a_killed_worker_is_replaced_and_the_run_ends_as_if_undisturbed() {
     let stderr = std::fs::read_to_string(logs.join("launch.stderr.txt")).unwrap();
     let stdout = std::fs::read_to_string(logs.join("launch.stdout.txt")).unwrap();
     assert!(status.success(), "{stdout}\n{stderr}");
+    // Notices for the person are output (stdout, with the table), not log lines.
     assert!(
-        stderr.contains("restarting it (restart 1 of 2)"),
-        "{stderr}"
+        stdout.contains("restarting it (restart 1 of 2)"),
+        "{stdout}"
     );
     assert!(
         stdout.contains("round 2 resumes from checkpoint"),
@@ -115,8 +116,8 @@ fn a_killed_coordinator_restarts_and_its_workers_rejoin() {
         let s = wait_with_limit(&mut w, LIMIT, "a worker");
         assert!(s.success(), "a worker failed; see {}", logs.display());
     }
-    let stderr = std::fs::read_to_string(logs.join("serve-2.stderr.txt")).unwrap();
-    assert!(stderr.contains("resuming run"), "{stderr}");
+    let stdout = std::fs::read_to_string(logs.join("serve-2.stdout.txt")).unwrap();
+    assert!(stdout.contains("resuming run"), "{stdout}");
     assert_eq!(final_hash(&run_dir), reference);
 }
 

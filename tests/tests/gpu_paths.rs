@@ -140,10 +140,10 @@ fn gpus_falls_back_to_cpu_workers_and_bf16_changes_the_arithmetic() {
     );
     assert!(out.success(), "{}\n{}", out.stdout, out.stderr);
     assert!(
-        out.stderr.contains("--gpus: no CUDA device visible")
-            && out.stderr.contains("running 2 CPU worker(s) instead"),
+        out.stdout.contains("--gpus: no CUDA device visible")
+            && out.stdout.contains("running 2 CPU worker(s) instead"),
         "{}",
-        out.stderr
+        out.stdout
     );
     let info = json(&bf16.join("run.json"));
     assert_eq!(info["config"]["precision"], "bf16");

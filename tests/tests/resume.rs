@@ -81,13 +81,14 @@ fn interrupted_run_resumes_bitwise_exact_even_from_an_older_checkpoint() {
         out.stderr
     );
     let previous = &before[before.len() - 2];
+    // The notice is output for the person (stdout); the bad checkpoint is a log warning.
     assert!(
-        out.stderr.contains(&format!(
+        out.stdout.contains(&format!(
             "from {}",
             run_dir.join("checkpoints").join(previous).display()
         )),
         "resumes from the previous checkpoint {previous}:\n{}",
-        out.stderr
+        out.stdout
     );
     assert_eq!(final_hash(&run_dir), reference, "resume is bitwise exact");
     // The metrics cover every epoch exactly once.

@@ -86,10 +86,11 @@ fn checkpoints_inside_epochs_resume_bitwise_exact() {
         LIMIT,
     );
     assert!(out.success(), "{}\n{}", out.stdout, out.stderr);
+    // The resume notice is output for the person (stdout).
     assert!(
-        out.stderr.contains(&newest),
+        out.stdout.contains(&newest),
         "resumes from {newest}:\n{}",
-        out.stderr
+        out.stdout
     );
     assert_eq!(final_hash(&run_dir), reference);
 }
@@ -120,7 +121,7 @@ fn sigterm_on_a_worker_takes_a_stop_checkpoint_and_the_run_continues() {
         stdout.contains("rank 1 (local-001) preempted (SIGTERM); stop checkpoint at step"),
         "{stdout}"
     );
-    assert!(stderr.contains("exited with code 143"), "{stderr}");
+    assert!(stdout.contains("exited with code 143"), "{stdout}");
     assert!(summary(&run_dir)["status"] == "finished");
     same_parameters(&run_dir, &tmp.path().join("reference"));
 }
@@ -199,7 +200,7 @@ fn sigterm_on_the_coordinator_takes_a_stop_checkpoint_and_a_restart_continues() 
             logs.display()
         );
     }
-    let stderr = std::fs::read_to_string(logs.join("serve-2.stderr.txt")).unwrap();
-    assert!(stderr.contains(&newest), "resumes from {newest}:\n{stderr}");
+    let stdout = std::fs::read_to_string(logs.join("serve-2.stdout.txt")).unwrap();
+    assert!(stdout.contains(&newest), "resumes from {newest}:\n{stdout}");
     same_parameters(&run_dir, &tmp.path().join("reference"));
 }

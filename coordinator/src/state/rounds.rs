@@ -76,6 +76,8 @@ pub struct Resumed {
     pub progress: Progress,
     /// The round the checkpoint was written in (the new coordinator starts after it).
     pub round: u32,
+    /// The line that tells the person so (`ringtrain: resuming run ...`).
+    pub notice: String,
 }
 
 /// A token that names one round of one coordinator process: random per process, so a restarted
