@@ -198,10 +198,7 @@ impl Guard {
         };
         for x in expired {
             self.stats.timed_out.fetch_add(1, Ordering::Relaxed);
-            self.refused(
-                x.peer,
-                "no authenticated call within the handshake timeout",
-            );
+            self.refused(x.peer, "no authenticated call within the handshake timeout");
             x.shut();
         }
     }
@@ -309,10 +306,7 @@ impl AsyncWrite for Guarded {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 
@@ -354,10 +348,8 @@ pub fn accept_loop(
     let (tx, rx) = mpsc::channel(64);
     let reaper = guard.clone();
     let mut reaper_stop = stop.clone();
-    let period = (guard.cfg.handshake_timeout / 4).clamp(
-        Duration::from_millis(50),
-        Duration::from_secs(1),
-    );
+    let period =
+        (guard.cfg.handshake_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
         loop {

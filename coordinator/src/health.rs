@@ -81,7 +81,7 @@ async fn watch(shared: Arc<Shared>, reporter: HealthReporter, stall_timeout: Dur
     let period = (stall_timeout / 10).clamp(Duration::from_millis(50), Duration::from_secs(5));
     loop {
         let (status, progress) = shared.read(|s| s.liveness_progress());
-        let alive = stall.alive(status, progress, crate::server::now());
+        let alive = stall.alive(status, progress, crate::clock::now());
         if alive != was {
             if alive {
                 tracing::info!("step progress again: liveness SERVING");

@@ -41,6 +41,7 @@
 
 pub mod artifacts;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dashboard;
 pub mod exposition;
@@ -52,7 +53,7 @@ pub mod ids;
 pub mod launch;
 pub mod plan;
 pub mod rendezvous;
-mod resume;
+pub mod resume;
 pub mod runlock;
 pub mod security;
 pub mod server;

@@ -142,7 +142,11 @@ fn finished_already(
 ) -> anyhow::Result<bool> {
     match outcome {
         Ok(o) => Ok(report(&o)),
-        Err(e @ ringtrain_coordinator::ServeError::AlreadyFinished { .. }) => {
+        Err(
+            e @ ringtrain_coordinator::ServeError::Resume(
+                ringtrain_coordinator::resume::ResumeError::AlreadyFinished { .. },
+            ),
+        ) => {
             println!("{e}");
             Ok(true)
         }

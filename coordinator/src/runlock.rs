@@ -137,7 +137,10 @@ mod tests {
         // Released with its holder: the next coordinator gets it and rewrites the line.
         let again = RunLock::acquire(&run, "127.0.0.1:2").unwrap();
         let text = std::fs::read_to_string(again.path()).unwrap();
-        assert!(text.contains("127.0.0.1:2") && !text.contains("29400"), "{text}");
+        assert!(
+            text.contains("127.0.0.1:2") && !text.contains("29400"),
+            "{text}"
+        );
     }
 
     #[test]

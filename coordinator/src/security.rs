@@ -126,8 +126,8 @@ impl tonic::service::Interceptor for CheckToken {
             crate::guard::mark_authenticated(&req);
             return Ok(req);
         }
-        let peer = crate::guard::peer_addr(&req)
-            .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        let peer =
+            crate::guard::peer_addr(&req).map_or_else(|| "unknown".to_string(), |a| a.to_string());
         let why = if given.is_none() {
             "no auth token"
         } else {

@@ -18,7 +18,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ringtrain_common::auth::Token;
 use ringtrain_common::checkpoint::{CheckpointError, CheckpointStore};
@@ -34,6 +34,7 @@ use crate::artifacts::{OutputWriter, Summary, TableSink};
 use crate::config::{ConfigError, RunConfig};
 use crate::guard::{self, Guard, GuardConfig};
 use crate::plan::{plan_run, DatasetView, PlanError};
+use crate::resume::ResumeError;
 use crate::runlock::{LockError, RunLock};
 use crate::security::{self, CheckToken, SecurityError};
 use crate::service::CoordinatorService;
@@ -51,10 +52,8 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// HTTP/2 streams (calls) one connection may have open at once: a worker needs a few.
 const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 
-/// The coordinator's clock: tokio's, so `tokio::time::pause` drives every timeout in tests.
-pub(crate) fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
-}
+// The HTTP endpoint still reads the time through here; `crate::clock` is its home.
+pub(crate) use crate::clock::now;
 
 /// Why a run could not start or be served.
 #[derive(Debug, thiserror::Error)]
@@ -77,12 +76,9 @@ pub enum ServeError {
     /// The checkpoint folder cannot be written, or a checkpoint cannot be read.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    /// The run folder cannot be resumed (or must not be overwritten).
-    #[error("{0}")]
-    Resume(String),
-    /// `--resume`/`--auto-resume` on a run that already finished: nothing to do.
-    #[error("run {run_id} in {} already finished; nothing to resume", run_dir.display())]
-    AlreadyFinished { run_id: String, run_dir: PathBuf },
+    /// The run folder cannot be resumed (or must not be overwritten), or it already finished.
+    #[error(transparent)]
+    Resume(#[from] ResumeError),
     /// The token or TLS files cannot be used.
     #[error(transparent)]
     Security(#[from] SecurityError),
@@ -197,10 +193,13 @@ impl Run {
         let files = match &resumed {
             Some(r) => {
                 if r.progress.dataset_fingerprint != dataset.fingerprint {
-                    return Err(ServeError::Resume(format!(
-                        "the dataset at {} is not the one run {run_id} trained on (fingerprint {} , checkpoint says {}); resume with the same files",
-                        dataset.root, dataset.fingerprint, r.progress.dataset_fingerprint
-                    )));
+                    return Err(ResumeError::OtherDataset {
+                        root: dataset.root.clone(),
+                        run_id: run_id.clone(),
+                        got: dataset.fingerprint.clone(),
+                        want: r.progress.dataset_fingerprint.clone(),
+                    }
+                    .into());
                 }
                 RunFiles::resume(&run_dir, r.point.epoch)?
             }
@@ -355,8 +354,14 @@ impl Run {
             },
             fd_limit,
         );
-        tracing::info!(fd_limit, max_connections = limits.max_connections, max_pending = limits.max_pending,
-            handshake_timeout_s = limits.handshake_timeout.as_secs_f64(), keepalive_s = c.keepalive_s, "gRPC connection limits");
+        tracing::info!(
+            fd_limit,
+            max_connections = limits.max_connections,
+            max_pending = limits.max_pending,
+            handshake_timeout_s = limits.handshake_timeout.as_secs_f64(),
+            keepalive_s = c.keepalive_s,
+            "gRPC connection limits"
+        );
         let conn_guard = Guard::new(limits);
         self.shared.set_guard(conn_guard.clone());
         let (accept_stop_tx, accept_stop_rx) = watch::channel(false);

@@ -365,7 +365,13 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<pb::HeartbeatReply>, Status> {
         let peer = peer(&request);
         let r = request.into_inner();
-        self.authenticate("heartbeat", &peer, r.round_token, Rank(r.rank), &r.worker_secret)?;
+        self.authenticate(
+            "heartbeat",
+            &peer,
+            r.round_token,
+            Rank(r.rank),
+            &r.worker_secret,
+        )?;
         let ev = Event::Heartbeat {
             run_id: r.run_id,
             round_token: r.round_token,
@@ -435,7 +441,13 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<pb::EpochPlan>, Status> {
         let peer = peer(&request);
         let r = request.into_inner();
-        self.authenticate("epoch plan", &peer, r.round_token, Rank(r.rank), &r.worker_secret)?;
+        self.authenticate(
+            "epoch plan",
+            &peer,
+            r.round_token,
+            Rank(r.rank),
+            &r.worker_secret,
+        )?;
         let sched = self
             .shared
             .read(|s| s.epoch_plan(&r.run_id, r.round_token, Rank(r.rank), r.epoch))
@@ -572,7 +584,13 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<pb::Verdict>, Status> {
         let peer = peer(&request);
         let r = request.into_inner();
-        self.authenticate("leave", &peer, r.round_token, Rank(r.rank), &r.worker_secret)?;
+        self.authenticate(
+            "leave",
+            &peer,
+            r.round_token,
+            Rank(r.rank),
+            &r.worker_secret,
+        )?;
         let ev = Event::Leave {
             run_id: r.run_id,
             round_token: r.round_token,

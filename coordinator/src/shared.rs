@@ -13,9 +13,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::artifacts::Output;
+use crate::clock::now;
 use crate::dashboard::History;
 use crate::ids::WorkerId;
-use crate::server::now;
 use crate::state::{Action, Event, RunError, RunState, Snapshot};
 
 struct Inner {

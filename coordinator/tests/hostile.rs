@@ -19,7 +19,9 @@ async fn serve(
 ) -> (
     String,
     String,
-    tokio::task::JoinHandle<Result<ringtrain_coordinator::RunOutcome, ringtrain_coordinator::ServeError>>,
+    tokio::task::JoinHandle<
+        Result<ringtrain_coordinator::RunOutcome, ringtrain_coordinator::ServeError>,
+    >,
 ) {
     let run = Run::prepare_with_table(config, Box::new(std::io::sink())).unwrap();
     let fp = run.fingerprint().to_string();
@@ -76,7 +78,8 @@ async fn a_members_id_without_its_secret_cannot_take_the_slot_or_end_the_round()
     let e = c.join(common::join_request("a", &fp)).await.unwrap_err();
     assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
     assert!(
-        e.message().contains("belongs to a live worker") && e.message().contains("rank 0 of round 1"),
+        e.message().contains("belongs to a live worker")
+            && e.message().contains("rank 0 of round 1"),
         "{}",
         e.message()
     );
@@ -84,7 +87,11 @@ async fn a_members_id_without_its_secret_cannot_take_the_slot_or_end_the_round()
     for wrong in [b.worker_secret.clone(), Vec::new(), vec![0; 32]] {
         let e = c.heartbeat(heartbeat(&a, &wrong)).await.unwrap_err();
         assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
-        assert!(e.message().contains("rank 0 is worker a"), "{}", e.message());
+        assert!(
+            e.message().contains("rank 0 is worker a"),
+            "{}",
+            e.message()
+        );
         let leave = pb::LeaveRequest {
             run_id: a.run_id.clone(),
             rank: 0,
@@ -95,7 +102,10 @@ async fn a_members_id_without_its_secret_cannot_take_the_slot_or_end_the_round()
             worker_secret: wrong,
             ..Default::default()
         };
-        assert_eq!(c.leave(leave).await.unwrap_err().code(), Code::PermissionDenied);
+        assert_eq!(
+            c.leave(leave).await.unwrap_err().code(),
+            Code::PermissionDenied
+        );
     }
     // Nothing happened to the round: a's own heartbeat says running, in round 1.
     let reply = c
@@ -110,7 +120,10 @@ async fn a_members_id_without_its_secret_cannot_take_the_slot_or_end_the_round()
     let again = tokio::spawn(async move { c.join(rejoin).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut cb = client(&url).await;
-    let stale = cb.heartbeat(heartbeat(&b, &b.worker_secret)).await.unwrap_err();
+    let stale = cb
+        .heartbeat(heartbeat(&b, &b.worker_secret))
+        .await
+        .unwrap_err();
     assert_eq!(stale.code(), Code::Aborted, "round 1 ended: {stale:?}");
     server.abort();
     again.abort();
@@ -143,7 +156,10 @@ async fn forged_reports_are_refused_and_never_become_checkpoints() {
         (0, 0, n + 784, "not a whole number of 28×28 images"),
         (255 * n, 0, n, "cannot come from"),
     ] {
-        let e = c.report_pixel_stats(px(&a, sum, sum_sq, count)).await.unwrap_err();
+        let e = c
+            .report_pixel_stats(px(&a, sum, sum_sq, count))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
         assert!(e.message().contains(why), "{}", e.message());
     }
@@ -169,8 +185,16 @@ async fn forged_reports_are_refused_and_never_become_checkpoints() {
         valid_count: 4,
         params_hash: common::fake_hash(0),
         train_seconds: 1.0,
-        model_safetensors: if r.rank == 0 { common::fake_model(0) } else { vec![] },
-        optimizer_safetensors: if r.rank == 0 { common::fake_optimizer(0) } else { vec![] },
+        model_safetensors: if r.rank == 0 {
+            common::fake_model(0)
+        } else {
+            vec![]
+        },
+        optimizer_safetensors: if r.rank == 0 {
+            common::fake_optimizer(0)
+        } else {
+            vec![]
+        },
         model_digest: common::digest(&common::fake_model(0)),
         optimizer_digest: common::digest(&common::fake_optimizer(0)),
     };
@@ -201,7 +225,11 @@ async fn forged_reports_are_refused_and_never_become_checkpoints() {
     let (va, vb) = tokio::join!(c.report_epoch(lying), cb.report_epoch(report(&b)));
     for v in [va.unwrap().into_inner(), vb.unwrap().into_inner()] {
         assert_eq!(v.status, pb::RunStatus::Failed as i32);
-        assert!(v.reason.contains("different training state"), "{}", v.reason);
+        assert!(
+            v.reason.contains("different training state"),
+            "{}",
+            v.reason
+        );
     }
     let outcome = tokio::time::timeout(Duration::from_secs(30), server)
         .await

@@ -44,8 +44,16 @@ fn epoch_report(rank: u32, epoch: u32, hash: &str, t: u64, secret: &[u8]) -> pb:
         valid_count: 4,
         params_hash: format!("{hash:0>16}"),
         train_seconds: 1.0,
-        model_safetensors: if rank == 0 { common::fake_model(epoch) } else { vec![] },
-        optimizer_safetensors: if rank == 0 { common::fake_optimizer(epoch) } else { vec![] },
+        model_safetensors: if rank == 0 {
+            common::fake_model(epoch)
+        } else {
+            vec![]
+        },
+        optimizer_safetensors: if rank == 0 {
+            common::fake_optimizer(epoch)
+        } else {
+            vec![]
+        },
         worker_secret: secret.to_vec(),
         model_digest: common::digest(&common::fake_model(epoch)),
         optimizer_digest: common::digest(&common::fake_optimizer(epoch)),
@@ -254,8 +262,20 @@ async fn different_hashes_fail_both_ranks_with_the_hashes() {
     let (a, b) = join_two(&svc, run.fingerprint()).await;
     let t = a.round_token;
     let (v0, v1) = tokio::join!(
-        svc.report_epoch(Request::new(epoch_report(0, 0, "aaaa", t, &a.worker_secret))),
-        svc.report_epoch(Request::new(epoch_report(1, 0, "bbbb", t, &b.worker_secret)))
+        svc.report_epoch(Request::new(epoch_report(
+            0,
+            0,
+            "aaaa",
+            t,
+            &a.worker_secret
+        ))),
+        svc.report_epoch(Request::new(epoch_report(
+            1,
+            0,
+            "bbbb",
+            t,
+            &b.worker_secret
+        )))
     );
     for v in [v0.unwrap().into_inner(), v1.unwrap().into_inner()] {
         assert_eq!(v.status, pb::RunStatus::Failed as i32);

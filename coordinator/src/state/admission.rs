@@ -76,10 +76,13 @@ impl RunState {
         // Before anything can change: a caller with a live worker's id but not its secret is
         // refused, so it can neither restart the round nor take the slot.
         let holder = self.identity_holder(&worker_id, now);
-        match self
-            .identities
-            .admit(&worker_id, &a.secret, a.fresh_secret, || holder.is_some(), now)
-        {
+        match self.identities.admit(
+            &worker_id,
+            &a.secret,
+            a.fresh_secret,
+            || holder.is_some(),
+            now,
+        ) {
             None => {
                 return Err(RunError::IdentityHeld {
                     worker_id,
@@ -118,7 +121,8 @@ impl RunState {
     /// that budget between rounds.
     fn identity_holder(&self, id: &WorkerId, now: Instant) -> Option<String> {
         let c = &self.prepared.config;
-        let budget = Duration::from_secs_f64(c.heartbeat_interval_s * f64::from(c.heartbeat_missed));
+        let budget =
+            Duration::from_secs_f64(c.heartbeat_interval_s * f64::from(c.heartbeat_missed));
         if self.status == Status::Rendezvous && self.rdzv.has(id) {
             return Some("it is waiting in the rendezvous".into());
         }
@@ -127,7 +131,11 @@ impl RunState {
             let l = &self.ranks[rank.index()];
             let age = now.saturating_duration_since(l.last_seen);
             return (!l.gone && (l.waiting > 0 || age <= budget)).then(|| {
-                format!("rank {rank} of round {}, heard from {:.1} s ago", self.round, age.as_secs_f64())
+                format!(
+                    "rank {rank} of round {}, heard from {:.1} s ago",
+                    self.round,
+                    age.as_secs_f64()
+                )
             });
         }
         let age = now.saturating_duration_since(self.identities.last_contact(id)?);

@@ -152,10 +152,7 @@ impl Identities {
 
     /// When `id`'s holder was last heard from, unless it was declared lost.
     pub fn last_contact(&self, id: &WorkerId) -> Option<Instant> {
-        self.map
-            .get(id)
-            .filter(|i| !i.lost)
-            .map(|i| i.last_contact)
+        self.map.get(id).filter(|i| !i.lost).map(|i| i.last_contact)
     }
 
     /// The secret of `id` (for its JoinReply).

@@ -274,7 +274,10 @@ fn check_pixel_stats(rank: Rank, s: &PixelStats, shard_images: usize) -> Result<
     // Bad files left out by skip_bad make a shard smaller, never larger.
     let max = shard_images as u64 * PIXELS_PER_IMAGE;
     let why = if s.count == 0 || s.count > max || s.count % PIXELS_PER_IMAGE != 0 {
-        format!("count {} is not a whole number of 28×28 images up to its {shard_images}", s.count)
+        format!(
+            "count {} is not a whole number of 28×28 images up to its {shard_images}",
+            s.count
+        )
     } else if !s.plausible() {
         format!(
             "sum {} and sum_sq {} cannot come from {} pixels of 0..=255",
@@ -283,7 +286,9 @@ fn check_pixel_stats(rank: Rank, s: &PixelStats, shard_images: usize) -> Result<
     } else {
         return Ok(());
     };
-    Err(RunError::BadRequest(format!("rank {rank} pixel statistics: {why}")))
+    Err(RunError::BadRequest(format!(
+        "rank {rank} pixel statistics: {why}"
+    )))
 }
 
 /// Pixels of one image (the run's images are 28×28, one channel).
@@ -291,7 +296,12 @@ const PIXELS_PER_IMAGE: u64 = 28 * 28;
 
 /// Refuses validation counts and timings no real epoch produces.
 fn check_epoch_numbers(r: &EpochReport, shard_valid: usize) -> Result<(), RunError> {
-    let bad = |why: String| Err(RunError::BadRequest(format!("rank {} epoch {}: {why}", r.rank, r.epoch)));
+    let bad = |why: String| {
+        Err(RunError::BadRequest(format!(
+            "rank {} epoch {}: {why}",
+            r.rank, r.epoch
+        )))
+    };
     if r.valid_count == 0 || r.valid_count > shard_valid as u64 {
         return bad(format!(
             "valid_count {} outside 1..={shard_valid} (its validation shard)",
@@ -306,10 +316,16 @@ fn check_epoch_numbers(r: &EpochReport, shard_valid: usize) -> Result<(), RunErr
     }
     // A loss sum may be infinite (a diverged model) but never negative or NaN.
     if r.valid_loss_sum.is_nan() || r.valid_loss_sum < 0.0 {
-        return bad(format!("valid_loss_sum {} is not a loss sum", r.valid_loss_sum));
+        return bad(format!(
+            "valid_loss_sum {} is not a loss sum",
+            r.valid_loss_sum
+        ));
     }
     if !(r.train_seconds.is_finite() && r.train_seconds >= 0.0) {
-        return bad(format!("train_seconds {} is not a duration", r.train_seconds));
+        return bad(format!(
+            "train_seconds {} is not a duration",
+            r.train_seconds
+        ));
     }
     Ok(())
 }
@@ -326,7 +342,10 @@ pub(super) fn check_state(
     if params_hash.len() != 16 || !params_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
         return bad(format!("params_hash {params_hash:?} is not 16 hex digits"));
     }
-    for (field, d) in [("model_digest", model_digest), ("optimizer_digest", optimizer_digest)] {
+    for (field, d) in [
+        ("model_digest", model_digest),
+        ("optimizer_digest", optimizer_digest),
+    ] {
         if !is_digest(d) {
             return bad(format!("{field} {d:?} is not a hex SHA-256"));
         }
@@ -372,7 +391,11 @@ pub(super) fn agree_on_state<'a>(
     Err(format!(
         "the ranks hold different training state: {}",
         all.iter()
-            .map(|(r, m, o)| format!("rank {r} model {} optimizer {}", &m[..m.len().min(12)], &o[..o.len().min(12)]))
+            .map(|(r, m, o)| format!(
+                "rank {r} model {} optimizer {}",
+                &m[..m.len().min(12)],
+                &o[..o.len().min(12)]
+            ))
             .collect::<Vec<_>>()
             .join(", ")
     ))

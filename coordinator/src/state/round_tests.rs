@@ -260,11 +260,18 @@ fn a_pause_of_the_coordinator_itself_does_not_lose_the_ranks() {
     // SIGSTOP for 30 s: the next tick comes 30 s later; nobody could be heard meanwhile.
     let resumed = t0 + Duration::from_secs(31);
     tick(&mut s, resumed);
-    assert_eq!((s.snapshot().status, s.snapshot().round), (Status::Running, 1));
+    assert_eq!(
+        (s.snapshot().status, s.snapshot().round),
+        (Status::Running, 1)
+    );
     // Still counted from then on: silent past the budget after the pause, a rank is lost.
     tick(&mut s, resumed + Duration::from_secs(1));
     for k in 2..=16 {
         tick(&mut s, resumed + Duration::from_secs(k));
     }
-    assert_eq!(s.snapshot().round, 2, "silent ranks are still found after a pause");
+    assert_eq!(
+        s.snapshot().round,
+        2,
+        "silent ranks are still found after a pause"
+    );
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::config::RunConfig;
 use crate::plan::DatasetView;
+use crate::rendezvous::{Candidate, RendezvousError};
 
 pub(super) const RUN: &str = "run-1";
 /// Round 1's token (`rounds::round_token` is predictable in tests).
@@ -84,9 +85,9 @@ pub(super) fn secret_for(id: &str) -> Secret {
 
 /// A params hash for a test tag ("h", "aa"): 16 hex digits, distinct per tag.
 pub(super) fn hex16(tag: &str) -> String {
-    let h = tag
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let h = tag.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     format!("{h:016x}")
 }
 
@@ -94,7 +95,10 @@ pub(super) fn hex16(tag: &str) -> String {
 pub(super) fn state_bytes() -> (Vec<u8>, Vec<u8>, String, String) {
     use ringtrain_common::checkpoint::digest::{f32_safetensors, state_digest};
     let m = f32_safetensors(&[("w", &[2], &[0.5, -1.0])]);
-    let o = f32_safetensors(&[("exp_avg", &[2], &[0.0, 0.1]), ("exp_avg_sq", &[2], &[0.0, 0.2])]);
+    let o = f32_safetensors(&[
+        ("exp_avg", &[2], &[0.0, 0.1]),
+        ("exp_avg_sq", &[2], &[0.0, 0.2]),
+    ]);
     let (md, od) = (state_digest(&m).unwrap(), state_digest(&o).unwrap());
     (m, o, md, od)
 }
@@ -367,19 +371,59 @@ fn epoch_reports_with_impossible_numbers_or_forged_state_are_refused() {
     let (_, _, _, od) = state_bytes();
     let forged = ringtrain_common::checkpoint::digest::f32_safetensors(&[("w", &[2], &[7.0, 7.0])]);
     let cases: Vec<(u32, Box<dyn Fn(&mut EpochReport)>, &str)> = vec![
-        (1, Box::new(|r| r.valid_correct = 3), "valid_correct 3 > valid_count 2"),
-        (1, Box::new(|r| r.valid_count = 3), "valid_count 3 outside 1..=2"),
+        (
+            1,
+            Box::new(|r| r.valid_correct = 3),
+            "valid_correct 3 > valid_count 2",
+        ),
+        (
+            1,
+            Box::new(|r| r.valid_count = 3),
+            "valid_count 3 outside 1..=2",
+        ),
         (1, Box::new(|r| r.valid_count = 0), "valid_count 0"),
-        (1, Box::new(|r| r.valid_loss_sum = f64::NAN), "valid_loss_sum NaN"),
-        (1, Box::new(|r| r.valid_loss_sum = -1.0), "valid_loss_sum -1"),
-        (1, Box::new(|r| r.train_seconds = f64::INFINITY), "train_seconds inf"),
-        (1, Box::new(|r| r.params_hash = "h".into()), "not 16 hex digits"),
-        (1, Box::new(|r| r.model_digest = "x".into()), "model_digest \"x\""),
+        (
+            1,
+            Box::new(|r| r.valid_loss_sum = f64::NAN),
+            "valid_loss_sum NaN",
+        ),
+        (
+            1,
+            Box::new(|r| r.valid_loss_sum = -1.0),
+            "valid_loss_sum -1",
+        ),
+        (
+            1,
+            Box::new(|r| r.train_seconds = f64::INFINITY),
+            "train_seconds inf",
+        ),
+        (
+            1,
+            Box::new(|r| r.params_hash = "h".into()),
+            "not 16 hex digits",
+        ),
+        (
+            1,
+            Box::new(|r| r.model_digest = "x".into()),
+            "model_digest \"x\"",
+        ),
         (1, Box::new(|r| r.model = vec![1]), "only rank 0 uploads"),
-        (0, Box::new(|r| r.model = b"not safetensors".to_vec()), "model state: not a valid safetensors"),
+        (
+            0,
+            Box::new(|r| r.model = b"not safetensors".to_vec()),
+            "model state: not a valid safetensors",
+        ),
         (0, Box::new(|r| r.optimizer.clear()), "no optimizer state"),
-        (0, Box::new(move |r| r.model = forged.clone()), "its model state hashes to"),
-        (0, Box::new(move |r| r.optimizer_digest = "0".repeat(64)), "not to the optimizer_digest"),
+        (
+            0,
+            Box::new(move |r| r.model = forged.clone()),
+            "its model state hashes to",
+        ),
+        (
+            0,
+            Box::new(move |r| r.optimizer_digest = "0".repeat(64)),
+            "not to the optimizer_digest",
+        ),
     ];
     for (rank, f, why) in cases {
         let err = s.on_event(with(rank, &*f), t0).unwrap_err();
@@ -405,7 +449,11 @@ fn ranks_that_agree_on_the_hash_but_not_on_the_state_fail_the_run() {
         report.optimizer_digest = "ab".repeat(32);
     }
     s.on_event(other, t0).unwrap();
-    assert!(reason(&s).contains("the ranks hold different training state"), "{}", reason(&s));
+    assert!(
+        reason(&s).contains("the ranks hold different training state"),
+        "{}",
+        reason(&s)
+    );
 }
 
 #[test]
@@ -471,10 +519,17 @@ fn all_leave_ok_finishes_and_writes_weights() {
     }
     // Final weights that are not the agreed state are refused; the agreed ones are written.
     let err = s.on_event(leave(0, true, b"weights"), t0).unwrap_err();
-    assert!(matches!(&err, RunError::BadRequest(m) if m.contains("final weights")), "{err}");
+    assert!(
+        matches!(&err, RunError::BadRequest(m) if m.contains("final weights")),
+        "{err}"
+    );
     let forged = ringtrain_common::checkpoint::digest::f32_safetensors(&[("w", &[2], &[9.0, 9.0])]);
     let err = s.on_event(leave(0, true, &forged), t0).unwrap_err();
-    assert!(err.to_string().contains("not the state the ranks agreed on"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("not the state the ranks agreed on"),
+        "{err}"
+    );
     let (weights, ..) = state_bytes();
     let acts = s.on_event(leave(0, true, &weights), t0).unwrap();
     assert!(matches!(acts.as_slice(), [Action::Output(Output::Weights(w))] if *w == weights));
@@ -516,7 +571,8 @@ fn watchdog_fails_a_silent_rank_but_not_a_waiting_one() {
     // The ticker runs every second (sparser ticks would read as a paused coordinator).
     let tick_until = |s: &mut RunState, from: u64, to: u64| {
         for t in from..=to {
-            s.on_event(Event::Tick, t0 + Duration::from_secs(t)).unwrap();
+            s.on_event(Event::Tick, t0 + Duration::from_secs(t))
+                .unwrap();
         }
     };
     s.on_event(Event::WaitStart(Rank(0)), t0).unwrap();

@@ -217,11 +217,7 @@ pub async fn fake_worker(
             params_hash: fake_hash(epoch),
             train_seconds: 0.5,
             round_token: token,
-            model_safetensors: if rank == 0 {
-                fake_model(epoch)
-            } else {
-                vec![]
-            },
+            model_safetensors: if rank == 0 { fake_model(epoch) } else { vec![] },
             optimizer_safetensors: if rank == 0 {
                 fake_optimizer(epoch)
             } else {
