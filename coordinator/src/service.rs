@@ -132,6 +132,27 @@ fn failed_verdict(reason: String) -> pb::Verdict {
     }
 }
 
+/// How a barrier call ended (see [`CoordinatorService::barrier`]).
+enum Barrier {
+    /// The barrier completed: the snapshot that showed it.
+    Done(Snapshot),
+    /// The run failed (before or while waiting), with its reason.
+    Failed(String),
+}
+
+impl Barrier {
+    /// The verdict a call with a status field answers.
+    fn verdict(self) -> pb::Verdict {
+        match self {
+            Barrier::Done(_) => pb::Verdict {
+                status: pb::RunStatus::Running as i32,
+                reason: String::new(),
+            },
+            Barrier::Failed(reason) => failed_verdict(reason),
+        }
+    }
+}
+
 /// Counts `rank` as alive while a barrier call waits; ends the wait on drop (reply or disconnect).
 struct Waiting {
     shared: Arc<Shared>,
@@ -185,6 +206,31 @@ impl CoordinatorService {
         self.shared
             .read(|s| s.authenticate(round_token, rank, secret))
             .map_err(|e| refuse(call, peer, e))
+    }
+
+    /// The shape every barrier call shares: applies `ev` (the rank's report), then waits,
+    /// counting `rank` as alive, until `done` holds, the round `token` ends (`ABORTED`) or the
+    /// run fails. A refusal is logged with `peer` and returned as its status.
+    async fn barrier(
+        &self,
+        call: &str,
+        peer: &str,
+        rank: Rank,
+        token: u64,
+        ev: Event,
+        done: impl Fn(&Snapshot) -> bool,
+    ) -> Result<Barrier, Status> {
+        match self.shared.apply(ev, |_| ()) {
+            Ok(()) => {}
+            Err(RunError::Failed { reason }) => return Ok(Barrier::Failed(reason)),
+            Err(e) => return Err(refuse(call, peer, e)),
+        }
+        let _alive = Waiting::start(&self.shared, rank);
+        let snap = self.wait(token, done).await?;
+        if snap.status == state::Status::Failed {
+            return Ok(Barrier::Failed(failure_reason(&snap)));
+        }
+        Ok(Barrier::Done(snap))
     }
 
     /// Waits until `done` holds, the round `token` ended (then `ABORTED`; 0: any round) or the
@@ -412,26 +458,26 @@ impl Coordinator for CoordinatorService {
             sum_sq: r.sum_sq,
             count: r.count,
         };
-        self.shared
-            .apply(
-                Event::PixelStats {
-                    run_id: r.run_id,
-                    round_token: r.round_token,
-                    rank,
-                    stats,
-                },
-                |_| (),
-            )
-            .map_err(|e| refuse("pixel stats", &peer, e))?;
-        let _alive = Waiting::start(&self.shared, rank);
-        let snap = self.wait(r.round_token, |s| s.norm.is_some()).await?;
-        match snap.norm {
-            Some(n) if snap.status != state::Status::Failed => Ok(Response::new(pb::NormStats {
+        let ev = Event::PixelStats {
+            run_id: r.run_id,
+            round_token: r.round_token,
+            rank,
+            stats,
+        };
+        let done = |s: &Snapshot| s.norm.is_some();
+        match self
+            .barrier("pixel stats", &peer, rank, r.round_token, ev, done)
+            .await?
+        {
+            Barrier::Done(Snapshot { norm: Some(n), .. }) => Ok(Response::new(pb::NormStats {
                 mean: vec![n.mean() as f32],
                 std: vec![n.std() as f32],
                 count: n.count,
             })),
-            _ => Err(run_failed(format!("run failed: {}", failure_reason(&snap)))),
+            Barrier::Done(_) => Err(Status::internal(
+                "the pixel barrier ended without statistics",
+            )),
+            Barrier::Failed(reason) => Err(run_failed(format!("run failed: {reason}"))),
         }
     }
 
@@ -483,27 +529,16 @@ impl Coordinator for CoordinatorService {
             optimizer_digest: r.optimizer_digest,
         };
         let token = r.round_token;
-        match self.shared.apply(
-            Event::Epoch {
-                run_id: r.run_id,
-                round_token: token,
-                report,
-            },
-            |_| (),
-        ) {
-            Ok(()) => {}
-            Err(RunError::Failed { reason }) => return Ok(Response::new(failed_verdict(reason))),
-            Err(e) => return Err(refuse("epoch report", &peer, e)),
-        }
-        let _alive = Waiting::start(&self.shared, rank);
-        let snap = self.wait(token, |s| s.epochs_done > epoch).await?;
-        if snap.status == state::Status::Failed {
-            return Ok(Response::new(failed_verdict(failure_reason(&snap))));
-        }
-        Ok(Response::new(pb::Verdict {
-            status: pb::RunStatus::Running as i32,
-            reason: String::new(),
-        }))
+        let ev = Event::Epoch {
+            run_id: r.run_id,
+            round_token: token,
+            report,
+        };
+        let done = |s: &Snapshot| s.epochs_done > epoch;
+        let b = self
+            .barrier("epoch report", &peer, rank, token, ev, done)
+            .await?;
+        Ok(Response::new(b.verdict()))
     }
 
     async fn checkpoint(
@@ -533,20 +568,11 @@ impl Coordinator for CoordinatorService {
             round_token: token,
             report,
         };
-        match self.shared.apply(ev, |_| ()) {
-            Ok(()) => {}
-            Err(RunError::Failed { reason }) => return Ok(Response::new(failed_verdict(reason))),
-            Err(e) => return Err(refuse("checkpoint", &peer, e)),
-        }
-        let _alive = Waiting::start(&self.shared, rank);
-        let snap = self.wait(token, |s| s.checkpoint_step >= step).await?;
-        if snap.status == state::Status::Failed {
-            return Ok(Response::new(failed_verdict(failure_reason(&snap))));
-        }
-        Ok(Response::new(pb::Verdict {
-            status: pb::RunStatus::Running as i32,
-            reason: String::new(),
-        }))
+        let done = |s: &Snapshot| s.checkpoint_step >= step;
+        let b = self
+            .barrier("checkpoint", &peer, rank, token, ev, done)
+            .await?;
+        Ok(Response::new(b.verdict()))
     }
 
     async fn share_nccl_id(
@@ -563,18 +589,18 @@ impl Coordinator for CoordinatorService {
             rank,
             unique_id: r.unique_id,
         };
-        self.shared
-            .apply(ev, |_| ())
-            .map_err(|e| refuse("NCCL id", &peer, e))?;
-        let _alive = Waiting::start(&self.shared, rank);
-        let snap = self.wait(token, |s| s.nccl_id.is_some()).await?;
-        match snap.nccl_id {
-            Some(id) if snap.status != state::Status::Failed => {
-                Ok(Response::new(pb::NcclIdReply {
-                    unique_id: id.to_vec(),
-                }))
-            }
-            _ => Err(run_failed(format!("run failed: {}", failure_reason(&snap)))),
+        let done = |s: &Snapshot| s.nccl_id.is_some();
+        match self
+            .barrier("NCCL id", &peer, rank, token, ev, done)
+            .await?
+        {
+            Barrier::Done(Snapshot {
+                nccl_id: Some(id), ..
+            }) => Ok(Response::new(pb::NcclIdReply {
+                unique_id: id.to_vec(),
+            })),
+            Barrier::Done(_) => Err(Status::internal("the NCCL barrier ended without an id")),
+            Barrier::Failed(reason) => Err(run_failed(format!("run failed: {reason}"))),
         }
     }
 
