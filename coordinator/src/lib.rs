@@ -45,7 +45,6 @@ pub mod clock;
 pub mod config;
 pub mod dashboard;
 pub mod exposition;
-pub mod gpus;
 pub mod guard;
 pub mod health;
 pub mod http;
@@ -63,6 +62,6 @@ pub mod state;
 pub mod status_cmd;
 
 pub use config::{Model, RunConfig};
-pub use launch::{launch, LaunchError, LaunchOptions};
+pub use launch::{gpus, launch, LaunchError, LaunchOptions};
 pub use server::{serve, Run, RunHandle, RunOutcome, ServeError};
 pub use state::{Status, PROTOCOL_VERSION};

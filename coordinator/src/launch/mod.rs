@@ -10,7 +10,7 @@
 //!   --collective-listen 127.0.0.1:0 --data DATA --train-dir TRAIN --valid-dir VALID` (DATA
 //!   absolute), ids zero-padded so that sorted order (= rank order) is spawn order; its stdout and
 //!   stderr go to `RUN_DIR/logs/worker-<i>.log`.
-//! * With `--gpus` (`gpus.rs`), worker `i` also gets `--device cuda:0` and
+//! * With `--gpus` (`launch/gpus.rs`), worker `i` also gets `--device cuda:0` and
 //!   `CUDA_VISIBLE_DEVICES=<its GPU>`, and the number of selected GPUs is the number of workers;
 //!   on a machine without a GPU, `--device cpu` and `workers` processes, said on stderr.
 //! * A worker that dies (non-zero exit other than 3, or a signal) is started again with the
@@ -25,22 +25,26 @@
 //!   Children also die with the launcher: `PR_SET_PDEATHSIG(SIGKILL)` covers a killed launcher,
 //!   the [`Children`] guard covers every exit path of this function (error, panic included).
 //!
+//! Processes live in `launch/children.rs`, GPU placement in `launch/gpus.rs`.
+//!
 //! Tests: `coordinator/tests/launch.rs` (fake workers).
+
+mod children;
+pub mod gpus;
 
 use std::future::Future;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
-
 use ringtrain_common::auth::Token;
+use tokio::net::TcpListener;
 
 use crate::config::RunConfig;
-use crate::gpus::{self, GpuError, GpuPlacement, GpuSelection};
 use crate::server::{Run, RunOutcome, ServeError};
+use children::{allowed_cpus, spawn_worker, Children, WorkerArgs};
+use gpus::{GpuError, GpuPlacement, GpuSelection};
 
 /// The worker's exit code after the coordinator told it the run failed.
 pub const EXIT_ABORTED: i32 = 3;
@@ -145,198 +149,6 @@ pub fn resolve_worker_bin(explicit: Option<PathBuf>) -> Result<PathBuf, LaunchEr
     } else {
         Err(LaunchError::WorkerBinary { path })
     }
-}
-
-/// One supervised worker process.
-struct Proc {
-    index: usize,
-    worker_id: String,
-    pid: u32,
-    log: PathBuf,
-    child: Child,
-    exited: Option<ExitStatus>,
-}
-
-/// Kill guard: every child still running when this drops is killed and reaped.
-struct Children(Vec<Proc>);
-
-impl Children {
-    /// Newly exited children since the last call.
-    fn poll_exits(&mut self) -> Vec<(usize, ExitStatus)> {
-        let mut out = Vec::new();
-        for p in self.0.iter_mut().filter(|p| p.exited.is_none()) {
-            if let Ok(Some(status)) = p.child.try_wait() {
-                p.exited = Some(status);
-                out.push((p.index, status));
-            }
-        }
-        out
-    }
-
-    fn running(&self) -> bool {
-        self.0.iter().any(|p| p.exited.is_none())
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        for p in self.0.iter().filter(|p| p.exited.is_none()) {
-            // SAFETY: kill(2) has no memory effects; the pid is our unreaped child, so it
-            // cannot have been reused.
-            unsafe { libc::kill(p.pid as libc::pid_t, sig) };
-        }
-    }
-
-    fn kill_and_reap(&mut self) {
-        for p in self.0.iter_mut().filter(|p| p.exited.is_none()) {
-            tracing::warn!(worker_id = %p.worker_id, pid = p.pid, "killing worker");
-            let _ = p.child.start_kill();
-        }
-        // SIGKILL takes effect at once; reaping needs only a moment.
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while self.0.iter().any(|p| p.exited.is_none()) && std::time::Instant::now() < deadline {
-            for p in self.0.iter_mut().filter(|p| p.exited.is_none()) {
-                if let Ok(Some(s)) = p.child.try_wait() {
-                    p.exited = Some(s);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        self.kill_and_reap();
-    }
-}
-
-/// What every worker process gets on its command line.
-struct WorkerArgs {
-    bin: PathBuf,
-    url: String,
-    threads: usize,
-    /// `--data`, `--train-dir`, `--valid-dir`: the worker scans the same files before Join.
-    data: [String; 6],
-    logs: PathBuf,
-    /// The CPUs this process may run on, when workers are pinned (worker i gets the i-th run of
-    /// `threads` of them).
-    pin_cpus: Option<Vec<usize>>,
-    /// Worker i's GPU (`--gpus`); empty otherwise.
-    placements: Vec<GpuPlacement>,
-    /// `--device` for every worker, when the launcher decides it.
-    device: Option<&'static str>,
-    /// The run's token, passed in the environment (never on the command line).
-    token: Token,
-}
-
-/// The CPUs this process may run on (`sched_getaffinity`), in order.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this process.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
-}
-
-/// The affinity mask of worker `index` with `threads` cores each, if the CPUs suffice.
-fn pin_mask(cpus: &[usize], index: usize, threads: usize) -> Option<libc::cpu_set_t> {
-    let mine = cpus.get(index * threads..(index + 1) * threads)?;
-    // SAFETY: cpu_set_t is plain data; CPU_SET only writes inside it (c < CPU_SETSIZE).
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &c in mine {
-            libc::CPU_SET(c, &mut set);
-        }
-        Some(set)
-    }
-}
-
-fn spawn_worker(w: &WorkerArgs, index: usize, n: usize) -> Result<Proc, LaunchError> {
-    let (bin, logs) = (&w.bin, &w.logs);
-    let worker_id = worker_id(index, n);
-    let log = logs.join(format!("worker-{index}.log"));
-    // Appended to: a restarted worker (or a resumed run) keeps the earlier log.
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .map_err(io_err(format!("creating {}", log.display())))?;
-    let err = out
-        .try_clone()
-        .map_err(io_err(format!("opening {}", log.display())))?;
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "--coordinator",
-        &w.url,
-        "--worker-id",
-        &worker_id,
-        "--threads",
-        &w.threads.to_string(),
-    ])
-    .args(["--collective-listen", "127.0.0.1:0"])
-    .args(&w.data)
-    .args(w.device.iter().flat_map(|d| ["--device", d]))
-    .env("RINGTRAIN_AUTH_TOKEN", w.token.expose())
-    .stdin(Stdio::null())
-    .stdout(out)
-    .stderr(err)
-    .kill_on_drop(true);
-    if let Some(p) = w.placements.get(index) {
-        cmd.env("CUDA_VISIBLE_DEVICES", &p.visible_devices);
-    }
-    let mask = w
-        .pin_cpus
-        .as_deref()
-        .and_then(|cpus| pin_mask(cpus, index, w.threads));
-    // SAFETY: pid of this process, read before fork.
-    let parent = unsafe { libc::getpid() };
-    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
-    // (prctl, setpgid, getppid); it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            // Its own process group: a terminal's Ctrl-C reaches the launcher only, which
-            // first lets the ranks take a stop checkpoint, then forwards SIGINT.
-            libc::setpgid(0, 0);
-            // The launcher may have died before prctl took effect.
-            if libc::getppid() != parent {
-                return Err(std::io::Error::other("launcher exited during spawn"));
-            }
-            // A failed pin only costs speed; the worker runs anyway.
-            if let Some(set) = &mask {
-                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set);
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().map_err(|e| LaunchError::Spawn {
-        index,
-        path: bin.clone(),
-        reason: e.to_string(),
-    })?;
-    let pid = child.id().unwrap_or(0);
-    tracing::info!(worker_id = %worker_id, pid, log = %log.display(), "worker started");
-    Ok(Proc {
-        index,
-        worker_id,
-        pid,
-        log,
-        child,
-        exited: None,
-    })
 }
 
 /// Where the workers go, what `--device` they get, and the lines that tell the person.
@@ -526,6 +338,7 @@ pub async fn launch(
 
 #[cfg(test)]
 mod tests {
+    use super::children::pin_mask;
     use super::*;
 
     #[test]
