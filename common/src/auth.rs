@@ -248,17 +248,29 @@ mod tests {
         assert!(verify_ring_proof(&k, RingRole::Dial, &h, &p));
         let other = [3u8; 32];
         let changed: Vec<RingHandshake> = vec![
-            RingHandshake { ring_id: "run/round-2", ..h },
+            RingHandshake {
+                ring_id: "run/round-2",
+                ..h
+            },
             RingHandshake { rank: 0, ..h },
             RingHandshake { world_size: 3, ..h },
-            RingHandshake { dial_nonce: &other, ..h },
+            RingHandshake {
+                dial_nonce: &other,
+                ..h
+            },
             // A fresh acceptor nonce: a recorded proof does not fit the next connection.
-            RingHandshake { accept_nonce: &other, ..h },
+            RingHandshake {
+                accept_nonce: &other,
+                ..h
+            },
         ];
         for c in &changed {
             assert!(!verify_ring_proof(&k, RingRole::Dial, c, &p), "{c:?}");
         }
-        assert!(!verify_ring_proof(&k, RingRole::Accept, &h, &p), "no reflection");
+        assert!(
+            !verify_ring_proof(&k, RingRole::Accept, &h, &p),
+            "no reflection"
+        );
         assert!(!verify_ring_proof(&ring_key(None), RingRole::Dial, &h, &p));
         assert!(!verify_ring_proof(&k, RingRole::Dial, &h, &p[..31]));
         let r = Token::random().unwrap();

@@ -3,15 +3,31 @@
 //! Owns the wire types (`pb`), the one-cycle schedule, dataset scanning/decoding/caching, the
 //! checkpoint store and the MNIST fetch/import paths. Never links libtorch and never needs a
 //! tokio runtime: everything here is testable with plain slices and files.
+//!
+//! # Features
+//! Each dependent crate enables only what it uses, so the worker does not compile the downloader.
+//! * `fetch`: the `fetch` module (MNIST download, checksums, extraction, idx import) with ureq,
+//!   tar, flate2 and md-5; implies `progress`. Enabled by the coordinator (`ringtrain data
+//!   fetch`) and the tests crate (idx fixtures).
+//! * `plot`: the `plot` module, `report::RunFiles` (which redraws the run's plots) and the LR
+//!   finder's chart, with font8x8. Enabled by the coordinator and the worker (standalone run
+//!   folders, `show-batch`).
+//! * `progress`: progress bars on a terminal (indicatif) while decoding a dataset and fetching;
+//!   without it decoding draws none. Enabled by the worker, and by `fetch`.
+//!
+//! All three are on by default, so `cargo test -p ringtrain-common` tests everything; the
+//! workspace depends on this crate with `default-features = false`.
 
 pub mod auth;
 pub mod checkpoint;
 pub mod data;
 pub mod devices;
+#[cfg(feature = "fetch")]
 pub mod fetch;
 pub mod fsio;
 pub mod logging;
 pub mod lr_find;
+#[cfg(feature = "plot")]
 pub mod plot;
 pub mod report;
 pub mod rng;

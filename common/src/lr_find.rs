@@ -1,6 +1,6 @@
 //! The LR range test (`ringtrain lr-find`; fastai's `learn.lr_find()`): the exponential
 //! learning-rate sweep the workers train with, the stop rule they agree on, and the analysis
-//! of the recorded losses (smoothing, suggestions, the plot).
+//! of the recorded losses (smoothing, suggestions, and the plot with feature `plot`).
 //!
 //! Decisions, as fastai does them:
 //! * Step `k` of `iters` trains at `start_lr · (end_lr / start_lr)^(k / (iters − 1))`
@@ -25,6 +25,7 @@
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "plot")]
 use crate::plot::{Chart, Marker, PlotError, Series};
 use crate::report::Smoothener;
 
@@ -178,6 +179,7 @@ impl LrFindResult {
     }
 
     /// fastai's `plot_lr_find`: smoothed loss against log lr, the suggestions marked.
+    #[cfg(feature = "plot")]
     pub fn chart(&self) -> Chart {
         let shown = self.shown();
         Chart {
@@ -221,11 +223,13 @@ impl LrFindResult {
     }
 
     /// The plot as PNG bytes.
+    #[cfg(feature = "plot")]
     pub fn png(&self) -> Result<Vec<u8>, PlotError> {
         self.chart().png()
     }
 
     /// The points the suggestions look at (fastai's `[num_it // 10 : -5]`).
+    #[cfg(feature = "plot")]
     fn shown(&self) -> &[LrPoint] {
         let (a, b) = window(self.range.iters as usize, self.points.len());
         &self.points[a..b]
@@ -233,6 +237,7 @@ impl LrFindResult {
 }
 
 /// The zero-phase curve's value at the point nearest to `lr` (in log lr).
+#[cfg(feature = "plot")]
 fn centered_at(points: &[LrPoint], lr: f64) -> f64 {
     points
         .iter()
@@ -526,6 +531,7 @@ mod tests {
         assert!(e.to_string().contains("lower --end-lr"));
     }
 
+    #[cfg(feature = "plot")]
     #[test]
     fn the_chart_is_log_x_with_the_suggestion_marked() {
         let range = LrRange::default();

@@ -13,7 +13,9 @@ use std::process::Child;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use cluster::{final_hash, reference_hash, serve_cmd, signal, spawn, stderr, summary, wait, worker_cmd, Reaper};
+use cluster::{
+    final_hash, reference_hash, serve_cmd, signal, spawn, stderr, summary, wait, worker_cmd, Reaper,
+};
 use ringtrain_tests::log_dir;
 use ringtrain_tests::netlab::{Impairment, Lab};
 
@@ -21,7 +23,12 @@ const PORT: u16 = 29400;
 
 /// `ip netns exec NS`: runs a binary on host `i` of `lab`.
 fn on(lab: &Lab, i: usize) -> [String; 4] {
-    ["ip".into(), "netns".into(), "exec".into(), lab.netns(i).to_string()]
+    [
+        "ip".into(),
+        "netns".into(),
+        "exec".into(),
+        lab.netns(i).to_string(),
+    ]
 }
 
 fn strs(a: &[String]) -> Vec<&str> {
@@ -29,18 +36,43 @@ fn strs(a: &[String]) -> Vec<&str> {
 }
 
 /// The coordinator on host 0 of `lab` for `workers` workers, and its URL as workers see it.
-fn start_coordinator(lab: &Lab, data: &Path, run_dir: &Path, workers: u32, extra: &[&str], logs: &Path) -> (Child, String) {
+fn start_coordinator(
+    lab: &Lab,
+    data: &Path,
+    run_dir: &Path,
+    workers: u32,
+    extra: &[&str],
+    logs: &Path,
+) -> (Child, String) {
     let listen = format!("{}:{PORT}", lab.addr(0));
     let wrap = on(lab, 0);
-    let child = spawn(serve_cmd(&strs(&wrap), data, run_dir, &listen, workers, extra), logs, "serve");
+    let child = spawn(
+        serve_cmd(&strs(&wrap), data, run_dir, &listen, workers, extra),
+        logs,
+        "serve",
+    );
     (child, format!("http://{listen}"))
 }
 
 /// Worker `i` on host `i` of `lab` (host 0 is the coordinator's), with only the flags a user
 /// must give (`extra` besides).
-fn start_worker(lab: &Lab, i: usize, url: &str, data: &Path, tmp: &Path, extra: &[&str], logs: &Path) -> Child {
+fn start_worker(
+    lab: &Lab,
+    i: usize,
+    url: &str,
+    data: &Path,
+    tmp: &Path,
+    extra: &[&str],
+    logs: &Path,
+) -> Child {
     let wrap = on(lab, i);
-    let cmd = worker_cmd(&strs(&wrap), url, data, &tmp.join(format!("cache{i}")), extra);
+    let cmd = worker_cmd(
+        &strs(&wrap),
+        url,
+        data,
+        &tmp.join(format!("cache{i}")),
+        extra,
+    );
     spawn(cmd, logs, &format!("worker{i}"))
 }
 
@@ -49,13 +81,24 @@ fn wait_for_a_checkpoint(run_dir: &Path, serve: &mut Child, logs: &Path) {
     let t = Instant::now();
     loop {
         let any = std::fs::read_dir(run_dir.join("checkpoints"))
-            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with('e')))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with('e'))
+            })
             .unwrap_or(false);
         if any {
             return;
         }
-        assert!(serve.try_wait().unwrap().is_none(), "serve exited early: {}", stderr(logs, "serve"));
-        assert!(t.elapsed() < Duration::from_secs(240), "no checkpoint: {}", stderr(logs, "serve"));
+        assert!(
+            serve.try_wait().unwrap().is_none(),
+            "serve exited early: {}",
+            stderr(logs, "serve")
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(240),
+            "no checkpoint: {}",
+            stderr(logs, "serve")
+        );
         thread::sleep(Duration::from_millis(20));
     }
 }
@@ -66,7 +109,11 @@ fn seconds_until(logs: &Path, name: &str, needle: &str, since: Instant, limit: D
         if stderr(logs, name).contains(needle) {
             return since.elapsed().as_secs_f64();
         }
-        assert!(since.elapsed() < limit, "{name} never logged {needle:?}:\n{}", stderr(logs, name));
+        assert!(
+            since.elapsed() < limit,
+            "{name} never logged {needle:?}:\n{}",
+            stderr(logs, name)
+        );
         thread::sleep(Duration::from_millis(20));
     }
 }
@@ -83,7 +130,9 @@ fn three_hosts_with_default_flags_train_together() {
     let mut procs = Reaper(vec![serve]);
     for i in 1..=3 {
         // `--coordinator` and `--data`: no ring address, no listen address.
-        procs.0.push(start_worker(&lab, i, &url, &data, tmp.path(), &[], &logs));
+        procs
+            .0
+            .push(start_worker(&lab, i, &url, &data, tmp.path(), &[], &logs));
     }
     let status = wait(&mut procs.0[0], Duration::from_secs(300), "serve");
     assert!(status.success(), "{}", stderr(&logs, "serve"));
@@ -93,7 +142,10 @@ fn three_hosts_with_default_flags_train_together() {
         // Each announced the address its route to the coordinator leaves from: its own.
         let log = stderr(&logs, &format!("worker{i}"));
         let announced = format!("collective_addr={}:", lab.addr(i));
-        assert!(log.contains(&announced), "worker {i} announced another address:\n{log}");
+        assert!(
+            log.contains(&announced),
+            "worker {i} announced another address:\n{log}"
+        );
     }
 }
 
@@ -115,13 +167,18 @@ fn delay_jitter_and_loss_on_every_link_leave_the_parameters_unchanged() {
     let (serve, url) = start_coordinator(&lab, &data, &run_dir, 2, &[], &logs);
     let mut procs = Reaper(vec![serve]);
     for i in 1..=2 {
-        procs.0.push(start_worker(&lab, i, &url, &data, tmp.path(), &[], &logs));
+        procs
+            .0
+            .push(start_worker(&lab, i, &url, &data, tmp.path(), &[], &logs));
     }
     let status = wait(&mut procs.0[0], Duration::from_secs(600), "serve");
     assert!(status.success(), "{}", stderr(&logs, "serve"));
     assert_eq!(final_hash(&run_dir), want);
     assert_eq!(summary(&run_dir)["restarts"], 0);
-    eprintln!("netns lossy: 2 ms ± 1 ms, 0.5 % loss on every link: run took {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "netns lossy: 2 ms ± 1 ms, 0.5 % loss on every link: run took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 #[test]
@@ -139,12 +196,19 @@ fn a_partitioned_worker_is_dropped_and_rejoins_when_the_link_heals() {
         &data,
         &run_dir,
         2,
-        &["--heartbeat-interval-s", "1", "--collective-timeout-s", "30"],
+        &[
+            "--heartbeat-interval-s",
+            "1",
+            "--collective-timeout-s",
+            "30",
+        ],
         &logs,
     );
     let mut procs = Reaper(vec![serve]);
     for i in 1..=2 {
-        procs.0.push(start_worker(&lab, i, &url, &data, tmp.path(), &[], &logs));
+        procs
+            .0
+            .push(start_worker(&lab, i, &url, &data, tmp.path(), &[], &logs));
     }
     wait_for_a_checkpoint(&run_dir, &mut procs.0[0], &logs);
     lab.link_down(2).unwrap();
@@ -175,10 +239,19 @@ fn a_coordinator_paused_for_30_s_loses_nobody() {
     let logs = log_dir("netns-pause");
     let run_dir = tmp.path().join("run");
     // A 3 s heartbeat budget: the pause is ten times longer.
-    let (serve, url) = start_coordinator(&lab, &data, &run_dir, 2, &["--heartbeat-interval-s", "1"], &logs);
+    let (serve, url) = start_coordinator(
+        &lab,
+        &data,
+        &run_dir,
+        2,
+        &["--heartbeat-interval-s", "1"],
+        &logs,
+    );
     let mut procs = Reaper(vec![serve]);
     for i in 1..=2 {
-        procs.0.push(start_worker(&lab, i, &url, &data, tmp.path(), &[], &logs));
+        procs
+            .0
+            .push(start_worker(&lab, i, &url, &data, tmp.path(), &[], &logs));
     }
     wait_for_a_checkpoint(&run_dir, &mut procs.0[0], &logs);
     let pid = procs.0[0].id();
@@ -191,7 +264,11 @@ fn a_coordinator_paused_for_30_s_loses_nobody() {
     assert_eq!(final_hash(&run_dir), want);
     for i in 1..=2 {
         let s = wait(&mut procs.0[i], Duration::from_secs(60), "a worker");
-        assert!(s.success(), "worker {i}: {}", stderr(&logs, &format!("worker{i}")));
+        assert!(
+            s.success(),
+            "worker {i}: {}",
+            stderr(&logs, &format!("worker{i}"))
+        );
     }
     assert!(stderr(&logs, "serve").contains("the coordinator was not running"));
 }
@@ -203,24 +280,48 @@ fn workers_give_up_on_a_coordinator_stopped_past_their_connect_timeout() {
     let lab = Lab::new("gone", 3).unwrap();
     let logs = log_dir("netns-stopped");
     let run_dir = tmp.path().join("run");
-    let (serve, url) = start_coordinator(&lab, &data, &run_dir, 2, &["--heartbeat-interval-s", "1"], &logs);
+    let (serve, url) = start_coordinator(
+        &lab,
+        &data,
+        &run_dir,
+        2,
+        &["--heartbeat-interval-s", "1"],
+        &logs,
+    );
     let mut procs = Reaper(vec![serve]);
     for i in 1..=2 {
-        procs.0.push(start_worker(&lab, i, &url, &data, tmp.path(), &["--connect-timeout-s", "8"], &logs));
+        procs.0.push(start_worker(
+            &lab,
+            i,
+            &url,
+            &data,
+            tmp.path(),
+            &["--connect-timeout-s", "8"],
+            &logs,
+        ));
     }
     wait_for_a_checkpoint(&run_dir, &mut procs.0[0], &logs);
     signal(procs.0[0].id(), "STOP");
     let stopped = Instant::now();
     let mut took = Vec::new();
     for i in 1..=2 {
-        let s = wait(&mut procs.0[i], Duration::from_secs(60), "a worker of a stopped coordinator");
+        let s = wait(
+            &mut procs.0[i],
+            Duration::from_secs(60),
+            "a worker of a stopped coordinator",
+        );
         took.push(stopped.elapsed().as_secs_f64());
         assert_eq!(s.code(), Some(1));
         let log = stderr(&logs, &format!("worker{i}"));
-        assert!(log.contains("did not answer within --connect-timeout-s 8 s"), "{log}");
+        assert!(
+            log.contains("did not answer within --connect-timeout-s 8 s"),
+            "{log}"
+        );
     }
     let last = took.iter().cloned().fold(0.0, f64::max);
     assert!(last < 8.0 + 6.0, "the workers took {took:?} s to give up");
-    eprintln!("netns stopped coordinator: workers with --connect-timeout-s 8 exited after {took:?} s");
+    eprintln!(
+        "netns stopped coordinator: workers with --connect-timeout-s 8 exited after {took:?} s"
+    );
     signal(procs.0[0].id(), "KILL");
 }

@@ -144,7 +144,10 @@ fn sigterm_on_the_coordinator_takes_a_stop_checkpoint_and_a_restart_continues() 
     serve_args.push("--auto-resume".into());
     // The stop request reaches the ranks in a heartbeat reply: at 0.5 s a fast machine trains
     // the remaining epochs before hearing it (the interval does not touch the arithmetic).
-    if let Some(i) = serve_args.iter().position(|a| a == "--heartbeat-interval-s") {
+    if let Some(i) = serve_args
+        .iter()
+        .position(|a| a == "--heartbeat-interval-s")
+    {
         serve_args[i + 1] = "0.1".into();
     }
     let serve_args: Vec<&str> = serve_args.iter().map(String::as_str).collect();

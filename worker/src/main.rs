@@ -14,7 +14,9 @@ fn main() -> ExitCode {
     std::thread::spawn(|| loop {
         if let Some((deadline, code)) = ringtrain_worker::dist::exit_deadline() {
             if Instant::now() >= deadline {
-                eprintln!("ringtrain-worker: the worker did not stop in time; exiting with code {code}");
+                eprintln!(
+                    "ringtrain-worker: the worker did not stop in time; exiting with code {code}"
+                );
                 std::process::exit(code);
             }
         }

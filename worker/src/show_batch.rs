@@ -140,7 +140,10 @@ fn write(out: &Path, bytes: &[u8]) -> Result<(), ShowBatchError> {
     if let Some(dir) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    ringtrain_common::fsio::write_atomic(out, bytes).map_err(err)
+    ringtrain_common::fsio::write_atomic(out, bytes).map_err(|e| ShowBatchError::Io {
+        path: e.path().to_path_buf(),
+        reason: e.io_error().to_string(),
+    })
 }
 
 #[cfg(test)]

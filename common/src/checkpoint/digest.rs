@@ -59,7 +59,9 @@ pub fn state_digest(bytes: &[u8]) -> Result<String, DigestError> {
 
 /// Whether `s` looks like a digest (64 lowercase hex characters).
 pub fn is_digest(s: &str) -> bool {
-    s.len() == DIGEST_HEX_LEN && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == DIGEST_HEX_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A safetensors file of f32 tensors (tests, fixtures): `(name, shape, values)` in file order.

@@ -20,8 +20,9 @@
 //!   parsing, format [`FORMAT`], listing the three files, each present with the listed size and
 //!   sha256, and `state.json` parsing (see `manifest.rs`).
 //! * [`CheckpointStore::write`] never shows a partial checkpoint under its final name: it writes
-//!   and fsyncs every file in `checkpoints/.tmp-<name>-<pid>/`, writes the manifest last, fsyncs
-//!   the folder, renames it into place and fsyncs `checkpoints/`. A failure removes the temporary
+//!   and fsyncs every file in `checkpoints/.tmp-<name>-<pid>/` (each created exclusively, with
+//!   [`crate::fsio::write_new`]), writes the manifest last, fsyncs the folder, renames it into
+//!   place and fsyncs `checkpoints/` ([`crate::fsio::sync_dir`]). A failure removes the temporary
 //!   folder and leaves every existing checkpoint untouched. Re-writing a name that verifies is a
 //!   no-op returning `Ok` (an idempotent retry); a bad folder under that name is replaced.
 //! * A crash at any point leaves the previous good checkpoints good; [`CheckpointStore::latest_good`]

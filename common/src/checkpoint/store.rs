@@ -14,6 +14,7 @@ use super::{
     checkpoint_name, parse_checkpoint_name, CheckpointError, CheckpointState, Loaded, BEST, FORMAT,
     LATEST, MANIFEST_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE,
 };
+use crate::fsio;
 
 /// Prefix of folders that are not (yet, or any more) checkpoints: writes in progress, bad
 /// folders moved aside, checkpoints being pruned. Anything with it is a leftover once no write
@@ -26,19 +27,14 @@ pub struct CheckpointStore {
     run_dir: PathBuf,
 }
 
-/// Writes `bytes` to a new file at `path` and fsyncs it.
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let mut f = std::fs::File::create(path).map_err(|e| CheckpointError::write(path, &e))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| CheckpointError::write(path, &e))
+/// A failed write, named by the file or folder at fault.
+fn write_error(e: fsio::WriteError) -> CheckpointError {
+    CheckpointError::write(e.path(), e.io_error())
 }
 
 /// Fsyncs a folder, so that the names created or renamed in it survive a crash.
 fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
-    std::fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| CheckpointError::write(dir, &e))
+    fsio::sync_dir(dir).map_err(write_error)
 }
 
 /// Removes a folder tree, file or link; a missing path is not an error.
@@ -314,14 +310,14 @@ fn write_files(
         (STATE_FILE, &state_json),
     ];
     for (name, bytes) in files {
-        write_synced(&tmp.join(name), bytes)?;
+        fsio::write_new(&tmp.join(name), bytes).map_err(write_error)?;
     }
     let manifest =
         serde_json::to_vec_pretty(&Manifest::of(&files)).map_err(|e| CheckpointError::Write {
             path: tmp.join(MANIFEST_FILE),
             reason: e.to_string(),
         })?;
-    write_synced(&tmp.join(MANIFEST_FILE), &manifest)?;
+    fsio::write_new(&tmp.join(MANIFEST_FILE), &manifest).map_err(write_error)?;
     sync_dir(tmp)
 }
 

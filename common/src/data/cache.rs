@@ -6,12 +6,12 @@
 //! b"RTDCACHE" | u32 version | u32 header_len | header (JSON) |
 //! train pixels | train labels (u32 each) | valid pixels | valid labels | sha256 of all before
 //! ```
-//! Written to a temporary file, fsynced, then renamed, so readers never see a partial file. A
-//! file that fails any check is reported as [`DataError::BadCache`]; callers then re-decode.
+//! Replaced atomically with [`crate::fsio::write_atomic`], so readers never see a partial file,
+//! even while another process writes the same cache. A file that fails any check is reported as
+//! [`DataError::BadCache`]; callers then re-decode.
 //!
 //! Tests: `tests` module at the bottom.
 
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -55,7 +55,7 @@ fn push_split(out: &mut Vec<u8>, s: &DecodedSplit) {
     }
 }
 
-/// Writes `c` to `path` atomically (temporary file in the same folder, fsync, rename).
+/// Writes `c` to `path` atomically ([`crate::fsio::write_atomic`]), creating its folder.
 pub fn write_cache(path: &Path, c: &CacheContents) -> Result<(), DataError> {
     let header = Header {
         key: c.key.clone(),
@@ -83,15 +83,7 @@ pub fn write_cache(path: &Path, c: &CacheContents) -> Result<(), DataError> {
 
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, &e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| DataError::io(dir, &e))?;
-    tmp.write_all(&buf)
-        .map_err(|e| DataError::io(tmp.path(), &e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| DataError::io(tmp.path(), &e))?;
-    tmp.persist(path)
-        .map_err(|e| DataError::io(path, &e.error))?;
-    Ok(())
+    crate::fsio::write_atomic(path, &buf).map_err(|e| DataError::io(e.path(), e.io_error()))
 }
 
 struct Cursor<'a> {

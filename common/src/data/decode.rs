@@ -5,7 +5,6 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use indicatif::ProgressBar;
 use rayon::prelude::*;
 
 use super::{DataError, ImageEntry, Skipped};
@@ -110,18 +109,19 @@ fn decode_file(entry: &ImageEntry, want: (u32, u32)) -> Result<Vec<u8>, DataErro
 ///
 /// A per-file problem fails the call with the first bad file in `entries` order, or, with
 /// `skip_bad`, leaves the file out and returns it in the skipped list. I/O errors always fail.
+/// `on_file` (a progress bar's tick) runs once per file, on rayon's threads.
 pub fn decode_split(
     entries: &[ImageEntry],
     size: (u32, u32),
     skip_bad: bool,
-    progress: Option<&ProgressBar>,
+    on_file: Option<&(dyn Fn() + Sync)>,
 ) -> Result<(DecodedSplit, Vec<Skipped>), DataError> {
     let results: Vec<Result<Vec<u8>, DataError>> = entries
         .par_iter()
         .map(|e| {
             let r = decode_file(e, size);
-            if let Some(p) = progress {
-                p.inc(1);
+            if let Some(tick) = on_file {
+                tick();
             }
             r
         })

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
 use super::cache::{read_cache, write_cache, CacheContents};
@@ -23,7 +22,7 @@ pub struct LoadOptions {
     pub image_size: (u32, u32),
     /// Where decoded pixels are cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
-    /// Show a progress bar on stderr while decoding.
+    /// Show a progress bar on stderr while decoding (with feature `progress`; ignored without).
     pub progress: bool,
 }
 
@@ -44,18 +43,46 @@ pub struct LoadedDataset {
     pub from_cache: bool,
 }
 
-fn bar(len: u64, what: &str, enabled: bool) -> ProgressBar {
-    if !enabled {
-        return ProgressBar::hidden();
+/// The decoding bar on stderr: drawn when asked for and built with feature `progress`.
+struct DecodeBar {
+    #[cfg(feature = "progress")]
+    bar: indicatif::ProgressBar,
+}
+
+impl DecodeBar {
+    #[cfg(feature = "progress")]
+    fn new(len: u64, what: &str, enabled: bool) -> Self {
+        use indicatif::{ProgressBar, ProgressStyle};
+        if !enabled {
+            return Self {
+                bar: ProgressBar::hidden(),
+            };
+        }
+        let bar = ProgressBar::new(len);
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg:>14} [{bar:40}] {pos}/{len} images ({per_sec}, eta {eta})",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(what.to_string());
+        Self { bar }
     }
-    let pb = ProgressBar::new(len);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{msg:>14} [{bar:40}] {pos}/{len} images ({per_sec}, eta {eta})",
-    ) {
-        pb.set_style(style.progress_chars("=> "));
+
+    #[cfg(not(feature = "progress"))]
+    fn new(_len: u64, _what: &str, _enabled: bool) -> Self {
+        Self {}
     }
-    pb.set_message(what.to_string());
-    pb
+
+    /// One more file decoded (called from rayon's threads).
+    fn tick(&self) {
+        #[cfg(feature = "progress")]
+        self.bar.inc(1);
+    }
+
+    fn finish(self) {
+        #[cfg(feature = "progress")]
+        self.bar.finish_and_clear();
+    }
 }
 
 /// Scans `root` and returns decoded pixels, from the cache when it matches the files on disk.
@@ -103,13 +130,25 @@ pub fn load_index(index: &DatasetIndex, opts: &LoadOptions) -> Result<LoadedData
         }
     }
     let mut skipped = index.skipped.clone();
-    let pb = bar(index.train.len() as u64, "decode train", opts.progress);
-    let (train, s) = decode_split(&index.train, opts.image_size, opts.scan.skip_bad, Some(&pb))?;
-    pb.finish_and_clear();
+    let bar = DecodeBar::new(index.train.len() as u64, "decode train", opts.progress);
+    let tick = || bar.tick();
+    let (train, s) = decode_split(
+        &index.train,
+        opts.image_size,
+        opts.scan.skip_bad,
+        Some(&tick),
+    )?;
+    bar.finish();
     skipped.extend(s);
-    let pb = bar(index.valid.len() as u64, "decode valid", opts.progress);
-    let (valid, s) = decode_split(&index.valid, opts.image_size, opts.scan.skip_bad, Some(&pb))?;
-    pb.finish_and_clear();
+    let bar = DecodeBar::new(index.valid.len() as u64, "decode valid", opts.progress);
+    let tick = || bar.tick();
+    let (valid, s) = decode_split(
+        &index.valid,
+        opts.image_size,
+        opts.scan.skip_bad,
+        Some(&tick),
+    )?;
+    bar.finish();
     skipped.extend(s);
     for class in 0..index.classes.len() as u32 {
         // skip_bad may have emptied a class entirely; that changes the label space, so refuse.

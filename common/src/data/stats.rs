@@ -97,15 +97,35 @@ mod tests {
         assert!(a.plausible());
         assert!(PixelStats::default().plausible());
         for forged in [
-            PixelStats { sum: 256, sum_sq: 65536, count: 1 },
-            PixelStats { sum: 10, sum_sq: 65026, count: 1 },
+            PixelStats {
+                sum: 256,
+                sum_sq: 65536,
+                count: 1,
+            },
+            PixelStats {
+                sum: 10,
+                sum_sq: 65026,
+                count: 1,
+            },
             // Mean 100 but no spread claimed: sum² > count·sum_sq.
-            PixelStats { sum: 200, sum_sq: 100, count: 2 },
-            PixelStats { sum: u64::MAX, sum_sq: u64::MAX, count: 1 },
+            PixelStats {
+                sum: 200,
+                sum_sq: 100,
+                count: 2,
+            },
+            PixelStats {
+                sum: u64::MAX,
+                sum_sq: u64::MAX,
+                count: 1,
+            },
         ] {
             assert!(!forged.plausible(), "{forged:?}");
         }
-        let big = PixelStats { sum: u64::MAX - 1, sum_sq: 0, count: 0 };
+        let big = PixelStats {
+            sum: u64::MAX - 1,
+            sum_sq: 0,
+            count: 0,
+        };
         assert_eq!(big.checked_merge(a), None);
         assert_eq!(a.checked_merge(a), Some(a.merge(a)));
     }

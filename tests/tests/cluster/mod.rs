@@ -57,7 +57,12 @@ pub fn reference_hash(tmp: &Path, data: &Path, workers: u32) -> String {
         "net-reference",
         Duration::from_secs(600),
     );
-    assert!(out.success(), "reference run: {}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.success(),
+        "reference run: {}\n{}",
+        out.stdout,
+        out.stderr
+    );
     final_hash(&run_dir)
 }
 
@@ -90,7 +95,14 @@ pub fn stderr(logs: &Path, name: &str) -> String {
 
 /// `ringtrain serve` of the job on `listen` for `workers` workers, with the token; `program`
 /// wraps it (e.g. `ip netns exec NS`), empty for none.
-pub fn serve_cmd(wrap: &[&str], data: &Path, run_dir: &Path, listen: &str, workers: u32, extra: &[&str]) -> Command {
+pub fn serve_cmd(
+    wrap: &[&str],
+    data: &Path,
+    run_dir: &Path,
+    listen: &str,
+    workers: u32,
+    extra: &[&str],
+) -> Command {
     let mut cmd = wrapped(wrap, "ringtrain");
     cmd.arg("serve")
         .args(run_flags(data, run_dir, workers))
@@ -104,10 +116,17 @@ pub fn serve_cmd(wrap: &[&str], data: &Path, run_dir: &Path, listen: &str, worke
 /// data), one libtorch thread, and its own decoded-image cache.
 pub fn worker_cmd(wrap: &[&str], url: &str, data: &Path, cache: &Path, extra: &[&str]) -> Command {
     let mut cmd = wrapped(wrap, "ringtrain-worker");
-    cmd.args(["--coordinator", url, "--data", data.to_str().unwrap(), "--threads", "1"])
-        .args(extra)
-        .env("RINGTRAIN_AUTH_TOKEN", TOKEN)
-        .env("RINGTRAIN_CACHE_DIR", cache);
+    cmd.args([
+        "--coordinator",
+        url,
+        "--data",
+        data.to_str().unwrap(),
+        "--threads",
+        "1",
+    ])
+    .args(extra)
+    .env("RINGTRAIN_AUTH_TOKEN", TOKEN)
+    .env("RINGTRAIN_CACHE_DIR", cache);
     cmd
 }
 
@@ -174,7 +193,10 @@ pub fn raise_fd_limit() {
         .args(["-c", "ulimit -Hn"])
         .output()
         .unwrap();
-    let hard: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(4096);
+    let hard: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(4096);
     let pid = std::process::id().to_string();
     let _ = Command::new("prlimit")
         .args(["--pid", &pid, &format!("--nofile={hard}:{hard}")])

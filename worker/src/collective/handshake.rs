@@ -135,7 +135,9 @@ pub(super) fn dial(
     let nonce = fresh_nonce()?;
     let mut w = stream;
     let _ = stream.set_write_timeout(Some(
-        deadline.saturating_duration_since(Instant::now()).max(std::time::Duration::from_millis(1)),
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(std::time::Duration::from_millis(1)),
     ));
     w.write_all(&encode_hello(me, &nonce))
         .map_err(|e| io_refusal("sending our hello", &e))?;
@@ -144,17 +146,29 @@ pub(super) fn dial(
     r.read_exact(&mut c[..6])
         .map_err(|e| io_refusal("reading the challenge (the peer refuses a wrong run id, world size, rank or token by closing)", &e))?;
     if c[0..4] != CHALLENGE_MAGIC {
-        return refuse("magic", format!("expected a challenge {CHALLENGE_MAGIC:?}, got {:?}", &c[0..4]));
+        return refuse(
+            "magic",
+            format!(
+                "expected a challenge {CHALLENGE_MAGIC:?}, got {:?}",
+                &c[0..4]
+            ),
+        );
     }
     check_version(&c)?;
     r.read_exact(&mut c[6..])
         .map_err(|e| io_refusal("reading the challenge", &e))?;
     let (rank, world_size) = (le_u32(&c, 8), le_u32(&c, 12));
     if world_size != me.world_size {
-        return refuse("world_size", format!("expected {}, got {world_size}", me.world_size));
+        return refuse(
+            "world_size",
+            format!("expected {}, got {world_size}", me.world_size),
+        );
     }
     if rank != next_rank {
-        return refuse("rank", format!("expected rank {next_rank}, got rank {rank}"));
+        return refuse(
+            "rank",
+            format!("expected rank {next_rank}, got rank {rank}"),
+        );
     }
     let mut accept_nonce = [0u8; 32];
     accept_nonce.copy_from_slice(&c[16..48]);
@@ -166,7 +180,10 @@ pub(super) fn dial(
         accept_nonce: &accept_nonce,
     };
     if !verify_ring_proof(&me.key, RingRole::Accept, &theirs, &c[48..80]) {
-        return refuse("auth", "the peer's proof of the run's auth token does not match (another run, round or token)");
+        return refuse(
+            "auth",
+            "the peer's proof of the run's auth token does not match (another run, round or token)",
+        );
     }
     let ours = RingHandshake {
         rank: me.rank,
@@ -192,14 +209,20 @@ pub(super) fn accept(
     r.read_exact(&mut h[..6])
         .map_err(|e| io_refusal("reading the hello", &e))?;
     if h[0..4] != HELLO_MAGIC {
-        return refuse("magic", format!("expected {HELLO_MAGIC:?}, got {:?}", &h[0..4]));
+        return refuse(
+            "magic",
+            format!("expected {HELLO_MAGIC:?}, got {:?}", &h[0..4]),
+        );
     }
     check_version(&h)?;
     r.read_exact(&mut h[6..])
         .map_err(|e| io_refusal("reading the hello", &e))?;
     let len = usize::from(u16::from_le_bytes([h[6], h[7]]));
     if len > MAX_RUN_ID_BYTES {
-        return refuse("run_id", format!("{len} bytes long, at most {MAX_RUN_ID_BYTES} allowed"));
+        return refuse(
+            "run_id",
+            format!("{len} bytes long, at most {MAX_RUN_ID_BYTES} allowed"),
+        );
     }
     let mut id = vec![0u8; len];
     r.read_exact(&mut id)
@@ -209,13 +232,22 @@ pub(super) fn accept(
     };
     let (rank, world_size) = (le_u32(&h, 8), le_u32(&h, 12));
     if ring_id != me.ring_id {
-        return refuse("run_id", format!("expected {:?}, got {ring_id:?}", me.ring_id));
+        return refuse(
+            "run_id",
+            format!("expected {:?}, got {ring_id:?}", me.ring_id),
+        );
     }
     if world_size != me.world_size {
-        return refuse("world_size", format!("expected {}, got {world_size}", me.world_size));
+        return refuse(
+            "world_size",
+            format!("expected {}, got {world_size}", me.world_size),
+        );
     }
     if rank != prev_rank {
-        return refuse("rank", format!("expected rank {prev_rank}, got rank {rank}"));
+        return refuse(
+            "rank",
+            format!("expected rank {prev_rank}, got rank {rank}"),
+        );
     }
     let mut dial_nonce = [0u8; 32];
     dial_nonce.copy_from_slice(&h[16..48]);
@@ -235,7 +267,9 @@ pub(super) fn accept(
     c[16..48].copy_from_slice(&accept_nonce);
     c[48..80].copy_from_slice(&ring_proof(&me.key, RingRole::Accept, &ours));
     let _ = stream.set_write_timeout(Some(
-        deadline.saturating_duration_since(Instant::now()).max(std::time::Duration::from_millis(1)),
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(std::time::Duration::from_millis(1)),
     ));
     let mut w = stream;
     w.write_all(&c)
@@ -244,7 +278,10 @@ pub(super) fn accept(
     r.read_exact(&mut p)
         .map_err(|e| io_refusal("reading the proof", &e))?;
     if p[0..4] != PROOF_MAGIC {
-        return refuse("magic", format!("expected a proof {PROOF_MAGIC:?}, got {:?}", &p[0..4]));
+        return refuse(
+            "magic",
+            format!("expected a proof {PROOF_MAGIC:?}, got {:?}", &p[0..4]),
+        );
     }
     let theirs = RingHandshake { rank, ..ours };
     if !verify_ring_proof(&me.key, RingRole::Dial, &theirs, &p[4..]) {
@@ -256,7 +293,10 @@ pub(super) fn accept(
 fn check_version(b: &[u8]) -> Result<(), Refusal> {
     let version = u16::from_le_bytes([b[4], b[5]]);
     if version != PROTOCOL_VERSION {
-        return refuse("version", format!("expected {PROTOCOL_VERSION}, got {version}"));
+        return refuse(
+            "version",
+            format!("expected {PROTOCOL_VERSION}, got {version}"),
+        );
     }
     Ok(())
 }
@@ -443,7 +483,11 @@ mod tests {
         let err = a.unwrap_err();
         assert_eq!(err.field, "hello");
         assert!(err.reason.contains("deadline"), "{}", err.reason);
-        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

@@ -111,7 +111,9 @@ pub(super) fn establish(
     let (next, prev) = thread::scope(|s| {
         let dialer = thread::Builder::new()
             .name(format!("ring-dial-{}", me.rank))
-            .spawn_scoped(s, || dial(next_addr, me, next_rank, deadline, timeout, &first));
+            .spawn_scoped(s, || {
+                dial(next_addr, me, next_rank, deadline, timeout, &first)
+            });
         let prev = accept(&listener, me, prev_rank, deadline, timeout, &first);
         let next = match dialer {
             Ok(handle) => handle.join().unwrap_or_else(|_| {

@@ -859,7 +859,10 @@ pub(super) mod tests {
             }) => assert!(last.contains("magic"), "{last}"),
             other => panic!("expected a refusal summary, got {other:?}"),
         }
-        assert!(stranger.join().unwrap(), "the stranger's connection was closed");
+        assert!(
+            stranger.join().unwrap(),
+            "the stranger's connection was closed"
+        );
     }
 
     #[test]

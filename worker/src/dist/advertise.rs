@@ -93,7 +93,10 @@ mod tests {
     #[test]
     fn authorities_of_urls() {
         let a = |u: &str| url_authority(u);
-        assert_eq!(a("http://10.0.0.5:29400").as_deref(), Some("10.0.0.5:29400"));
+        assert_eq!(
+            a("http://10.0.0.5:29400").as_deref(),
+            Some("10.0.0.5:29400")
+        );
         assert_eq!(
             a("https://coord.ns.svc:29400/").as_deref(),
             Some("coord.ns.svc:29400")

@@ -343,7 +343,11 @@ impl Client {
         let per_attempt = keepalive_for(patience) * 2;
         let channel = loop {
             let tried = rt.block_on(async {
-                tokio::time::timeout(per_attempt.min(backoff.left().max(Duration::from_millis(100))), ep.connect()).await
+                tokio::time::timeout(
+                    per_attempt.min(backoff.left().max(Duration::from_millis(100))),
+                    ep.connect(),
+                )
+                .await
             });
             let err = match tried {
                 Ok(Ok(c)) => break c,
@@ -502,7 +506,10 @@ impl Client {
                 crate::EXIT_TERMINATED,
             ));
             tokio::time::sleep(grace).await;
-            tracing::warn!(grace_s = grace.as_secs_f64(), "no stop checkpoint within the grace period; stopping");
+            tracing::warn!(
+                grace_s = grace.as_secs_f64(),
+                "no stop checkpoint within the grace period; stopping"
+            );
             stop.stop(Fatal::Terminated, &ctl);
         });
     }

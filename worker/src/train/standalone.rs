@@ -69,9 +69,12 @@ pub(crate) fn write_json(
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    std::fs::write(&path, text + "\n").map_err(|e| TrainError::Io {
-        path,
-        reason: e.to_string(),
+    // Replaced atomically: a crash or a reader never sees half of run.json or summary.json.
+    ringtrain_common::fsio::write_atomic(&path, (text + "\n").as_bytes()).map_err(|e| {
+        TrainError::Io {
+            path: e.path().to_path_buf(),
+            reason: e.io_error().to_string(),
+        }
     })
 }
 
