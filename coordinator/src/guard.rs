@@ -1,4 +1,4 @@
-//! Connection admission for the gRPC port: caps, a handshake deadline, and eviction, so that
+//! Connection admission for the gRPC and HTTP ports: caps, a handshake deadline, and eviction, so that
 //! nobody can exhaust the coordinator's file descriptors through it.
 //!
 //! Owns accepting TCP connections and deciding how long each may stay; not TLS or HTTP/2 (tonic
@@ -104,6 +104,8 @@ struct Counts {
 /// The connections of one listener.
 #[derive(Debug)]
 pub struct Guard {
+    /// Which port this guards ("gRPC", "HTTP"), for log lines and metric labels.
+    port: &'static str,
     cfg: GuardConfig,
     counts: Mutex<Counts>,
     next_id: AtomicU64,
@@ -112,9 +114,10 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// A guard with `cfg`'s limits.
-    pub fn new(cfg: GuardConfig) -> Arc<Self> {
+    /// A guard with `cfg`'s limits for the port named `port` ("gRPC", "HTTP").
+    pub fn new(port: &'static str, cfg: GuardConfig) -> Arc<Self> {
         Arc::new(Self {
+            port,
             cfg,
             counts: Mutex::new(Counts::default()),
             next_id: AtomicU64::new(0),
@@ -125,6 +128,11 @@ impl Guard {
 
     fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
         self.counts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The port's name, as given to [`Guard::new`].
+    pub fn port(&self) -> &'static str {
+        self.port
     }
 
     /// Counters.
@@ -140,7 +148,7 @@ impl Guard {
 
     fn refused(&self, peer: SocketAddr, reason: &str) {
         if let Some(left_out) = self.log.allow() {
-            tracing::warn!(%peer, reason, left_out, "gRPC connection closed");
+            tracing::warn!(port = self.port, %peer, reason, left_out, "connection closed");
         }
     }
 
@@ -381,7 +389,7 @@ pub fn accept_loop(
                     guard.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
                     let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
                     if let Some(left_out) = guard.log.allow() {
-                        tracing::warn!(error = %e, left_out, "gRPC accept failed");
+                        tracing::warn!(port = guard.port, error = %e, left_out, "accept failed");
                     }
                     if out_of_fds {
                         guard.evict_oldest();
@@ -461,7 +469,7 @@ mod tests {
     ) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        let guard = Guard::new(c);
+        let guard = Guard::new("test", c);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let rx = accept_loop(l, guard.clone(), stop_rx);
         (addr, guard, rx, stop_tx)

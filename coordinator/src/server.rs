@@ -362,7 +362,7 @@ impl Run {
             keepalive_s = c.keepalive_s,
             "gRPC connection limits"
         );
-        let conn_guard = Guard::new(limits);
+        let conn_guard = Guard::new("gRPC", limits);
         self.shared.set_guard(conn_guard.clone());
         let (accept_stop_tx, accept_stop_rx) = watch::channel(false);
         let incoming = tokio_stream::wrappers::ReceiverStream::new(guard::accept_loop(

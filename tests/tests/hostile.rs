@@ -1,8 +1,8 @@
 //! The real binaries on loopback against a hostile network: strangers on the workers' ring
 //! ports, a coordinator that accepts connections but never answers, a flood of idle and garbage
-//! connections on the gRPC port during a run, a second coordinator on a run folder, and a
-//! coordinator asked to serve the network without a token. (Separate hosts, partitions and
-//! lossy links: `netns.rs`.)
+//! connections on the gRPC port, and on the HTTP (dashboard) port, during a run, a second
+//! coordinator on a run folder, and a coordinator asked to serve the network without a token.
+//! (Separate hosts, partitions and lossy links: `netns.rs`.)
 
 mod cluster;
 
@@ -87,7 +87,14 @@ fn strangers_on_the_ring_ports_change_nothing() {
     let stop = Arc::new(AtomicBool::new(false));
     let flood = strangers(ring_ports.clone(), stop.clone());
     let mut procs = Reaper(vec![spawn(
-        serve_cmd(&[], &data, &run_dir, &listen, 2, &["--heartbeat-interval-s", "1"]),
+        serve_cmd(
+            &[],
+            &data,
+            &run_dir,
+            &listen,
+            2,
+            &["--heartbeat-interval-s", "1"],
+        ),
         &logs,
         "serve",
     )]);
@@ -100,7 +107,12 @@ fn strangers_on_the_ring_ports_change_nothing() {
             &format!("http://{listen}"),
             &data,
             &tmp.path().join(format!("cache{i}")),
-            &["--worker-id", &format!("w{i}"), "--collective-listen", &ring],
+            &[
+                "--worker-id",
+                &format!("w{i}"),
+                "--collective-listen",
+                &ring,
+            ],
         );
         procs.0.push(spawn(cmd, &logs, &format!("worker{i}")));
         thread::sleep(Duration::from_secs(2));
@@ -121,7 +133,10 @@ fn strangers_on_the_ring_ports_change_nothing() {
                 .count()
         })
         .sum();
-    assert!(refused > 0, "refusals are logged with the peer and the reason");
+    assert!(
+        refused > 0,
+        "refusals are logged with the peer and the reason"
+    );
 }
 
 /// A "coordinator" that accepts connections and never says a word (a paused VM, a partition
@@ -153,13 +168,26 @@ fn a_coordinator_that_never_answers_is_given_up_within_the_connect_timeout() {
     let (url, stop) = silent_coordinator();
     let started = Instant::now();
     let mut w = spawn(
-        worker_cmd(&[], &url, &data, &tmp.path().join("c"), &["--connect-timeout-s", "5"]),
+        worker_cmd(
+            &[],
+            &url,
+            &data,
+            &tmp.path().join("c"),
+            &["--connect-timeout-s", "5"],
+        ),
         &logs,
         "worker",
     );
-    let status = wait(&mut w, Duration::from_secs(60), "a worker facing a silent coordinator");
+    let status = wait(
+        &mut w,
+        Duration::from_secs(60),
+        "a worker facing a silent coordinator",
+    );
     let took = started.elapsed();
-    eprintln!("silent coordinator: the worker with --connect-timeout-s 5 gave up after {:.1} s", took.as_secs_f64());
+    eprintln!(
+        "silent coordinator: the worker with --connect-timeout-s 5 gave up after {:.1} s",
+        took.as_secs_f64()
+    );
     assert!(!status.success());
     assert!(
         took >= Duration::from_secs(4) && took < Duration::from_secs(5 + 6),
@@ -174,7 +202,13 @@ fn a_coordinator_that_never_answers_is_given_up_within_the_connect_timeout() {
 
     // SIGTERM while it waits for the coordinator: nothing to checkpoint, so it exits at once.
     let mut w = spawn(
-        worker_cmd(&[], &url, &data, &tmp.path().join("c"), &["--connect-timeout-s", "600"]),
+        worker_cmd(
+            &[],
+            &url,
+            &data,
+            &tmp.path().join("c"),
+            &["--connect-timeout-s", "600"],
+        ),
         &logs,
         "worker-term",
     );
@@ -190,7 +224,12 @@ fn a_coordinator_that_never_answers_is_given_up_within_the_connect_timeout() {
 /// Until `stop`: holds `idle` connections to `port` that never send a byte (re-opening every
 /// one the server closes), and on a second thread opens `garbage_per_s` connections a second
 /// that send junk. Returns (idle connections re-opened, garbage connections made).
-fn flood(port: u16, idle: usize, garbage_per_s: u32, stop: Arc<AtomicBool>) -> thread::JoinHandle<(u64, u64)> {
+fn flood(
+    port: u16,
+    idle: usize,
+    garbage_per_s: u32,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<(u64, u64)> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let connect = move || TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok();
     let garbage_stop = stop.clone();
@@ -292,7 +331,10 @@ fn a_run_under_a_connection_flood_finishes_with_the_same_parameters() {
         if let Some(s) = procs.0[0].try_wait().unwrap() {
             break s;
         }
-        assert!(started.elapsed() < Duration::from_secs(300), "the run did not finish under the flood");
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the run did not finish under the flood"
+        );
         max_fds = max_fds.max(open_fds(serve_pid));
         // Scraped until both workers are established, mid-run.
         if !scraped.contains("ringtrain_grpc_connections{state=\"established\"} 2") {
@@ -307,8 +349,14 @@ fn a_run_under_a_connection_flood_finishes_with_the_same_parameters() {
     let (reopened, garbage) = attack.join().unwrap();
     assert!(status.success(), "{}", stderr(&logs, "serve"));
     assert_eq!(final_hash(&run_dir), want);
-    assert!(garbage > 100, "the flood sent {garbage} garbage connections");
-    assert!(max_fds < 1024 - 100, "the coordinator held {max_fds} descriptors");
+    assert!(
+        garbage > 100,
+        "the flood sent {garbage} garbage connections"
+    );
+    assert!(
+        max_fds < 1024 - 100,
+        "the coordinator held {max_fds} descriptors"
+    );
     eprintln!(
         "flood: coordinator held at most {max_fds} descriptors; the flood re-opened {reopened} idle and sent {garbage} garbage connections"
     );
@@ -321,7 +369,152 @@ fn a_run_under_a_connection_flood_finishes_with_the_same_parameters() {
     };
     let pending = gauge("pending").expect("the connection gauge is exported");
     assert!(pending <= 256.0, "{scraped}");
-    eprintln!("flood: /metrics during the run: pending {pending}, established {:?}", gauge("established"));
+    eprintln!(
+        "flood: /metrics during the run: pending {pending}, established {:?}",
+        gauge("established")
+    );
+}
+
+/// The same flood on the HTTP port instead: idle and garbage connections there are bounded like
+/// on the gRPC port (pending until a complete request head, the oldest closed for a newer one),
+/// so the page, `/metrics` and an event stream opened before it keep answering through it.
+#[test]
+fn a_run_under_a_connection_flood_on_the_http_port_keeps_the_dashboard_answering() {
+    cluster::raise_fd_limit();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = cluster::dataset(tmp.path());
+    let want = reference_hash(tmp.path(), &data, 2);
+    let logs = log_dir("net-http-flood");
+    let run_dir = tmp.path().join("run");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let http_port = free_port();
+    let http = format!("127.0.0.1:{http_port}");
+    let mut procs = Reaper(vec![spawn(
+        serve_cmd(
+            &["prlimit", "--nofile=1024:1024"],
+            &data,
+            &run_dir,
+            &listen,
+            2,
+            &["--heartbeat-interval-s", "1", "--http-listen", &http],
+        ),
+        &logs,
+        "serve",
+    )]);
+    let serve_pid = procs.0[0].id();
+    let up = Instant::now();
+    while http_get(&http, "/status").is_empty() {
+        assert!(
+            up.elapsed() < Duration::from_secs(30),
+            "no HTTP endpoint on {http}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    // A dashboard that was open before the flood: its stream must carry the run to its end,
+    // and its `end` event says when the run is over (the endpoint closes soon after).
+    let stream_addr = http.clone();
+    let ended = Arc::new(AtomicBool::new(false));
+    let end_seen = ended.clone();
+    let events = thread::spawn(move || {
+        let mut c = TcpStream::connect(&stream_addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(c, "GET /events HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let (mut raw, mut buf) = (Vec::new(), [0u8; 4096]);
+        while let Ok(n @ 1..) = c.read(&mut buf) {
+            raw.extend_from_slice(&buf[..n]);
+            if raw.windows(10).any(|w| w == b"event: end") {
+                end_seen.store(true, Ordering::Relaxed);
+            }
+        }
+        String::from_utf8_lossy(&raw).into_owned()
+    });
+    // Every 100 ms while the run goes on (after its end the endpoint closes): the page and
+    // `/metrics` on fresh connections, among the flood's.
+    let (mut max_fds, mut probes, mut slowest) = (0usize, 0u32, Duration::ZERO);
+    let mut failed = Vec::new();
+    let mut check = || {
+        max_fds = max_fds.max(open_fds(serve_pid));
+        for (path, needle) in [("/", "<canvas"), ("/metrics", "# TYPE ringtrain_")] {
+            if ended.load(Ordering::Relaxed) {
+                return;
+            }
+            let asked = Instant::now();
+            let answer = probe(&http, path).unwrap_or_else(|e| e);
+            probes += 1;
+            slowest = slowest.max(asked.elapsed());
+            if !answer.contains(needle) {
+                failed.push(format!("{path} after {:?}: {answer:.80}", asked.elapsed()));
+            }
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let attack = flood(http_port, 1000, 200, stop.clone());
+    let flooding = Instant::now();
+    while flooding.elapsed() < Duration::from_secs(2) {
+        check();
+    }
+    for i in 0..2 {
+        let cmd = worker_cmd(
+            &[],
+            &format!("http://{listen}"),
+            &data,
+            &tmp.path().join(format!("cache{i}")),
+            &["--worker-id", &format!("w{i}")],
+        );
+        procs.0.push(spawn(cmd, &logs, &format!("worker{i}")));
+    }
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = procs.0[0].try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the run did not finish under the flood"
+        );
+        check();
+    };
+    stop.store(true, Ordering::Relaxed);
+    let (reopened, garbage) = attack.join().unwrap();
+    let stream = events.join().unwrap();
+    assert!(status.success(), "{}", stderr(&logs, "serve"));
+    assert_eq!(final_hash(&run_dir), want);
+    assert!(
+        garbage > 100,
+        "the flood sent {garbage} garbage connections"
+    );
+    assert!(
+        max_fds < 1024 - 100,
+        "the coordinator held {max_fds} descriptors"
+    );
+    assert!(probes >= 20, "only {probes} probes during the run");
+    assert!(
+        failed.is_empty(),
+        "{} of {probes} probes failed: {failed:#?}",
+        failed.len()
+    );
+    assert!(
+        stream.contains("event: end"),
+        "the stream opened before the flood did not reach the run's end: {:.400}",
+        stream
+    );
+    eprintln!(
+        "http flood: coordinator held at most {max_fds} descriptors; {probes} probes of / and /metrics answered, the slowest in {slowest:?}; {} status events on the open stream; the flood re-opened {reopened} idle and sent {garbage} garbage connections",
+        stream.matches("event: status").count()
+    );
+}
+
+/// One HTTP/1.1 GET: the body, or what went wrong.
+fn probe(addr: &str, path: &str) -> Result<String, String> {
+    let mut c = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    let mut s = String::new();
+    c.read_to_string(&mut s)
+        .map_err(|e| format!("read: {e} after {s:.80}"))?;
+    Ok(s)
 }
 
 /// One HTTP/1.1 GET; the body (empty on failure).
@@ -330,10 +523,15 @@ fn http_get(addr: &str, path: &str) -> String {
         return String::new();
     };
     let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let _ = write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
     let mut s = String::new();
     let _ = c.read_to_string(&mut s);
-    s.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    s.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
 }
 
 #[test]
@@ -353,15 +551,30 @@ fn a_second_coordinator_on_a_run_folder_is_refused_naming_the_first() {
     let lock = run_dir.join("coordinator.lock");
     let t = Instant::now();
     while !std::fs::read_to_string(&lock).is_ok_and(|s| s.contains("pid")) {
-        assert!(t.elapsed() < Duration::from_secs(30), "the first never locked {}", lock.display());
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the first never locked {}",
+            lock.display()
+        );
         thread::sleep(Duration::from_millis(50));
     }
     let mut second = spawn(
-        serve_cmd(&[], &data, &run_dir, &format!("127.0.0.1:{}", free_port()), 2, &["--auto-resume"]),
+        serve_cmd(
+            &[],
+            &data,
+            &run_dir,
+            &format!("127.0.0.1:{}", free_port()),
+            2,
+            &["--auto-resume"],
+        ),
         &logs,
         "second",
     );
-    let status = wait(&mut second, Duration::from_secs(30), "the second coordinator");
+    let status = wait(
+        &mut second,
+        Duration::from_secs(30),
+        "the second coordinator",
+    );
     assert!(!status.success());
     let err = stderr(&logs, "second");
     assert!(
@@ -374,7 +587,14 @@ fn a_second_coordinator_on_a_run_folder_is_refused_naming_the_first() {
     signal(first, "KILL");
     let _ = procs.0[0].wait();
     let mut third = spawn(
-        serve_cmd(&[], &data, &run_dir, &format!("127.0.0.1:{}", free_port()), 1, &["--auto-resume", "--join-timeout-s", "1"]),
+        serve_cmd(
+            &[],
+            &data,
+            &run_dir,
+            &format!("127.0.0.1:{}", free_port()),
+            1,
+            &["--auto-resume", "--join-timeout-s", "1"],
+        ),
         &logs,
         "third",
     );
@@ -408,7 +628,11 @@ fn serving_other_machines_needs_a_token_or_the_explicit_opt_out() {
     );
     // Opting out starts it (it then times out waiting for workers).
     let mut opted = serve(&["--insecure-no-auth"], "opt-out");
-    wait(&mut opted, Duration::from_secs(30), "serve with --insecure-no-auth");
+    wait(
+        &mut opted,
+        Duration::from_secs(30),
+        "serve with --insecure-no-auth",
+    );
     let err = stderr(&logs, "opt-out");
     assert!(err.contains("coordinator listening"), "{err}");
 }
@@ -426,7 +650,14 @@ fn a_stranger_with_a_members_id_can_neither_take_its_slot_nor_end_the_round() {
     let run_dir = tmp.path().join("run");
     let listen = format!("127.0.0.1:{}", free_port());
     let mut procs = Reaper(vec![spawn(
-        serve_cmd(&[], &data, &run_dir, &listen, 2, &["--heartbeat-interval-s", "1"]),
+        serve_cmd(
+            &[],
+            &data,
+            &run_dir,
+            &listen,
+            2,
+            &["--heartbeat-interval-s", "1"],
+        ),
         &logs,
         "serve",
     )]);
@@ -452,17 +683,21 @@ fn a_stranger_with_a_members_id_can_neither_take_its_slot_nor_end_the_round() {
             match endpoint.connect().await {
                 Ok(c) => break c,
                 Err(e) => {
-                    assert!(t.elapsed() < Duration::from_secs(60), "cannot reach the coordinator: {e}");
+                    assert!(
+                        t.elapsed() < Duration::from_secs(60),
+                        "cannot reach the coordinator: {e}"
+                    );
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
         };
         let bearer: tonic::metadata::MetadataValue<_> =
             format!("Bearer {}", cluster::TOKEN).parse().unwrap();
-        let mut c = CoordinatorClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-            r.metadata_mut().insert("authorization", bearer.clone());
-            Ok(r)
-        });
+        let mut c =
+            CoordinatorClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+                r.metadata_mut().insert("authorization", bearer.clone());
+                Ok(r)
+            });
         let fingerprint = ringtrain_common::data::scan_dataset(&data, &Default::default())
             .unwrap()
             .layout_fingerprint();
@@ -483,7 +718,10 @@ fn a_stranger_with_a_members_id_can_neither_take_its_slot_nor_end_the_round() {
         // Strike while the round trains.
         let t = Instant::now();
         while !stderr(&logs, "serve").contains("after=\"running\"") {
-            assert!(t.elapsed() < Duration::from_secs(120), "the round never ran");
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "the round never ran"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tokio::time::timeout(Duration::from_secs(30), c.join(req)).await
@@ -493,7 +731,11 @@ fn a_stranger_with_a_members_id_can_neither_take_its_slot_nor_end_the_round() {
     match refusal {
         Ok(Err(s)) => {
             assert_eq!(s.code(), tonic::Code::AlreadyExists, "{s:?}");
-            assert!(s.message().contains("belongs to a live worker"), "{}", s.message());
+            assert!(
+                s.message().contains("belongs to a live worker"),
+                "{}",
+                s.message()
+            );
         }
         Ok(Ok(reply)) => {
             let r = reply.into_inner();
@@ -501,11 +743,17 @@ fn a_stranger_with_a_members_id_can_neither_take_its_slot_nor_end_the_round() {
         }
         Err(_) => panic!("the stolen id's Join was neither refused nor answered in 30 s"),
     }
-    assert_eq!(summary(&run_dir)["restarts"], 0, "the stranger ended a round");
+    assert_eq!(
+        summary(&run_dir)["restarts"],
+        0,
+        "the stranger ended a round"
+    );
     assert_eq!(final_hash(&run_dir), want);
     let log = stderr(&logs, "serve");
     assert!(
-        log.lines().any(|l| l.contains("join refused") && l.contains("worker_id=w0") && l.contains("peer=127.0.0.1:")),
+        log.lines().any(|l| l.contains("join refused")
+            && l.contains("worker_id=w0")
+            && l.contains("peer=127.0.0.1:")),
         "the refusal is logged with the peer:\n{log}"
     );
 }

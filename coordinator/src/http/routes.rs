@@ -1,119 +1,116 @@
-//! What each path of the HTTP endpoint answers.
+//! What each path of the HTTP endpoint answers: the axum [`Router`].
 //!
-//! Owns the routing table and response headers; not sockets (`server.rs`) or the event stream
-//! itself (`sse.rs`).
+//! Owns the routing table and response headers; not sockets or connection limits (`server.rs`)
+//! or the event stream itself (`sse.rs`).
 //!
 //! # Contract
-//! * `GET /`, `/dashboard.css`, `/dashboard.js`, `/favicon.svg`: the dashboard
+//! * `GET /`, `/index.html`, `/dashboard.css`, `/dashboard.js`, `/favicon.svg`: the dashboard
 //!   (`crate::dashboard`), with its Content-Security-Policy.
 //! * `GET /metrics` (Prometheus text), `GET /status` (JSON), `GET /history` (the dashboard's
 //!   epochs and steps, at most [`HISTORY_POINTS`] steps; `?points=N` asks for fewer or more, up
-//!   to 20,000).
+//!   to 20,000; a `points` that is not a number is ignored).
 //! * `GET /events`: an event stream while fewer than [`MAX_STREAMS`] are open, else `503`.
-//! * Another method on a known path: `405`; an unknown path: `404`.
+//! * `HEAD` on every path answers like `GET` without the body (axum's `get`). Another method on
+//!   a known path: `405` with `Allow: GET,HEAD`; an unknown path: `404`.
+//! * At most [`MAX_REQUESTS`] answers are computed at once (a tower concurrency limit shared by
+//!   every route); the rest wait their turn on their connection.
 //! * Every answer says `Cache-Control: no-store` (the numbers change) and `nosniff`.
 //!
 //! Tests: `coordinator/tests/dashboard.rs` and `coordinator/tests/metrics.rs` (over HTTP).
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::sync::Semaphore;
+use tower::limit::GlobalConcurrencyLimitLayer;
 
-use crate::dashboard;
+use crate::dashboard::{self, Asset};
 use crate::shared::Shared;
 
 /// Event streams open at once (each holds one of the server's connections).
-pub const MAX_STREAMS: usize = 32;
+pub(super) const MAX_STREAMS: usize = 32;
 /// Steps `/history` returns by default.
-pub const HISTORY_POINTS: usize = 2000;
+pub(super) const HISTORY_POINTS: usize = 2000;
 const MAX_HISTORY_POINTS: usize = 20_000;
+/// Answers computed at once. Each reads the run's state under the lock the gRPC handlers take,
+/// so a burst of scrapes queues here instead of in front of the workers' calls.
+pub(super) const MAX_REQUESTS: usize = 16;
 
-/// The parts of a request head that matter here.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) struct Request {
-    pub method: String,
-    pub path: String,
-    pub query: String,
+const NOT_FOUND: &str = "not found: try / (dashboard), /metrics, /status, /history or /events\n";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+const JSON: &str = "application/json";
+
+/// What every handler reads.
+#[derive(Clone)]
+struct Ctx {
+    shared: Arc<Shared>,
+    /// One permit per open event stream.
+    streams: Arc<Semaphore>,
 }
 
-impl Request {
-    /// Parses the request line of `head`; `None` when it is not `METHOD TARGET HTTP/x`.
-    pub fn parse(head: &str) -> Option<Self> {
-        let mut parts = head.lines().next()?.split_whitespace();
-        let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-        if !version.starts_with("HTTP/") || parts.next().is_some() {
-            return None;
-        }
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        Some(Self {
-            method: method.into(),
-            path: path.into(),
-            query: query.into(),
+/// The endpoint's routes over `shared`.
+pub(super) fn router(shared: Arc<Shared>) -> Router {
+    let mut router = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .route("/history", get(history))
+        .route("/events", get(events));
+    for asset in &dashboard::ASSETS {
+        router = router.route(asset.path, get(move || async move { page(asset) }));
+    }
+    router
+        .route("/index.html", get(|| async { page(&dashboard::ASSETS[0]) }))
+        .fallback(|| async { text(StatusCode::NOT_FOUND, NOT_FOUND) })
+        // Innermost first: the headers go on every answer, 404 and 405 included.
+        .layer(axum::middleware::map_response(common_headers))
+        .layer(GlobalConcurrencyLimitLayer::new(MAX_REQUESTS))
+        .with_state(Ctx {
+            shared,
+            streams: Arc::new(Semaphore::new(MAX_STREAMS)),
         })
-    }
-
-    /// The value of `name` in the query string.
-    fn param(&self, name: &str) -> Option<&str> {
-        self.query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v)
-    }
 }
 
-/// A complete response.
-pub(super) struct Full {
-    status: &'static str,
-    content_type: &'static str,
-    csp: bool,
-    body: Cow<'static, str>,
+/// A plain-text answer.
+pub(super) fn text(code: StatusCode, body: &'static str) -> Response {
+    typed(code, "text/plain; charset=utf-8", Body::from(body))
 }
 
-impl Full {
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let csp = if self.csp {
-            format!(
-                "Content-Security-Policy: {}\r\n",
-                dashboard::CONTENT_SECURITY_POLICY
-            )
-        } else {
-            String::new()
-        };
-        let mut out = format!(
-            "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n\
-             X-Content-Type-Options: nosniff\r\n{csp}Connection: close\r\n\r\n",
-            self.status,
-            self.content_type,
-            self.body.len()
-        )
-        .into_bytes();
-        out.extend_from_slice(self.body.as_bytes());
-        out
-    }
+/// `503` for a connection over the server's cap, with the headers every answer has.
+pub(super) fn busy() -> Response {
+    let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "too many connections\n");
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    add_common_headers(&mut r);
+    r
 }
 
-/// What to send back.
-pub(super) enum Reply {
-    Full(Full),
-    /// An event stream, holding its slot among [`MAX_STREAMS`].
-    Events(OwnedSemaphorePermit),
+fn typed(code: StatusCode, content_type: &'static str, body: Body) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
+        .into_response()
 }
 
-impl Reply {
-    pub fn text(status: &'static str, body: &'static str) -> Self {
-        Self::full(status, "text/plain; charset=utf-8", Cow::Borrowed(body))
-    }
+fn add_common_headers(r: &mut Response) {
+    let h = r.headers_mut();
+    // `insert`, not `append`: axum's `Sse` says `no-cache`, which still lets a proxy store it.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+}
 
-    fn full(status: &'static str, content_type: &'static str, body: Cow<'static, str>) -> Self {
-        Self::Full(Full {
-            status,
-            content_type,
-            csp: false,
-            body,
-        })
-    }
+async fn common_headers(mut r: Response) -> Response {
+    add_common_headers(&mut r);
+    r
 }
 
 pub(super) fn unix_ms() -> u64 {
@@ -122,76 +119,79 @@ pub(super) fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The answer to `req`.
-pub(super) fn respond(req: &Request, shared: &Arc<Shared>, streams: &Arc<Semaphore>) -> Reply {
-    let known = matches!(
-        req.path.as_str(),
-        "/metrics" | "/status" | "/history" | "/events"
-    ) || dashboard::asset(&req.path).is_some();
-    if req.method != "GET" {
-        return if known {
-            Reply::text("405 Method Not Allowed", "only GET\n")
-        } else {
-            Reply::text("404 Not Found", NOT_FOUND)
-        };
+fn page(asset: &Asset) -> Response {
+    let mut r = typed(StatusCode::OK, asset.content_type, Body::from(asset.body));
+    r.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(dashboard::CONTENT_SECURITY_POLICY),
+    );
+    r
+}
+
+async fn metrics(State(ctx): State<Ctx>) -> Response {
+    let m = ctx
+        .shared
+        .read(|s| s.metrics(crate::clock::now(), unix_ms()));
+    let mut body = crate::exposition::render(&m);
+    if let Some(g) = ctx.shared.guard() {
+        body.push_str(&crate::exposition::render_guard(g));
     }
-    let metrics = || shared.read(|s| s.metrics(crate::server::now(), unix_ms()));
-    match req.path.as_str() {
-        "/metrics" => {
-            let mut text = crate::exposition::render(&metrics());
-            if let Some(g) = shared.guard() {
-                text.push_str(&crate::exposition::render_guard(g));
-            }
-            Reply::full(
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                Cow::Owned(text),
-            )
-        }
-        "/status" => Reply::full(
-            "200 OK",
-            "application/json",
-            Cow::Owned(crate::exposition::status_json(&metrics()).to_string()),
-        ),
-        "/history" => {
-            let points = req
-                .param("points")
-                .and_then(|p| p.parse::<usize>().ok())
-                .unwrap_or(HISTORY_POINTS)
-                .clamp(2, MAX_HISTORY_POINTS);
-            let json = shared.history(|h| h.json(points));
-            Reply::full("200 OK", "application/json", Cow::Owned(json.to_string()))
-        }
-        "/events" => match streams.clone().try_acquire_owned() {
-            Ok(permit) => Reply::Events(permit),
-            Err(_) => Reply::text("503 Service Unavailable", "too many event streams\n"),
-        },
-        path => match dashboard::asset(path) {
-            Some(a) => Reply::Full(Full {
-                status: "200 OK",
-                content_type: a.content_type,
-                csp: true,
-                body: Cow::Borrowed(a.body),
-            }),
-            None => Reply::text("404 Not Found", NOT_FOUND),
-        },
+    typed(StatusCode::OK, PROMETHEUS_TEXT, Body::from(body))
+}
+
+async fn status(State(ctx): State<Ctx>) -> Response {
+    let m = ctx
+        .shared
+        .read(|s| s.metrics(crate::clock::now(), unix_ms()));
+    let json = crate::exposition::status_json(&m).to_string();
+    typed(StatusCode::OK, JSON, Body::from(json))
+}
+
+async fn history(State(ctx): State<Ctx>, RawQuery(query): RawQuery) -> Response {
+    let points = query
+        .as_deref()
+        .and_then(|q| param(q, "points"))
+        .and_then(|p| p.parse::<usize>().ok())
+        .unwrap_or(HISTORY_POINTS)
+        .clamp(2, MAX_HISTORY_POINTS);
+    let json = ctx.shared.history(|h| h.json(points)).to_string();
+    typed(StatusCode::OK, JSON, Body::from(json))
+}
+
+async fn events(State(ctx): State<Ctx>) -> Response {
+    match ctx.streams.clone().try_acquire_owned() {
+        Ok(permit) => super::sse::stream(ctx.shared, permit).into_response(),
+        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "too many event streams\n"),
     }
 }
 
-const NOT_FOUND: &str = "not found: try / (dashboard), /metrics, /status, /history or /events\n";
+/// The value of `name` in the query string `query` (our parameters are plain numbers, so no
+/// percent-decoding).
+fn param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn parses_request_lines() {
-        let r = Request::parse("GET /history?points=10&x=1 HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
-        assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/history"));
-        assert_eq!(r.param("points"), Some("10"));
-        assert_eq!(r.param("y"), None);
-        assert_eq!(Request::parse("GET /\r\n\r\n"), None);
-        assert_eq!(Request::parse("hello there\r\n\r\n"), None);
-        assert_eq!(Request::parse(""), None);
+    fn query_parameters_are_found_by_name() {
+        assert_eq!(param("points=10&x=1", "points"), Some("10"));
+        assert_eq!(param("x=1&points=7", "points"), Some("7"));
+        assert_eq!(param("points", "points"), None);
+        assert_eq!(param("", "points"), None);
+    }
+
+    #[test]
+    fn the_busy_answer_carries_the_common_headers() {
+        let r = busy();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
     }
 }

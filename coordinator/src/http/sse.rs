@@ -1,120 +1,144 @@
-//! `GET /events`: the run as a server-sent event stream, for the dashboard.
+//! `GET /events`: the run as a server-sent event stream (axum's [`Sse`]), for the dashboard.
 //!
-//! Owns the stream's framing and lifetime; not what an update holds (`crate::dashboard`).
+//! Owns which events go out and when; not the wire framing (axum) or what an update holds
+//! (`crate::dashboard`).
 //!
 //! # Contract
-//! * `200`, `Content-Type: text/event-stream`, no length (`Connection: close` ends the body);
-//!   first `retry: 2000` (the browser reconnects after 2 s), then `event: status` with one line
-//!   of JSON ([`crate::dashboard::live_json`]) at once, on every published state change, and
-//!   at least every second (heartbeat ages and steps move without a state change).
+//! * `200`, `Content-Type: text/event-stream`; first `retry: 2000` (the browser reconnects after
+//!   2 s), then `event: status` with one line of JSON ([`crate::dashboard::live_json`]) at once,
+//!   on every published state change, and at least every second (heartbeat ages and steps move
+//!   without a state change).
 //! * `event: history` (`GET /history`'s JSON) at once and whenever an epoch completed, before
 //!   the `status` that counts it: the page never has to fetch it while the run may be ending.
 //! * Once the run finished or failed: its last `status`, then `event: end` (same JSON) and the
-//!   stream closes; the page shows the end instead of reconnecting.
-//! * The task ends when the client disconnects (its read side closes) or a write does not
-//!   complete within `WRITE_TIMEOUT` (a client that stopped reading), so streams never pile up.
+//!   stream ends; the page shows the end instead of reconnecting.
+//! * A keep-alive comment goes out whenever [`KEEP_ALIVE`] passed without an event (a stalled
+//!   state lock), so proxies never see an idle stream.
+//! * The stream holds its slot among `MAX_STREAMS` until it is dropped: at its end, or when
+//!   hyper ends the connection because the client closed it or stopped reading
+//!   (`write_timeout.rs`), so streams never pile up.
 //!
 //! Tests: `coordinator/tests/dashboard.rs` (framing, updates, end, disconnects).
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::stream::{self, Stream, StreamExt as _};
+use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::time::{Interval, MissedTickBehavior};
 
-use super::server::WRITE_TIMEOUT;
+use super::routes::{unix_ms, HISTORY_POINTS};
 use crate::dashboard::live_json;
 use crate::shared::Shared;
+use crate::state::Snapshot;
 
-/// Longest time between two events.
+/// Longest time between two status events.
 const PERIOD: Duration = Duration::from_secs(1);
+/// How long the browser waits before it reconnects.
+const RETRY: Duration = Duration::from_secs(2);
+/// Longest silence before a keep-alive comment.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\
-Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n\
-retry: 2000\n\n";
-
-/// One event in the wire format (`data` is one JSON line, so one `data:` field).
-fn frame(event: &str, data: &serde_json::Value) -> String {
-    format!("event: {event}\ndata: {data}\n\n")
-}
-
-async fn send(w: &mut (impl AsyncWriteExt + Unpin), bytes: &[u8]) -> bool {
-    matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, w.write_all(bytes)).await,
-        Ok(Ok(()))
-    )
-}
-
-/// Streams the run to `conn` until the run ends or the client goes.
-pub(super) async fn stream(mut conn: TcpStream, shared: Arc<Shared>) {
-    let mut changes = shared.subscribe();
-    let (mut reader, mut writer) = conn.split();
-    if !send(&mut writer, HEAD).await {
-        return;
-    }
+/// The stream of one client, holding `permit` (its slot) while it lasts.
+pub(super) fn stream(
+    shared: Arc<Shared>,
+    permit: OwnedSemaphorePermit,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PERIOD, PERIOD);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut scratch = [0u8; 256];
-    let mut epochs_sent = None;
-    loop {
-        drop(changes.borrow_and_update());
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let feed = Feed {
+        changes: shared.subscribe(),
+        shared,
+        tick,
+        epochs_sent: None,
+        first: true,
+        over: false,
+        _slot: permit,
+    };
+    let events = stream::unfold(feed, Feed::next)
+        .flat_map(stream::iter)
+        .map(Ok);
+    Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+}
+
+/// One client's position in the run.
+struct Feed {
+    shared: Arc<Shared>,
+    changes: watch::Receiver<Snapshot>,
+    tick: Interval,
+    /// Completed epochs the client has the history of.
+    epochs_sent: Option<usize>,
+    first: bool,
+    over: bool,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Feed {
+    /// The next events: at once the first time, then on the next state change or tick;
+    /// `None` after the end.
+    async fn next(mut self) -> Option<(Vec<Event>, Self)> {
+        if self.over {
+            return None;
+        }
+        let mut out = Vec::with_capacity(4);
+        if self.first {
+            self.first = false;
+            out.push(Event::default().retry(RETRY));
+        } else {
+            tokio::select! {
+                _ = self.tick.tick() => {}
+                changed = self.changes.changed() => changed.ok()?,
+            }
+        }
+        drop(self.changes.borrow_and_update());
         // One moment's state and history, so a status never counts an epoch the page lacks.
-        let (update, over, history) = shared.read_with_history(|s, h| {
+        let epochs_sent = self.epochs_sent;
+        let (update, over, history) = self.shared.read_with_history(|s, h| {
             let (status, reason) = s.verdict();
-            let m = s.metrics(crate::server::now(), super::routes::unix_ms());
-            let history = (epochs_sent != Some(h.epochs()))
-                .then(|| (h.epochs(), h.json(super::routes::HISTORY_POINTS)));
+            let m = s.metrics(crate::clock::now(), unix_ms());
+            let history =
+                (epochs_sent != Some(h.epochs())).then(|| (h.epochs(), h.json(HISTORY_POINTS)));
             (live_json(&m, &reason), status.is_terminal(), history)
         });
         if let Some((epochs, history)) = history {
-            if !send(&mut writer, frame("history", &history).as_bytes()).await {
-                return;
-            }
-            epochs_sent = Some(epochs);
+            out.push(event("history", &history));
+            self.epochs_sent = Some(epochs);
         }
-        if !send(&mut writer, frame("status", &update).as_bytes()).await {
-            return;
-        }
+        out.push(event("status", &update));
         if over {
-            let _ = send(&mut writer, frame("end", &update).as_bytes()).await;
-            let _ = writer.shutdown().await;
-            return;
+            out.push(event("end", &update));
+            self.over = true;
         }
-        // Wait for the next reason to send; bytes from the client are no reason.
-        loop {
-            tokio::select! {
-                _ = tick.tick() => break,
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    break;
-                }
-                read = reader.read(&mut scratch) => {
-                    // A client sends nothing after its request: 0 bytes (or an error) means it
-                    // left.
-                    if matches!(read, Ok(0) | Err(_)) {
-                        return;
-                    }
-                }
-            }
-        }
+        Some((out, self))
     }
+}
+
+/// One event whose data is one line of JSON (serde_json escapes newlines inside strings).
+fn event(name: &str, data: &serde_json::Value) -> Event {
+    Event::default().event(name).data(data.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::response::IntoResponse as _;
 
-    #[test]
-    fn frames_are_one_event_and_one_data_line() {
-        let f = frame("status", &serde_json::json!({"a": "x\ny", "b": [1, 2]}));
-        assert!(f.starts_with("event: status\ndata: {"), "{f}");
-        assert!(f.ends_with("}\n\n"), "{f}");
+    #[tokio::test]
+    async fn events_are_one_event_line_and_one_data_line() {
+        let one = event("status", &serde_json::json!({"a": "x\ny", "b": [1, 2]}));
+        let body = Sse::new(stream::iter([Ok::<_, Infallible>(one)]))
+            .into_response()
+            .into_body();
+        let bytes = axum::body::to_bytes(body, 1 << 16).await.unwrap();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(text.starts_with("event: status\ndata: {"), "{text}");
+        assert!(text.ends_with("}\n\n"), "{text}");
         assert_eq!(
-            f.lines().count(),
+            text.lines().count(),
             3,
-            "newlines inside strings are escaped: {f}"
+            "newlines inside strings are escaped: {text}"
         );
     }
 }
