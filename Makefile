@@ -15,7 +15,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(TORCH_VENV)/bin:$(PATH)
 
 BIN := target/release
-.PHONY: run run-single run-gpus test bench build setup setup-browser setup-netlab data clean-runs gpu-bundle gpu-check
+.PHONY: run run-single run-gpus test bench build setup setup-browser setup-netlab setup-promtool data clean-runs cycles gpu-bundle gpu-check
 
 setup: $(TORCH_VENV)/.ringtrain-ok
 $(TORCH_VENV)/.ringtrain-ok: scripts/setup-torch.sh
@@ -30,6 +30,11 @@ setup-browser:
 # iproute2 and iptables (apt-get, when missing) for the network tests' lab of namespaces.
 setup-netlab:
 	./scripts/setup-netlab.sh
+
+# promtool (Debian's prometheus package, apt-get when missing) for the metrics test, which
+# lints the coordinator's /metrics with `promtool check metrics`.
+setup-promtool:
+	./scripts/setup-promtool.sh >/dev/null
 
 build: setup
 	$(CARGO) build --release --bins
@@ -61,9 +66,13 @@ data: build
 		$(BIN)/ringtrain data fetch mnist --dest "$(MNIST_DIR)"; \
 	fi
 
-test: setup setup-browser setup-netlab
+test: setup setup-browser setup-netlab setup-promtool cycles
 	$(CARGO) build --release --bins
 	$(CARGO) test --release --workspace
+
+# Import cycles between modules (scripts/module-cycles.py says which levels it checks).
+cycles:
+	python3 scripts/module-cycles.py
 
 bench: build data
 	$(CARGO) build --release -p ringtrain-worker --example ringbench

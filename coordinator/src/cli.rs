@@ -1,18 +1,21 @@
 //! Command-line arguments of `ringtrain serve` and `ringtrain launch` (clap derive).
 //!
-//! Owns flag names, their `RINGTRAIN_*` variables and help texts; every flag is optional and only
-//! the ones given (or set in the environment) are serialised into the top configuration layer,
-//! so `--config job.toml` and the built-in defaults fill the rest (`config::load`).
+//! Owns flag names, their `RINGTRAIN_*` variables and help texts of the coordinator's own knobs;
+//! the recipe and dataset flags are `ringtrain_common::recipe::args` (shared with
+//! `ringtrain-worker train`), flattened in. Every flag is optional and only the ones given (or
+//! set in the environment) are serialised into the top configuration layer, so `--config
+//! job.toml` and the built-in defaults fill the rest (`config::load`).
 //!
 //! Tests: `tests` at the bottom (precedence of flags, environment and file).
 
 use std::path::PathBuf;
 
 use clap::Args;
-use ringtrain_common::devices::{CollectiveChoice, Precision};
+use ringtrain_common::devices::CollectiveChoice;
+use ringtrain_common::recipe::args::{DatasetArgs, RecipeArgs};
 use serde::Serialize;
 
-use crate::config::{self, LoadError, Model, RunConfig};
+use crate::config::{self, LoadError, RunConfig};
 use crate::gpus::GpuSelection;
 use crate::launch::LaunchOptions;
 
@@ -27,10 +30,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE", env = "RINGTRAIN_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Dataset root: DIR/<train-dir>/<class>/*.png and DIR/<valid-dir>/<class>/*.png.
-    #[arg(long, value_name = "DIR", env = "RINGTRAIN_DATA")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<PathBuf>,
+    /// `--data`, `--skip-bad`, `--train-dir`, `--valid-dir`.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub dataset: DatasetArgs,
     /// Number of workers (world size) to wait for [default: 1].
     #[arg(long, env = "RINGTRAIN_WORKERS")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -59,63 +62,10 @@ pub struct RunArgs {
     #[arg(long, env = "RINGTRAIN_COLLECTIVE_TIMEOUT_S")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub collective_timeout_s: Option<f64>,
-    /// Network [default: resnet].
-    #[arg(long, env = "RINGTRAIN_MODEL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub model: Option<Model>,
-    /// Epochs [default: 12, 3 for basic].
-    #[arg(long, env = "RINGTRAIN_EPOCHS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub epochs: Option<u32>,
-    /// Peak learning rate of the one-cycle schedule [default: 0.05, 0.1 for basic].
-    #[arg(long, env = "RINGTRAIN_MAX_LR")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_lr: Option<f64>,
-    /// Global batch size, split evenly over the workers [default: 128].
-    #[arg(long, env = "RINGTRAIN_BATCH_SIZE")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub batch_size: Option<u32>,
-    /// Validation batch size per worker (speed only) [default: 1024].
-    #[arg(long, env = "RINGTRAIN_VALID_BATCH_SIZE")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub valid_batch_size: Option<u32>,
-    /// Seed of initialisation, shuffling and augmentation [default: 42].
-    #[arg(long, env = "RINGTRAIN_SEED")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u64>,
-    /// Warm-up fraction of the one-cycle schedule [default: 0.3].
-    #[arg(long, env = "RINGTRAIN_PCT_START")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pct_start: Option<f64>,
-    /// Start lr = max_lr / div_factor [default: 25].
-    #[arg(long, env = "RINGTRAIN_DIV_FACTOR")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub div_factor: Option<f64>,
-    /// Final lr = max_lr / (div_factor * final_div_factor) [default: 1e4].
-    #[arg(long, env = "RINGTRAIN_FINAL_DIV_FACTOR")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub final_div_factor: Option<f64>,
-    /// Adam beta1 at the start/end and at the peak lr, as A,B [default: 0.95,0.85].
-    #[arg(
-        long,
-        value_name = "A,B",
-        value_delimiter = ',',
-        env = "RINGTRAIN_MOMS"
-    )]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub moms: Option<Vec<f64>>,
-    /// Adam beta2 [default: 0.99].
-    #[arg(long, env = "RINGTRAIN_BETA2")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub beta2: Option<f64>,
-    /// Adam epsilon [default: 1e-8].
-    #[arg(long, env = "RINGTRAIN_EPS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub eps: Option<f64>,
-    /// Decoupled weight decay [default: 0.01].
-    #[arg(long, env = "RINGTRAIN_WD")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub wd: Option<f64>,
+    /// `--model`, `--epochs`, `--max-lr`, `--batch-size`, ..., `--precision`.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub recipe: RecipeArgs,
     /// Run folder [default: runs/<model>-<unix time>].
     #[arg(long, value_name = "DIR", env = "RINGTRAIN_RUN_DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -124,18 +74,6 @@ pub struct RunArgs {
     #[arg(long, env = "RINGTRAIN_RUN_ID")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
-    /// Skip (and list in run.json) non-PNG files instead of failing.
-    #[arg(long, env = "RINGTRAIN_SKIP_BAD")]
-    #[serde(skip_serializing_if = "is_false")]
-    pub skip_bad: bool,
-    /// Training split folder name [default: training].
-    #[arg(long, env = "RINGTRAIN_TRAIN_DIR")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub train_dir: Option<String>,
-    /// Validation split folder name [default: testing].
-    #[arg(long, env = "RINGTRAIN_VALID_DIR")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub valid_dir: Option<String>,
     /// Checkpoints kept besides the best one [default: 3].
     #[arg(long, env = "RINGTRAIN_CHECKPOINT_KEEP")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -158,11 +96,6 @@ pub struct RunArgs {
     #[arg(long, value_name = "auto|nccl|ring", env = "RINGTRAIN_COLLECTIVE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub collective: Option<CollectiveChoice>,
-    /// Forward-pass arithmetic: fp32, or bf16 autocast (weights and optimiser stay f32)
-    /// [default: fp32].
-    #[arg(long, value_name = "fp32|bf16", env = "RINGTRAIN_PRECISION")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub precision: Option<Precision>,
     /// File holding the run's auth token [default: $RINGTRAIN_AUTH_TOKEN, else none; launch
     /// makes one per run].
     #[arg(long, value_name = "PATH", env = "RINGTRAIN_AUTH_TOKEN_FILE")]
@@ -223,12 +156,6 @@ pub struct RunArgs {
 impl RunArgs {
     /// Merges defaults < `--config` file < environment and flags.
     pub fn load(&self) -> Result<RunConfig, LoadError> {
-        if let Some(m) = self.moms.as_ref().filter(|m| m.len() != 2) {
-            return Err(LoadError::Invalid {
-                path: None,
-                reason: format!("--moms takes two values A,B, got {m:?}"),
-            });
-        }
         let mut c = config::load(self.config.as_deref(), self)?;
         if let Some(dir) = &self.resume {
             c.run_dir = Some(dir.clone());
@@ -342,6 +269,7 @@ impl LrFindArgs {
 mod tests {
     use super::*;
     use clap::Parser;
+    use ringtrain_common::devices::Precision;
 
     #[derive(Debug, Parser)]
     struct Cli {
@@ -355,7 +283,8 @@ mod tests {
         let file = dir.path().join("job.toml");
         std::fs::write(
             &file,
-            "data = \"/from-file\"\nepochs = 5\nseed = 1\nworkers = 4\n",
+            "data = \"/from-file\"\nepochs = 5\nseed = 1\nworkers = 4\ntrain_dir = \"tr\"\n\
+             skip_bad = true\nprecision = \"bf16\"\nwd = 0.0\n",
         )
         .unwrap();
         // The only test touching RINGTRAIN_* variables; names not used by any other test.
@@ -377,12 +306,18 @@ mod tests {
         std::env::remove_var("RINGTRAIN_WORKERS");
         let c = cli.args.load().unwrap();
         assert_eq!(c.data, PathBuf::from("/from-file"), "file over default");
-        assert_eq!(c.epochs, Some(5), "file over default");
-        assert_eq!(c.seed, 7, "env over file");
+        assert_eq!(c.recipe.epochs, Some(5), "file over default");
+        assert_eq!(c.recipe.seed, 7, "env over file");
         assert_eq!(c.workers, 8, "flag over env");
-        assert_eq!((c.moms, c.listen.as_str()), ((0.9, 0.8), "0.0.0.0:1"));
-        assert!(!c.skip_bad);
-        assert_eq!(c.batch_size, 128, "default");
+        assert_eq!(
+            (c.recipe.moms, c.listen.as_str()),
+            ((0.9, 0.8), "0.0.0.0:1")
+        );
+        // Shared recipe and dataset flags left unset hide nothing of the file.
+        assert!(c.skip_bad, "file over an unset flag");
+        assert_eq!(c.train_dir, "tr");
+        assert_eq!((c.recipe.precision, c.recipe.wd), (Precision::Bf16, 0.0));
+        assert_eq!(c.recipe.batch_size, 128, "default");
         assert_eq!(c.lr_find, None, "a launch trains");
     }
 

@@ -1,69 +1,40 @@
 //! The run configuration: one typed struct, defaulted from torchelastic and the lesson, merged
 //! from four layers and validated once.
 //!
-//! Owns the knobs of `ringtrain serve` / `ringtrain launch` and their rules; not the command line
-//! itself (`cli.rs`, which produces the flag layer) nor dataset-dependent checks (`plan.rs`).
+//! Owns the knobs of `ringtrain serve` / `ringtrain launch` and their rules; not the training
+//! recipe (`ringtrain_common::recipe::Recipe`, embedded as `recipe` with its own `validate()`,
+//! shared with the worker), the command line itself (`cli.rs`, which produces the flag layer) nor
+//! dataset-dependent checks (`plan.rs`).
 //!
 //! # Contract
 //! * Precedence: built-in defaults < `--config job.toml` < `RINGTRAIN_*` environment < flags. The
 //!   environment reaches us through clap (`#[arg(env = ...)]`), so it arrives in the same layer as
 //!   flags and loses to them; the `config` crate merges the file under that layer.
 //! * Unknown keys in the file are errors (`deny_unknown_fields`), never ignored.
-//! * [`RunConfig::validate`] checks every rule that needs no dataset; one [`ConfigError`] variant
-//!   per rule. [`RunConfig::resolved`] fills the model-dependent and time-dependent defaults, so
+//! * The recipe's fields are flattened into the file and `run.json`: a job file says
+//!   `epochs = 5`, not `[recipe]`; key and variable names are the recipe's field names.
+//! * [`RunConfig::validate`] checks every rule that needs no dataset: the recipe's
+//!   ([`ConfigError::Recipe`]) and the coordinator's own, one [`ConfigError`] variant per rule.
+//!   [`RunConfig::resolved`] fills the model-dependent and time-dependent defaults, so
 //!   `run.json` records what actually ran.
 //!
-//! Tests: `tests` at the bottom (one per rule, plus the layering).
+//! Tests: `tests` at the bottom (one per own rule, the recipe's coming through, the layering,
+//! unknown keys next to the flattened recipe); the recipe's rules are tested in common.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use ringtrain_common::data::ScanOptions;
-use ringtrain_common::devices::{CollectiveChoice, Precision};
+use ringtrain_common::devices::CollectiveChoice;
 use ringtrain_common::lr_find::{LrFindError, LrRange};
-use ringtrain_common::schedule::{OneCycleConfig, ScheduleError};
+pub use ringtrain_common::recipe::{Model, Recipe, RecipeError};
 use serde::{Deserialize, Serialize};
-
-/// The lesson-7 networks (the worker's `Arch`; the coordinator only names them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Model {
-    /// Plain CNN: 3 epochs at max_lr 0.1 in the lesson.
-    Basic,
-    /// ResNet-ish: 12 epochs at max_lr 0.05 in the lesson.
-    #[default]
-    Resnet,
-    /// ResNet-ish with concatenating (dense) merges.
-    Dense,
-}
-
-impl Model {
-    /// The name on the wire and in run folders.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Model::Basic => "basic",
-            Model::Resnet => "resnet",
-            Model::Dense => "dense",
-        }
-    }
-
-    /// The lesson's `(epochs, max_lr)` for this network.
-    pub fn lesson_recipe(self) -> (u32, f64) {
-        match self {
-            Model::Basic => (3, 0.1),
-            Model::Resnet | Model::Dense => (12, 0.05),
-        }
-    }
-}
-
-impl std::fmt::Display for Model {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Everything a run is configured by. Field names are the TOML keys and, upper-cased with a
 /// `RINGTRAIN_` prefix, the environment variables.
+// serde documents `deny_unknown_fields` as unsupported next to `flatten`; on the outer struct it
+// does reject keys that neither this struct nor the recipe takes, which
+// `unknown_keys_and_missing_files_are_errors` pins down.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RunConfig {
@@ -91,32 +62,10 @@ pub struct RunConfig {
     pub heartbeat_missed: u32,
     /// Read/write timeout of the workers' ring all-reduce.
     pub collective_timeout_s: f64,
-    /// Network.
-    pub model: Model,
-    /// Epochs (default: the lesson's for `model`).
-    pub epochs: Option<u32>,
-    /// Peak learning rate (default: the lesson's for `model`).
-    pub max_lr: Option<f64>,
-    /// Global batch, split evenly over the ranks.
-    pub batch_size: u32,
-    /// Validation batch per rank (speed only).
-    pub valid_batch_size: u32,
-    /// Seed of initialisation, shuffling and augmentation.
-    pub seed: u64,
-    /// One-cycle warm-up fraction.
-    pub pct_start: f64,
-    /// Start lr = max_lr / div_factor.
-    pub div_factor: f64,
-    /// Final lr = max_lr / (div_factor · final_div_factor).
-    pub final_div_factor: f64,
-    /// Adam beta1 at the start/end and at the peak lr.
-    pub moms: (f64, f64),
-    /// Adam beta2.
-    pub beta2: f64,
-    /// Adam epsilon.
-    pub eps: f64,
-    /// Decoupled weight decay.
-    pub wd: f64,
+    /// Network and hyper-parameters (`model`, `epochs`, `max_lr`, `batch_size`, ...,
+    /// `precision`): flat keys, shared with the worker.
+    #[serde(flatten)]
+    pub recipe: Recipe,
     /// Run folder (default: `runs/<model>-<unix time>`).
     pub run_dir: Option<PathBuf>,
     /// Run id workers must match (default: `<model>-<unix time>-<pid>`).
@@ -138,8 +87,6 @@ pub struct RunConfig {
     /// All-reduce between the workers: `auto` (NCCL when every worker is on its own GPU, the
     /// TCP ring otherwise), `nccl` or `ring`.
     pub collective: CollectiveChoice,
-    /// Forward-pass arithmetic: `fp32` or `bf16` (autocast; weights and optimiser stay f32).
-    pub precision: Precision,
     /// File holding the run's shared token; every call and ring connection must prove it
     /// (else `$RINGTRAIN_AUTH_TOKEN`; neither: no authentication). `launch` makes one per run.
     pub auth_token_file: Option<PathBuf>,
@@ -178,11 +125,12 @@ pub struct RunConfig {
 
 impl Default for RunConfig {
     fn default() -> Self {
+        let scan = ScanOptions::default();
         Self {
             data: PathBuf::new(),
-            train_dir: "training".into(),
-            valid_dir: "testing".into(),
-            skip_bad: false,
+            train_dir: scan.train_dir,
+            valid_dir: scan.valid_dir,
+            skip_bad: scan.skip_bad,
             listen: "127.0.0.1:29400".into(),
             workers: 1,
             min_workers: None,
@@ -191,19 +139,7 @@ impl Default for RunConfig {
             heartbeat_interval_s: 5.0,
             heartbeat_missed: 3,
             collective_timeout_s: 60.0,
-            model: Model::Resnet,
-            epochs: None,
-            max_lr: None,
-            batch_size: 128,
-            valid_batch_size: 1024,
-            seed: 42,
-            pct_start: 0.3,
-            div_factor: 25.0,
-            final_div_factor: 1e4,
-            moms: (0.95, 0.85),
-            beta2: 0.99,
-            eps: 1e-8,
-            wd: 0.01,
+            recipe: Recipe::default(),
             run_dir: None,
             run_id: None,
             checkpoint_keep: 3,
@@ -212,7 +148,6 @@ impl Default for RunConfig {
             checkpoint_every_steps: 0,
             stop_grace_s: 20.0,
             collective: CollectiveChoice::Auto,
-            precision: Precision::Fp32,
             auth_token_file: None,
             tls_cert: None,
             tls_key: None,
@@ -247,33 +182,15 @@ pub enum ConfigError {
     /// `heartbeat_missed` is zero.
     #[error("heartbeat-missed must be at least 1")]
     NoMissedHeartbeats,
-    /// `epochs` is zero.
-    #[error("epochs must be at least 1")]
-    NoEpochs,
-    /// `batch_size` is zero.
-    #[error("batch-size must be at least 1")]
-    ZeroBatch,
-    /// `valid_batch_size` is zero.
-    #[error("valid-batch-size must be at least 1")]
-    ZeroValidBatch,
+    /// A rule of the training recipe (shared with the worker) does not hold.
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
     /// The global batch cannot be split evenly over a possible world size.
     #[error("batch-size {batch_size} is not divisible by world size {world_size}; every rank must get the same batch")]
     BatchNotDivisible { batch_size: u32, world_size: u32 },
-    /// A one-cycle parameter is out of range.
-    #[error("schedule: {0}")]
-    Schedule(ScheduleError),
     /// The LR range test's settings break a rule.
     #[error("lr-find: {0}")]
     LrFind(LrFindError),
-    /// Adam beta2 outside [0, 1).
-    #[error("beta2 must be in [0, 1), got {0}")]
-    BadBeta2(f64),
-    /// Adam epsilon not finite and > 0.
-    #[error("eps must be finite and > 0, got {0}")]
-    BadEps(f64),
-    /// Weight decay negative or not finite.
-    #[error("wd must be finite and >= 0, got {0}")]
-    BadWd(f64),
     /// `listen` is not `host:port` with a numeric host.
     #[error("listen must be an IP:port address such as 127.0.0.1:29400, got {0:?}")]
     BadListen(String),
@@ -297,17 +214,12 @@ pub enum LoadError {
 }
 
 impl RunConfig {
-    /// Epochs: explicit or the lesson's.
+    /// Epochs: explicit or the lesson's; an LR range test is one epoch.
     pub fn epochs(&self) -> u32 {
         if self.lr_find.is_some() {
             return 1;
         }
-        self.epochs.unwrap_or(self.model.lesson_recipe().0)
-    }
-
-    /// Peak learning rate: explicit or the lesson's.
-    pub fn max_lr(&self) -> f64 {
-        self.max_lr.unwrap_or(self.model.lesson_recipe().1)
+        self.recipe.epochs()
     }
 
     /// Smallest world size the round may close with.
@@ -321,18 +233,6 @@ impl RunConfig {
             train_dir: self.train_dir.clone(),
             valid_dir: self.valid_dir.clone(),
             skip_bad: self.skip_bad,
-        }
-    }
-
-    /// The one-cycle config for a run of `total_steps` steps.
-    pub fn one_cycle(&self, total_steps: u64) -> OneCycleConfig {
-        OneCycleConfig {
-            max_lr: self.max_lr(),
-            total_steps,
-            pct_start: self.pct_start,
-            div_factor: self.div_factor,
-            final_div_factor: self.final_div_factor,
-            moms: self.moms,
         }
     }
 
@@ -376,35 +276,22 @@ impl RunConfig {
                 return Err(ConfigError::ZeroLimit { field });
             }
         }
-        if self.epochs() == 0 {
-            return Err(ConfigError::NoEpochs);
+        // The recipe as it will train: an LR range test is one epoch, whatever `epochs` says.
+        Recipe {
+            epochs: Some(self.epochs()),
+            ..self.recipe.clone()
         }
-        if self.batch_size == 0 {
-            return Err(ConfigError::ZeroBatch);
-        }
-        if self.valid_batch_size == 0 {
-            return Err(ConfigError::ZeroValidBatch);
-        }
+        .validate()?;
         // Every world size the round may close with must split the batch evenly.
-        if let Some(world_size) = (min..=self.workers).find(|n| !self.batch_size.is_multiple_of(*n))
-        {
+        let batch_size = self.recipe.batch_size;
+        if let Some(world_size) = (min..=self.workers).find(|n| !batch_size.is_multiple_of(*n)) {
             return Err(ConfigError::BatchNotDivisible {
-                batch_size: self.batch_size,
+                batch_size,
                 world_size,
             });
         }
-        self.one_cycle(1).init().map_err(ConfigError::Schedule)?;
         if let Some(r) = &self.lr_find {
             r.validate().map_err(ConfigError::LrFind)?;
-        }
-        if !(self.beta2 >= 0.0 && self.beta2 < 1.0) {
-            return Err(ConfigError::BadBeta2(self.beta2));
-        }
-        if !(self.eps.is_finite() && self.eps > 0.0) {
-            return Err(ConfigError::BadEps(self.eps));
-        }
-        if !(self.wd.is_finite() && self.wd >= 0.0) {
-            return Err(ConfigError::BadWd(self.wd));
         }
         if self.listen.parse::<SocketAddr>().is_err() {
             return Err(ConfigError::BadListen(self.listen.clone()));
@@ -425,21 +312,8 @@ impl RunConfig {
         self.train_dir = s.train_dir;
         self.valid_dir = s.valid_dir;
         self.skip_bad = s.skip_bad;
-        self.model = s.model;
-        self.epochs = s.epochs;
-        self.max_lr = s.max_lr;
-        self.batch_size = s.batch_size;
-        self.valid_batch_size = s.valid_batch_size;
-        self.seed = s.seed;
-        self.pct_start = s.pct_start;
-        self.div_factor = s.div_factor;
-        self.final_div_factor = s.final_div_factor;
-        self.moms = s.moms;
-        self.beta2 = s.beta2;
-        self.eps = s.eps;
-        self.wd = s.wd;
+        self.recipe = s.recipe;
         self.checkpoint_every_steps = s.checkpoint_every_steps;
-        self.precision = s.precision;
         self.run_id = s.run_id;
         self
     }
@@ -447,10 +321,10 @@ impl RunConfig {
     /// The same configuration with every default that depends on the model or the clock filled
     /// in (`unix_time` in seconds; the pid keeps two coordinators started in one second apart).
     pub fn resolved(mut self, unix_time: u64) -> Self {
-        self.epochs = Some(self.epochs());
-        self.max_lr = Some(self.max_lr());
+        self.recipe.epochs = Some(self.epochs());
+        self.recipe.max_lr = Some(self.recipe.max_lr());
         self.min_workers = Some(self.min_workers());
-        let model = self.model;
+        let model = self.recipe.model;
         let kind = if self.lr_find.is_some() {
             "lr-find-"
         } else {
@@ -485,14 +359,33 @@ pub fn load(file: Option<&Path>, overrides: &impl Serialize) -> Result<RunConfig
         path: None,
         reason: e.to_string(),
     })?;
-    builder
-        .add_source(flags)
-        .build()
-        .and_then(config::Config::try_deserialize::<RunConfig>)
-        .map_err(|e| LoadError::Invalid {
-            path: file.map(Path::to_path_buf),
-            reason: e.to_string(),
-        })
+    let invalid = |e: config::ConfigError| LoadError::Invalid {
+        path: file.map(Path::to_path_buf),
+        reason: e.to_string(),
+    };
+    let merged = builder.add_source(flags).build().map_err(invalid)?;
+    // The recipe through the config crate's own deserializer, and the rest without its keys:
+    // through `flatten`, serde would neither name the key of a wrongly typed value nor read a
+    // number written as a string, both of which the config crate does for every other key.
+    let recipe: Recipe = merged.clone().try_deserialize().map_err(invalid)?;
+    let mut rest = config::Source::collect(&merged).map_err(invalid)?;
+    for key in recipe_keys() {
+        rest.remove(&key);
+    }
+    let mut c: RunConfig = config::Value::new(None, rest)
+        .try_deserialize()
+        .map_err(invalid)?;
+    c.recipe = recipe;
+    Ok(c)
+}
+
+/// The recipe's keys in a job file (its field names).
+fn recipe_keys() -> Vec<String> {
+    match serde_json::to_value(Recipe::default()) {
+        Ok(serde_json::Value::Object(m)) => m.into_iter().map(|(k, _)| k).collect(),
+        // A struct always serialises to an object.
+        _ => Vec::new(),
+    }
 }
 
 #[cfg(test)]
@@ -519,12 +412,15 @@ mod tests {
             ),
             (600.0, 30.0, 5.0, 3)
         );
-        assert_eq!((c.epochs(), c.max_lr(), c.batch_size), (12, 0.05, 128));
+        assert_eq!(
+            (c.epochs(), c.recipe.max_lr(), c.recipe.batch_size),
+            (12, 0.05, 128)
+        );
         let basic = RunConfig {
-            model: Model::Basic,
+            recipe: Recipe::lesson(Model::Basic),
             ..ok()
         };
-        assert_eq!((basic.epochs(), basic.max_lr()), (3, 0.1));
+        assert_eq!((basic.epochs(), basic.recipe.max_lr()), (3, 0.1));
         let r = ok().resolved(1700000000);
         assert_eq!(r.run_dir, Some(PathBuf::from("runs/resnet-1700000000")));
         assert!(r
@@ -532,10 +428,12 @@ mod tests {
             .as_deref()
             .is_some_and(|id| id.starts_with("resnet-1700000000-")));
         assert_eq!(
-            (r.epochs, r.max_lr, r.min_workers),
+            (r.recipe.epochs, r.recipe.max_lr, r.min_workers),
             (Some(12), Some(0.05), Some(1))
         );
     }
+
+    use ringtrain_common::schedule::ScheduleError;
 
     #[test]
     fn each_rule() {
@@ -615,11 +513,13 @@ mod tests {
                     field: "max-pending-connections",
                 },
             ),
-            (Box::new(|c| c.epochs = Some(0)), ConfigError::NoEpochs),
-            (Box::new(|c| c.batch_size = 0), ConfigError::ZeroBatch),
             (
-                Box::new(|c| c.valid_batch_size = 0),
-                ConfigError::ZeroValidBatch,
+                Box::new(|c| c.recipe.epochs = Some(0)),
+                RecipeError::NoEpochs.into(),
+            ),
+            (
+                Box::new(|c| c.recipe.batch_size = 0),
+                RecipeError::ZeroBatch.into(),
             ),
             (
                 Box::new(|c| c.workers = 3),
@@ -639,20 +539,13 @@ mod tests {
                 },
             ),
             (
-                Box::new(|c| c.max_lr = Some(0.0)),
-                ConfigError::Schedule(ScheduleError::BadMaxLr { max_lr: 0.0 }),
+                Box::new(|c| c.recipe.max_lr = Some(0.0)),
+                RecipeError::Schedule(ScheduleError::BadMaxLr { max_lr: 0.0 }).into(),
             ),
             (
-                Box::new(|c| c.pct_start = 1.0),
-                ConfigError::Schedule(ScheduleError::BadPctStart { pct_start: 1.0 }),
+                Box::new(|c| c.recipe.wd = -0.1),
+                RecipeError::BadWd(-0.1).into(),
             ),
-            (
-                Box::new(|c| c.moms = (1.0, 0.5)),
-                ConfigError::Schedule(ScheduleError::BadMoms { moms: (1.0, 0.5) }),
-            ),
-            (Box::new(|c| c.beta2 = 1.0), ConfigError::BadBeta2(1.0)),
-            (Box::new(|c| c.eps = 0.0), ConfigError::BadEps(0.0)),
-            (Box::new(|c| c.wd = -0.1), ConfigError::BadWd(-0.1)),
             (
                 Box::new(|c| c.listen = "localhost".into()),
                 ConfigError::BadListen("localhost".into()),
@@ -672,12 +565,25 @@ mod tests {
             assert_eq!(c.validate(), Err(want));
         }
         // Divisible world sizes pass, including an elastic range.
-        let c = RunConfig {
+        let mut c = RunConfig {
             workers: 4,
             min_workers: Some(2),
-            batch_size: 120,
             ..ok()
         };
+        c.recipe.batch_size = 120;
+        assert_eq!(c.validate(), Ok(()));
+        // The recipe's rules are the recipe's (every one is tested in ringtrain_common::recipe);
+        // its messages come through unchanged.
+        let mut c = ok();
+        c.recipe.eps = 0.0;
+        assert_eq!(
+            c.validate().map_err(|e| e.to_string()),
+            Err("eps must be finite and > 0, got 0".into())
+        );
+        // An LR range test is one epoch whatever `epochs` says.
+        let mut c = ok();
+        c.recipe.epochs = Some(0);
+        c.lr_find = Some(LrRange::default());
         assert_eq!(c.validate(), Ok(()));
     }
 
@@ -703,12 +609,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.data, PathBuf::from("/file"));
-        assert_eq!(c.epochs, Some(7), "flags win over the file");
+        assert_eq!(c.recipe.epochs, Some(7), "flags win over the file");
         assert_eq!(
-            (c.workers, c.moms, c.div_factor, c.model),
+            (
+                c.workers,
+                c.recipe.moms,
+                c.recipe.div_factor,
+                c.recipe.model
+            ),
             (2, (0.9, 0.8), 10.0, Model::Basic)
         );
-        assert_eq!(c.batch_size, 128, "defaults fill the rest");
+        assert_eq!(c.recipe.batch_size, 128, "defaults fill the rest");
+        // run.json and checkpoints store the configuration as JSON; resume reads it back.
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            (json["epochs"].clone(), json["model"].clone()),
+            (7.into(), "basic".into())
+        );
+        assert_eq!(serde_json::from_value::<RunConfig>(json).unwrap(), c);
         let c = load(None, &Flags::default()).unwrap();
         assert_eq!(c, RunConfig::default());
     }
@@ -720,6 +638,18 @@ mod tests {
         std::fs::write(&file, "epochz = 5\n").unwrap();
         let err = load(Some(&file), &Flags::default()).unwrap_err();
         assert!(err.to_string().contains("epochz"), "{err}");
+        // Also next to the flattened recipe's keys, and for a recipe key's wrong type.
+        std::fs::write(&file, "epochs = 5\nwd = 0.1\nlearning_rate = 0.1\n").unwrap();
+        let err = load(Some(&file), &Flags::default()).unwrap_err();
+        assert!(err.to_string().contains("learning_rate"), "{err}");
+        std::fs::write(&file, "wd = \"lots\"\n").unwrap();
+        let err = load(Some(&file), &Flags::default()).unwrap_err();
+        assert!(err.to_string().contains("`wd`"), "{err}");
+        // The config crate reads numbers written as strings, recipe keys included.
+        std::fs::write(&file, "wd = \"0.5\"\nworkers = \"2\"\n").unwrap();
+        let c = load(Some(&file), &Flags::default()).unwrap();
+        assert_eq!((c.recipe.wd, c.workers), (0.5, 2));
+        assert_eq!(recipe_keys().len(), 14, "{:?}", recipe_keys());
         assert!(load(Some(&dir.path().join("nope.toml")), &Flags::default()).is_err());
     }
 }

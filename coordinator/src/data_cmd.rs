@@ -100,10 +100,10 @@ fn fetch_cmd(args: FetchArgs) -> Result<(), FetchError> {
             format!("imported from idx files, {verified} verified against SHA256SUMS")
         }
     };
-    println!(
+    crate::output::line(format_args!(
         "mnist at {}: {}; {how}",
         report.dest.display(),
         report.summary
-    );
+    ));
     Ok(())
 }

@@ -2,19 +2,46 @@
 //! and the JSON of `GET /status`.
 //!
 //! Owns metric names, types, help texts and labels; not serving them (`http/`) or computing them
-//! (`state/metrics.rs`).
+//! (`state/metrics.rs`, the connection guards, `/proc/self` in `exposition/process.rs`).
 //!
 //! # Contract
-//! * Prometheus text format 0.0.4. Names follow Prometheus conventions (`ringtrain_` prefix,
-//!   base units, `_total` for counters, `_seconds`, `_ratio`); per-rank series carry `rank` and
-//!   `worker_id` labels. A value not known yet is left out, never written as 0.
+//! * Prometheus text format 0.0.4, written here by hand. Not the `prometheus-client` crate: it
+//!   writes OpenMetrics (`# TYPE foo counter` followed by samples named `foo_total`), which a
+//!   0.0.4 scrape reads as a counter without the `_total` suffix: Debian's `promtool` 2.42
+//!   (`check metrics`) rejects it. Every scrape here passes `promtool check metrics` with no
+//!   finding (`tests/tests/metrics.rs`).
+//! * Names follow Prometheus conventions: `ringtrain_` prefix (`process_` for the process),
+//!   base units (`_seconds`, `_bytes`, `_ratio`), times as Unix timestamps
+//!   (`_timestamp_seconds`) rather than ages, and anything that only goes up is a counter ending
+//!   in `_total`. Rates are left to PromQL (`rate(ringtrain_rank_train_images_total[1m])`);
+//!   `/status` carries the display rates the coordinator derives between heartbeats.
+//! * No label changes value during a run on a value metric: per-rank series carry `rank` only;
+//!   who holds a rank is `ringtrain_rank_info{rank,worker_id,host,device} 1`, the run's status
+//!   the state set `ringtrain_run_status{status}` (1 for the current status, 0 for the others).
+//! * Per-rank counters are per rank slot, for the coordinator's life: a rank's worker that
+//!   restarts (a new process counting from 0, or another worker in the slot) never makes them go
+//!   down (`state/metrics.rs`). Their series stay when a later round has fewer ranks.
+//! * A value not known yet is left out, never written as 0.
 //!
-//! Tests: `tests` at the bottom (the text format); `coordinator/tests/metrics.rs` (scraped from a
-//! running server).
+//! Tests: `tests` at the bottom (names, types, the state set, monotonic counters);
+//! `coordinator/tests/metrics.rs` (scraped from a running server); `tests/tests/metrics.rs`
+//! (a real run's scrapes through `promtool check metrics`).
+
+mod process;
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
+use crate::guard::Guard;
 use crate::state::{Metrics, RankMetrics, Status};
+
+/// Every status, in the order of the state set's series.
+const STATUSES: [Status; 4] = [
+    Status::Rendezvous,
+    Status::Running,
+    Status::Finished,
+    Status::Failed,
+];
 
 fn status_name(s: Status) -> &'static str {
     match s {
@@ -32,219 +59,299 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The gRPC port's connections, in the Prometheus text format.
-pub fn render_guard(g: &crate::guard::Guard) -> String {
-    use std::sync::atomic::Ordering::Relaxed;
-    let (pending, established) = g.open();
-    let st = g.stats();
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP ringtrain_grpc_connections gRPC connections open now: pending (handshake, no authenticated call yet) or established.\n# TYPE ringtrain_grpc_connections gauge\nringtrain_grpc_connections{{state=\"pending\"}} {pending}\nringtrain_grpc_connections{{state=\"established\"}} {established}"
-    );
-    let _ = writeln!(
-        out,
-        "# HELP ringtrain_grpc_connections_accepted_total gRPC connections accepted.\n# TYPE ringtrain_grpc_connections_accepted_total counter\nringtrain_grpc_connections_accepted_total {}",
-        st.accepted.load(Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP ringtrain_grpc_connections_closed_total gRPC connections the coordinator closed, by reason.\n# TYPE ringtrain_grpc_connections_closed_total counter"
-    );
-    for (reason, n) in [
-        ("handshake_timeout", st.timed_out.load(Relaxed)),
-        ("evicted", st.evicted.load(Relaxed)),
-        ("max_connections", st.refused_full.load(Relaxed)),
-    ] {
-        let _ = writeln!(
-            out,
-            "ringtrain_grpc_connections_closed_total{{reason=\"{reason}\"}} {n}"
-        );
+/// A sample value as the text format spells it (`NaN`, `+Inf`, `-Inf`; integers without `.0`).
+fn value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        v.to_string()
     }
+}
+
+/// The two metric types this endpoint uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Gauge,
+    Counter,
+}
+
+/// Prometheus text being written, one family at a time.
+#[derive(Debug, Default)]
+struct Text(String);
+
+impl Text {
+    /// One family: HELP and TYPE once, then a sample per `(labels, value)` (`labels` as written
+    /// inside the braces, empty for none). A family without samples is left out.
+    fn family<L: AsRef<str>>(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        help: &str,
+        samples: impl IntoIterator<Item = (L, f64)>,
+    ) {
+        let mut samples = samples.into_iter().peekable();
+        if samples.peek().is_none() {
+            return;
+        }
+        debug_assert_eq!(kind == Kind::Counter, name.ends_with("_total"), "{name}");
+        let kind = match kind {
+            Kind::Gauge => "gauge",
+            Kind::Counter => "counter",
+        };
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let (labels, v) = (labels.as_ref(), value(v));
+            let _ = if labels.is_empty() {
+                writeln!(self.0, "{name} {v}")
+            } else {
+                writeln!(self.0, "{name}{{{labels}}} {v}")
+            };
+        }
+    }
+
+    /// One family with a single unlabelled sample, left out when `None`.
+    fn single(&mut self, name: &str, kind: Kind, help: &str, v: Option<f64>) {
+        self.family(name, kind, help, v.map(|v| ("", v)));
+    }
+}
+
+/// Everything `GET /metrics` answers: the run `m`, the ports' connections (`guards`) and the
+/// coordinator process.
+pub fn scrape(m: &Metrics, guards: &[&Arc<Guard>]) -> String {
+    let mut out = render(m);
+    out.push_str(&render_connections(guards));
+    out.push_str(&process::render());
     out
 }
 
-/// `m` in the Prometheus text exposition format.
+/// The connections of each guarded port (`port="grpc"`, `port="http"`), in the text format.
+pub fn render_connections(guards: &[&Arc<Guard>]) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let port = |g: &Guard| format!("port=\"{}\"", label(&g.port().to_ascii_lowercase()));
+    let mut t = Text::default();
+    t.family(
+        "ringtrain_connections",
+        Kind::Gauge,
+        "Connections open now, by port: pending (no complete request head, or no authenticated gRPC call yet) or established.",
+        guards.iter().flat_map(|g| {
+            let (pending, established) = g.open();
+            [("pending", pending), ("established", established)]
+                .map(|(state, n)| (format!("{},state=\"{state}\"", port(g)), n as f64))
+        }),
+    );
+    t.family(
+        "ringtrain_connections_accepted_total",
+        Kind::Counter,
+        "Connections accepted, by port.",
+        guards
+            .iter()
+            .map(|g| (port(g), g.stats().accepted.load(Relaxed) as f64)),
+    );
+    t.family(
+        "ringtrain_connections_closed_total",
+        Kind::Counter,
+        "Connections the coordinator closed, by port and reason (handshake_timeout: no authenticated call, or no complete request head, in time; evicted: the oldest pending one, for a newer one; max_connections: one more than the cap).",
+        guards.iter().flat_map(|g| {
+            let st = g.stats();
+            [
+                ("handshake_timeout", st.timed_out.load(Relaxed)),
+                ("evicted", st.evicted.load(Relaxed)),
+                ("max_connections", st.refused_full.load(Relaxed)),
+            ]
+            .map(|(reason, n)| (format!("{},reason=\"{reason}\"", port(g)), n as f64))
+        }),
+    );
+    t.0
+}
+
+/// The run `m` in the text format.
 pub fn render(m: &Metrics) -> String {
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: Option<f64>| {
-        if let Some(v) = value {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
-        }
-    };
-    let f = |x: u64| Some(x as f64);
-    metric(
-        "ringtrain_step",
-        "gauge",
-        "Global training step (the highest any rank reported).",
-        f(m.step),
+    use Kind::{Counter, Gauge};
+    let mut t = Text::default();
+    let n = |x: u64| Some(x as f64);
+    let s = |unix_ms: u64| unix_ms as f64 / 1000.0;
+    t.family(
+        "ringtrain_info",
+        Gauge,
+        "The run (value 1), labelled with what stays the same for its whole life.",
+        [(
+            format!(
+                "run_id=\"{}\",version=\"{}\"",
+                label(&m.run_id),
+                env!("CARGO_PKG_VERSION")
+            ),
+            1.0,
+        )],
     );
-    metric(
-        "ringtrain_steps",
-        "gauge",
-        "Steps of the whole run.",
-        f(m.total_steps),
+    t.family(
+        "ringtrain_run_status",
+        Gauge,
+        "The run's status as a state set: 1 for the current one, 0 for the others.",
+        STATUSES.map(|st| {
+            (
+                format!("status=\"{}\"", status_name(st)),
+                f64::from(u8::from(st == m.status)),
+            )
+        }),
     );
-    metric(
-        "ringtrain_epoch",
-        "gauge",
-        "Epochs completed.",
-        f(u64::from(m.epochs_completed)),
+    t.single(
+        "ringtrain_global_step",
+        Gauge,
+        "Optimizer steps of the run done: the highest global step a rank reported, or the last completed epoch's or checkpoint's (a new round resumes from its checkpoint, so it can go back).",
+        n(m.step),
     );
-    metric(
-        "ringtrain_epochs",
-        "gauge",
-        "Epochs of the whole run.",
-        f(u64::from(m.epochs)),
+    t.single(
+        "ringtrain_run_steps",
+        Gauge,
+        "Optimizer steps the whole run takes (known once a round started).",
+        (m.total_steps > 0).then_some(m.total_steps as f64),
     );
-    metric(
+    t.single(
+        "ringtrain_epochs_completed",
+        Gauge,
+        "Epochs completed (while running, the epoch in progress is this number, counting from 0).",
+        n(u64::from(m.epochs_completed)),
+    );
+    t.single(
+        "ringtrain_run_epochs",
+        Gauge,
+        "Epochs the whole run takes.",
+        n(u64::from(m.epochs)),
+    );
+    t.single(
         "ringtrain_round",
-        "gauge",
+        Gauge,
         "Rendezvous round (1 for the first).",
-        f(u64::from(m.round)),
+        n(u64::from(m.round)),
     );
-    metric(
+    t.single(
         "ringtrain_world_size",
-        "gauge",
-        "Ranks in the current round.",
-        f(u64::from(m.world_size)),
+        Gauge,
+        "Ranks in the current round (0 between rounds).",
+        n(u64::from(m.world_size)),
     );
-    metric(
+    t.single(
         "ringtrain_round_restarts_total",
-        "counter",
+        Counter,
         "Rounds ended by a lost worker.",
-        f(u64::from(m.restarts)),
+        n(u64::from(m.restarts)),
     );
-    metric(
+    t.single(
         "ringtrain_heartbeats_total",
-        "counter",
+        Counter,
         "Heartbeats received.",
-        f(m.heartbeats),
+        n(m.heartbeats),
     );
-    metric(
+    t.single(
         "ringtrain_heartbeats_missed_total",
-        "counter",
+        Counter,
         "Heartbeat intervals that passed without one.",
-        f(m.heartbeats_missed),
+        n(m.heartbeats_missed),
     );
-    metric(
+    t.single(
         "ringtrain_checkpoints_total",
-        "counter",
+        Counter,
         "Checkpoints written by this coordinator.",
-        f(m.checkpoints),
+        n(m.checkpoints),
     );
-    metric(
-        "ringtrain_checkpoint_age_seconds",
-        "gauge",
-        "Seconds since the last checkpoint was written.",
-        m.checkpoint_age_s,
+    t.single(
+        "ringtrain_last_checkpoint_timestamp_seconds",
+        Gauge,
+        "Unix time the last checkpoint was written by this coordinator.",
+        m.last_checkpoint_unix_ms.map(s),
     );
-    metric(
+    t.single(
         "ringtrain_train_loss",
-        "gauge",
+        Gauge,
         "Smoothed training loss after the last completed epoch.",
         m.train_loss,
     );
-    metric(
+    t.single(
         "ringtrain_valid_loss",
-        "gauge",
+        Gauge,
         "Validation loss of the last completed epoch.",
         m.valid_loss,
     );
-    metric(
+    t.single(
         "ringtrain_valid_accuracy_ratio",
-        "gauge",
+        Gauge,
         "Validation accuracy of the last completed epoch.",
         m.accuracy,
     );
-    metric(
-        "ringtrain_train_images_per_second",
-        "gauge",
-        "Training images per second of the last completed epoch (slowest rank).",
-        m.train_images_per_s,
-    );
-    metric(
+    t.single(
         "ringtrain_learning_rate",
-        "gauge",
+        Gauge,
         "Learning rate at the end of the last completed epoch.",
         m.lr,
     );
-    let _ = writeln!(
-        out,
-        "# HELP ringtrain_info The run (value 1).\n# TYPE ringtrain_info gauge\nringtrain_info{{run_id=\"{}\",status=\"{}\"}} 1",
-        label(&m.run_id),
-        status_name(m.status)
+    let totals = &m.rank_totals;
+    t.single(
+        "ringtrain_train_images_total",
+        Counter,
+        "Training images trained by all ranks, as their heartbeats reported them.",
+        (!totals.is_empty()).then(|| totals.iter().map(|r| r.work.images as f64).sum()),
     );
-    let ids =
-        |r: &RankMetrics| format!("rank=\"{}\",worker_id=\"{}\"", r.rank, label(&r.worker_id));
-    rank_family(
-        &mut out,
-        "ringtrain_rank_step",
+    let rank = |r: u32| format!("rank=\"{r}\"");
+    t.family(
+        "ringtrain_rank_info",
+        Gauge,
+        "Who holds each rank of the current round (value 1).",
+        m.ranks.iter().map(|r| (identity(r), 1.0)),
+    );
+    t.family(
+        "ringtrain_rank_global_step",
+        Gauge,
         "Global step in the rank's last heartbeat.",
-        &m.ranks,
-        |r| {
-            format!(
-                "{},device=\"{}\",host=\"{}\"",
-                ids(r),
-                label(&r.device),
-                label(&r.host)
-            )
-        },
-        |r| Some(r.step.to_string()),
+        m.ranks.iter().map(|r| (rank(r.rank), r.step as f64)),
     );
-    rank_family(
-        &mut out,
-        "ringtrain_rank_heartbeat_age_seconds",
-        "Seconds since the rank's last sign of life.",
-        &m.ranks,
-        ids,
-        |r| Some(format!("{:.3}", r.heartbeat_age_s)),
+    t.family(
+        "ringtrain_rank_last_heartbeat_timestamp_seconds",
+        Gauge,
+        "Unix time of the rank's last sign of life (a heartbeat or any other call).",
+        m.ranks
+            .iter()
+            .map(|r| (rank(r.rank), s(r.last_seen_unix_ms))),
     );
-    rank_family(
-        &mut out,
-        "ringtrain_rank_train_images_per_second",
-        "Training images per second of the rank since its previous heartbeat.",
-        &m.ranks,
-        ids,
-        |r| r.images_per_s.map(|v| format!("{v:.1}")),
+    t.family(
+        "ringtrain_rank_train_images_total",
+        Counter,
+        "Training images trained in this rank, over every worker that held it.",
+        totals.iter().map(|r| (rank(r.rank), r.work.images as f64)),
     );
-    rank_family(&mut out, "ringtrain_rank_allreduce_seconds",
-        "Mean seconds per gradient all-reduce of the rank since its previous heartbeat (host-timed; not reported by NCCL ranks).",
-        &m.ranks, ids, |r| r.allreduce_s.map(|v| format!("{v:.6}")));
-    rank_family(
-        &mut out,
-        "ringtrain_rank_restarts",
-        "Rounds the rank's worker re-joined after a round ended.",
-        &m.ranks,
-        ids,
-        |r| Some(r.restarts.to_string()),
+    t.family(
+        "ringtrain_rank_allreduce_seconds_total",
+        Counter,
+        "Seconds spent in gradient all-reduces in this rank, timed on the host (NCCL ranks: 0, their calls are asynchronous).",
+        totals.iter().map(|r| (rank(r.rank), r.work.allreduce_s)),
     );
-    out
+    t.family(
+        "ringtrain_rank_allreduces_total",
+        Counter,
+        "Gradient all-reduces timed into ringtrain_rank_allreduce_seconds_total.",
+        totals
+            .iter()
+            .map(|r| (rank(r.rank), r.work.allreduces as f64)),
+    );
+    t.family(
+        "ringtrain_rank_restarts_total",
+        Counter,
+        "Times a worker re-joined into this rank after a round ended.",
+        totals.iter().map(|r| (rank(r.rank), r.restarts as f64)),
+    );
+    t.0
 }
 
-/// One gauge family with a sample per rank that has a value; nothing when none has.
-fn rank_family(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    ranks: &[RankMetrics],
-    labels: impl Fn(&RankMetrics) -> String,
-    value: impl Fn(&RankMetrics) -> Option<String>,
-) {
-    let samples: Vec<(String, String)> = ranks
-        .iter()
-        .filter_map(|r| value(r).map(|v| (labels(r), v)))
-        .collect();
-    if samples.is_empty() {
-        return;
-    }
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-    for (l, v) in samples {
-        let _ = writeln!(out, "{name}{{{l}}} {v}");
-    }
+/// `ringtrain_rank_info`'s labels for `r`.
+fn identity(r: &RankMetrics) -> String {
+    format!(
+        "rank=\"{}\",worker_id=\"{}\",host=\"{}\",device=\"{}\"",
+        r.rank,
+        label(&r.worker_id),
+        label(&r.host),
+        label(&r.device)
+    )
 }
 
 /// `m` as the JSON of `GET /status`.
@@ -275,10 +382,40 @@ pub fn status_json(m: &Metrics) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::{RankTotals, Work};
+    use std::collections::BTreeMap;
 
-    #[test]
-    fn renders_prometheus_text_with_help_type_and_labels() {
-        let m = Metrics {
+    fn rank(rank: u32, worker_id: &str, images_per_s: Option<f64>) -> RankMetrics {
+        RankMetrics {
+            rank,
+            worker_id: worker_id.into(),
+            host: format!("10.0.0.{}", rank + 1),
+            device: "cpu".into(),
+            step: 40 - u64::from(rank),
+            heartbeat_age_s: 0.25,
+            last_seen_unix_ms: 1_700_000_000_250,
+            images_per_s,
+            allreduce_s: None,
+            restarts: rank,
+        }
+    }
+
+    fn totals(images: [u64; 2], restarts: [u64; 2]) -> Vec<RankTotals> {
+        (0..2)
+            .map(|r| RankTotals {
+                rank: r as u32,
+                work: Work {
+                    images: images[r],
+                    allreduce_s: 0.5,
+                    allreduces: 100,
+                },
+                restarts: restarts[r],
+            })
+            .collect()
+    }
+
+    fn metrics() -> Metrics {
+        Metrics {
             run_id: "run \"1\"".into(),
             status: Status::Running,
             round: 2,
@@ -292,84 +429,203 @@ mod tests {
             heartbeats_missed: 2,
             checkpoints: 1,
             checkpoint_age_s: Some(1.5),
+            last_checkpoint_unix_ms: Some(1_700_000_000_000),
             train_loss: Some(0.25),
             valid_loss: None,
             accuracy: Some(0.9),
             train_images_per_s: Some(5000.0),
             lr: Some(0.01),
-            ranks: vec![
-                RankMetrics {
-                    rank: 0,
-                    worker_id: "w0".into(),
-                    host: "10.0.0.1".into(),
-                    device: "cpu".into(),
-                    step: 40,
-                    heartbeat_age_s: 0.25,
-                    images_per_s: Some(2500.0),
-                    allreduce_s: None,
-                    restarts: 1,
-                },
-                RankMetrics {
-                    rank: 1,
-                    worker_id: "w1".into(),
-                    host: "10.0.0.2".into(),
-                    device: "cpu".into(),
-                    step: 39,
-                    heartbeat_age_s: 0.5,
-                    images_per_s: None,
-                    allreduce_s: None,
-                    restarts: 0,
-                },
-            ],
-        };
-        let t = render(&m);
-        assert!(
-            t.contains(
-                "# TYPE ringtrain_round_restarts_total counter\nringtrain_round_restarts_total 1\n"
-            ),
-            "{t}"
+            ranks: vec![rank(0, "w0", Some(2500.0)), rank(1, "w1", None)],
+            rank_totals: totals([6400, 3200], [1, 0]),
+        }
+    }
+
+    /// `(series, value)` of every sample, after checking each family's HELP and TYPE come once,
+    /// before its samples, and counters (only they) end in `_total`.
+    fn parse(t: &str) -> BTreeMap<String, f64> {
+        let (mut typed, mut out) = (BTreeMap::new(), BTreeMap::new());
+        let mut helped = std::collections::BTreeSet::new();
+        for l in t.lines() {
+            if let Some(h) = l.strip_prefix("# HELP ") {
+                let name = h.split(' ').next().unwrap();
+                assert!(helped.insert(name.to_string()), "second HELP: {l}");
+            } else if let Some(ty) = l.strip_prefix("# TYPE ") {
+                let (name, kind) = ty.split_once(' ').unwrap();
+                assert!(helped.contains(name), "TYPE before HELP: {l}");
+                assert_eq!(kind == "counter", name.ends_with("_total"), "{l}");
+                assert!(
+                    typed.insert(name.to_string(), kind.to_string()).is_none(),
+                    "{l}"
+                );
+            } else {
+                let (series, v) = l.rsplit_once(' ').unwrap();
+                let name = series.split('{').next().unwrap();
+                assert!(typed.contains_key(name), "sample before its TYPE: {l}");
+                let v = v.parse::<f64>().unwrap_or_else(|_| panic!("{l}"));
+                assert!(out.insert(series.to_string(), v).is_none(), "twice: {l}");
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn names_types_and_labels_follow_the_conventions() {
+        let t = render(&metrics());
+        let s = parse(&t);
+        assert_eq!(s["ringtrain_round_restarts_total"], 1.0);
+        assert_eq!(s["ringtrain_global_step"], 40.0);
+        assert_eq!(s["ringtrain_run_steps"], 100.0);
+        assert_eq!(s["ringtrain_epochs_completed"], 1.0);
+        assert_eq!(s["ringtrain_run_epochs"], 3.0);
+        assert_eq!(s["ringtrain_valid_accuracy_ratio"], 0.9);
+        assert_eq!(
+            s["ringtrain_last_checkpoint_timestamp_seconds"],
+            1_700_000_000.0
         );
-        assert!(t.contains("ringtrain_valid_accuracy_ratio 0.9\n"), "{t}");
         assert!(
             !t.contains("ringtrain_valid_loss"),
             "absent values are left out: {t}"
         );
-        assert!(
-            t.contains(r#"ringtrain_info{run_id="run \"1\"",status="running"} 1"#),
-            "{t}"
+        let info = format!(
+            r#"ringtrain_info{{run_id="run \"1\"",version="{}"}}"#,
+            env!("CARGO_PKG_VERSION")
         );
-        assert!(
-            t.contains(
-                r#"ringtrain_rank_step{rank="0",worker_id="w0",device="cpu",host="10.0.0.1"} 40"#
-            ),
-            "{t}"
+        assert_eq!(s[&info], 1.0);
+        assert_eq!(
+            s[r#"ringtrain_rank_info{rank="0",worker_id="w0",host="10.0.0.1",device="cpu"}"#],
+            1.0
         );
-        // Measured values only: rank 1 sent no throughput, nobody an all-reduce time.
-        assert!(
-            t.contains(
-                "ringtrain_rank_train_images_per_second{rank=\"0\",worker_id=\"w0\"} 2500.0\n"
-            ),
-            "{t}"
+        assert_eq!(s[r#"ringtrain_rank_global_step{rank="1"}"#], 39.0);
+        assert_eq!(
+            s[r#"ringtrain_rank_last_heartbeat_timestamp_seconds{rank="0"}"#],
+            1_700_000_000.25
         );
-        assert!(
-            !t.contains(r#"ringtrain_rank_train_images_per_second{rank="1""#),
-            "{t}"
+        assert_eq!(s[r#"ringtrain_rank_train_images_total{rank="0"}"#], 6400.0);
+        assert_eq!(s["ringtrain_train_images_total"], 9600.0);
+        assert_eq!(
+            s[r#"ringtrain_rank_allreduce_seconds_total{rank="1"}"#],
+            0.5
         );
-        assert!(!t.contains("ringtrain_rank_allreduce_seconds"), "{t}");
-        assert!(
-            t.contains(r#"ringtrain_rank_restarts{rank="0",worker_id="w0"} 1"#),
-            "{t}"
-        );
-        assert_eq!(t.matches("# TYPE ringtrain_rank_step gauge").count(), 1);
-        // Every sample line is `name{labels} value` with a numeric value.
-        for l in t.lines().filter(|l| !l.starts_with('#')) {
-            let v = l.rsplit(' ').next().unwrap();
-            assert!(v.parse::<f64>().is_ok(), "{l}");
+        assert_eq!(s[r#"ringtrain_rank_allreduces_total{rank="1"}"#], 100.0);
+        assert_eq!(s[r#"ringtrain_rank_restarts_total{rank="0"}"#], 1.0);
+        // Value metrics carry `rank` only; identity is on ringtrain_rank_info.
+        for series in s.keys().filter(|k| k.starts_with("ringtrain_rank_")) {
+            assert!(
+                series.starts_with("ringtrain_rank_info{") || !series.contains(','),
+                "{series}"
+            );
         }
-        let j = status_json(&m);
+        // The old names are gone.
+        for old in [
+            "ringtrain_step ",
+            "ringtrain_steps ",
+            "ringtrain_epoch ",
+            "ringtrain_epochs ",
+            "_age_seconds",
+            "_per_second",
+            "ringtrain_rank_restarts{",
+            "ringtrain_rank_step{",
+            "ringtrain_rank_allreduce_seconds{",
+        ] {
+            assert!(!t.contains(old), "{old} in {t}");
+        }
+    }
+
+    #[test]
+    fn the_status_is_a_state_set_with_one_series_per_status() {
+        for current in STATUSES {
+            let m = Metrics {
+                status: current,
+                ..metrics()
+            };
+            let s = parse(&render(&m));
+            for st in STATUSES {
+                let series = format!("ringtrain_run_status{{status=\"{}\"}}", status_name(st));
+                assert_eq!(s[&series], f64::from(u8::from(st == current)), "{series}");
+            }
+            assert!(
+                !s.keys()
+                    .any(|k| k.starts_with("ringtrain_info") && k.contains("status")),
+                "the info metric has no status label"
+            );
+        }
+    }
+
+    #[test]
+    fn rank_counters_survive_a_smaller_round_and_never_go_down() {
+        // Before: two ranks. After: rank 1's worker was lost, the next round has one rank,
+        // and rank 0's new worker process started counting from 0 (the state machine adds
+        // what it reports to the slot: `state/metrics.rs`).
+        let before = parse(&render(&metrics()));
+        let after = Metrics {
+            round: 3,
+            world_size: 1,
+            ranks: vec![rank(0, "w2", None)],
+            rank_totals: totals([6464, 3200], [2, 0]),
+            ..metrics()
+        };
+        let after = parse(&render(&after));
+        for (series, v) in before.iter().filter(|(k, _)| k.contains("_total")) {
+            let now = after
+                .get(series)
+                .unwrap_or_else(|| panic!("{series} vanished"));
+            assert!(now >= v, "{series}: {v} then {now}");
+        }
+        assert!(!after.contains_key(r#"ringtrain_rank_global_step{rank="1"}"#));
+    }
+
+    #[test]
+    fn connections_are_labelled_by_port() {
+        let cfg = crate::guard::GuardConfig {
+            max_connections: 4,
+            max_pending: 4,
+            handshake_timeout: std::time::Duration::from_secs(1),
+            tcp_keepalive: std::time::Duration::from_secs(1),
+        };
+        let (grpc, http) = (Guard::new("gRPC", cfg), Guard::new("HTTP", cfg));
+        let s = parse(&render_connections(&[&grpc, &http]));
+        for port in ["grpc", "http"] {
+            assert_eq!(
+                s[&format!("ringtrain_connections{{port=\"{port}\",state=\"pending\"}}")],
+                0.0
+            );
+            assert_eq!(
+                s[&format!("ringtrain_connections_accepted_total{{port=\"{port}\"}}")],
+                0.0
+            );
+            assert_eq!(
+                s[&format!(
+                    "ringtrain_connections_closed_total{{port=\"{port}\",reason=\"evicted\"}}"
+                )],
+                0.0
+            );
+        }
+        assert_eq!(render_connections(&[]), "", "no guard, no family");
+    }
+
+    #[test]
+    fn a_whole_scrape_parses_and_values_are_spelled_as_the_format_wants() {
+        parse(&scrape(&metrics(), &[]));
+        assert_eq!(
+            [
+                value(3.0),
+                value(0.25),
+                value(f64::NAN),
+                value(f64::INFINITY),
+                value(f64::NEG_INFINITY)
+            ],
+            ["3", "0.25", "NaN", "+Inf", "-Inf"]
+        );
+    }
+
+    #[test]
+    fn status_json_keeps_the_dashboards_fields() {
+        let j = status_json(&metrics());
         assert_eq!(j["ranks"][0]["worker_id"], "w0");
         assert_eq!(j["ranks"][0]["images_per_s"], 2500.0);
         assert!(j["ranks"][1]["images_per_s"].is_null());
         assert_eq!(j["ranks"][1]["host"], "10.0.0.2");
+        assert_eq!(j["checkpoint_age_s"], 1.5);
+        assert_eq!(j["train_images_per_s"], 5000.0);
     }
 }

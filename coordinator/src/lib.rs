@@ -50,6 +50,7 @@ pub mod health;
 pub mod http;
 pub mod ids;
 pub mod launch;
+pub mod output;
 pub mod plan;
 pub mod rendezvous;
 pub mod resume;

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ringtrain_coordinator::cli::{LaunchArgs, LrFindArgs, ServeArgs};
-use ringtrain_coordinator::RunOutcome;
+use ringtrain_coordinator::{output, RunOutcome};
 
 mod data_cmd;
 mod show_batch_cmd;
@@ -69,7 +69,7 @@ fn main() -> ExitCode {
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             // The one place errors are handled: the whole chain, once, for the person at the terminal.
-            eprintln!("ringtrain: error: {e:#}");
+            output::notice(format_args!("ringtrain: error: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -80,7 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
         Command::Status { target } => {
             for line in ringtrain_coordinator::status_cmd::describe(&target)? {
-                println!("{line}");
+                output::line(line);
             }
             Ok(true)
         }
@@ -147,7 +147,7 @@ fn finished_already(
                 ringtrain_coordinator::resume::ResumeError::AlreadyFinished { .. },
             ),
         ) => {
-            println!("{e}");
+            output::line(e);
             Ok(true)
         }
         Err(e) => Err(e.into()),
@@ -160,7 +160,7 @@ fn print_config(config: ringtrain_coordinator::RunConfig) -> anyhow::Result<bool
     config.validate().context("invalid configuration")?;
     ringtrain_coordinator::security::load_token(&config)?;
     ringtrain_coordinator::security::load_tls(&config)?;
-    println!("{}", serde_json::to_string_pretty(&config)?);
+    output::line(serde_json::to_string_pretty(&config)?);
     Ok(true)
 }
 
@@ -197,8 +197,8 @@ async fn ctrl_c() {
 
 fn report(outcome: &RunOutcome) -> bool {
     match lr_find_line(outcome) {
-        Some(line) => println!("{line}"),
-        None => println!("{}", outcome.final_line()),
+        Some(line) => output::line(line),
+        None => output::line(outcome.final_line()),
     }
     outcome.succeeded()
 }

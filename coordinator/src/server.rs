@@ -45,9 +45,8 @@ use crate::state::{Event, Prepared, RunState, Status};
 /// Why a run stopped on SIGTERM or Ctrl-C.
 pub const INTERRUPTED: &str = "interrupted; the checkpoints stay: continue with --resume RUN_DIR";
 
-/// Largest message either way. Shards of 60,000 paths (about 3 MB) and weights exceed tonic's
-/// 4 MiB default; anything larger than this is refused before it is decoded.
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Largest message either way (the worker's client uses the same limit).
+pub use ringtrain_common::wire::MAX_MESSAGE_BYTES;
 
 /// HTTP/2 streams (calls) one connection may have open at once: a worker needs a few.
 const MAX_STREAMS_PER_CONNECTION: u32 = 64;

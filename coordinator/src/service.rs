@@ -26,6 +26,8 @@ use std::sync::Arc;
 
 use ringtrain_common::data::PixelStats;
 use ringtrain_common::pb::{self, coordinator_server::Coordinator};
+// Metadata marking a status as "the run failed" (the worker exits with code 3).
+use ringtrain_common::wire::{RUN_FAILED, RUN_STATUS_KEY};
 use tonic::{Request, Response, Status};
 
 use crate::ids::{Rank, WorkerId};
@@ -34,7 +36,7 @@ use crate::rendezvous::{Candidate, Membership, RendezvousError};
 use crate::shared::Shared;
 use crate::state::epoch::EpochReport;
 use crate::state::midepoch::MidReport;
-use crate::state::{self, Event, JoinArgs, Prepared, RankPerf, RunError, Secret, Snapshot};
+use crate::state::{self, Event, JoinArgs, Prepared, RunError, Secret, Snapshot, Work};
 
 /// The tonic service; cheap to clone.
 #[derive(Clone)]
@@ -100,14 +102,11 @@ fn refuse(call: &str, peer: &str, e: RunError) -> Status {
     to_status(e)
 }
 
-/// Metadata key marking a status as "the run failed" (the worker exits with code 3).
-pub const RUN_STATUS_KEY: &str = "ringtrain-run-status";
-
 fn run_failed(msg: String) -> Status {
     let mut md = tonic::metadata::MetadataMap::new();
     md.insert(
         RUN_STATUS_KEY,
-        tonic::metadata::MetadataValue::from_static("failed"),
+        tonic::metadata::MetadataValue::from_static(RUN_FAILED),
     );
     Status::with_metadata(tonic::Code::FailedPrecondition, msg, md)
 }
@@ -286,25 +285,25 @@ fn join_reply(
         world_size: m.world_size(),
         peers: m.peers(),
         spec: Some(pb::RunSpec {
-            model: c.model.as_str().into(),
+            model: c.recipe.model.as_str().into(),
             epochs: plan.epochs,
             global_batch: plan.batch_size,
             batch_per_worker: plan.batch_per_worker,
             steps_per_epoch: plan.steps_per_epoch,
-            seed: c.seed,
+            seed: c.recipe.seed,
             image_size: 28,
-            valid_batch_size: c.valid_batch_size,
+            valid_batch_size: c.recipe.valid_batch_size,
             classes: d.classes.clone(),
-            adam_beta2: c.beta2,
-            adam_eps: c.eps,
-            weight_decay: c.wd,
+            adam_beta2: c.recipe.beta2,
+            adam_eps: c.recipe.eps,
+            weight_decay: c.recipe.wd,
             collective_timeout_s: c.collective_timeout_s,
             heartbeat_interval_s: c.heartbeat_interval_s,
             skip_bad: c.skip_bad,
             data_root: d.root.clone(),
             run_dir: p.run_dir.display().to_string(),
             checkpoint_every_steps: c.checkpoint_every_steps,
-            precision: c.precision.to_string(),
+            precision: c.recipe.precision.to_string(),
             lr_find_stop_div: c.lr_find.map_or(0.0, |r| r.stop_div),
         }),
         shard: Some(pb::Shard {
@@ -425,7 +424,7 @@ impl Coordinator for CoordinatorService {
             worker_id: WorkerId(r.worker_id),
             epoch: r.epoch,
             step: r.step,
-            perf: RankPerf::from_wire(r.images_per_second, r.allreduce_seconds),
+            work: Work::from_wire(r.images_trained, r.allreduce_seconds_total, r.allreduces),
         };
         match self
             .shared
@@ -625,6 +624,9 @@ impl Coordinator for CoordinatorService {
             recoverable: r.recoverable,
             reason: r.reason,
             weights: r.weights_safetensors,
+            work: (r.images_trained > 0 || r.allreduces > 0).then(|| {
+                Work::from_wire(r.images_trained, r.allreduce_seconds_total, r.allreduces)
+            }),
         };
         match self.shared.apply(ev, |s| s.verdict()) {
             Ok((status, reason)) => Ok(Response::new(pb::Verdict {

@@ -29,8 +29,10 @@ struct Inner {
 pub(crate) struct Shared {
     inner: Mutex<Inner>,
     tx: watch::Sender<Snapshot>,
-    /// The gRPC port's connection guard, once serving (its counts go to `/metrics`).
-    guard: std::sync::OnceLock<Arc<crate::guard::Guard>>,
+    /// The gRPC and the HTTP port's connection guards, once serving (their counts go to
+    /// `/metrics`).
+    grpc_guard: std::sync::OnceLock<Arc<crate::guard::Guard>>,
+    http_guard: std::sync::OnceLock<Arc<crate::guard::Guard>>,
 }
 
 impl Shared {
@@ -43,18 +45,27 @@ impl Shared {
                 history,
             }),
             tx,
-            guard: std::sync::OnceLock::new(),
+            grpc_guard: std::sync::OnceLock::new(),
+            http_guard: std::sync::OnceLock::new(),
         }
     }
 
     /// Records the gRPC port's guard (once).
     pub(crate) fn set_guard(&self, g: Arc<crate::guard::Guard>) {
-        let _ = self.guard.set(g);
+        let _ = self.grpc_guard.set(g);
     }
 
-    /// The gRPC port's guard, when serving.
-    pub(crate) fn guard(&self) -> Option<&Arc<crate::guard::Guard>> {
-        self.guard.get()
+    /// Records the HTTP port's guard (once).
+    pub(crate) fn set_http_guard(&self, g: Arc<crate::guard::Guard>) {
+        let _ = self.http_guard.set(g);
+    }
+
+    /// The guards of the ports being served: gRPC, then HTTP.
+    pub(crate) fn guards(&self) -> Vec<&Arc<crate::guard::Guard>> {
+        [self.grpc_guard.get(), self.http_guard.get()]
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Connects the output writer; outputs before this are dropped.

@@ -10,13 +10,16 @@ use std::process::Command;
 
 use anyhow::Context as _;
 use clap::Args;
+use ringtrain_common::recipe::args::DatasetArgs;
+use ringtrain_common::recipe::DEFAULT_SEED;
 
 /// `ringtrain show-batch`.
 #[derive(Debug, Clone, Args)]
+#[command(mut_arg("data", |a| a.required(true)))]
 pub struct ShowBatchArgs {
-    /// Dataset root: DIR/<train-dir>/<class>/*.png.
-    #[arg(long, value_name = "DIR", env = "RINGTRAIN_DATA")]
-    data: PathBuf,
+    /// `--data` (required), `--skip-bad`, `--train-dir`, `--valid-dir`: as for a run.
+    #[command(flatten)]
+    dataset: DatasetArgs,
     /// Output PNG.
     #[arg(long, value_name = "FILE", default_value = "show_batch.png")]
     out: PathBuf,
@@ -27,17 +30,8 @@ pub struct ShowBatchArgs {
     #[arg(long, default_value_t = 4)]
     scale: u32,
     /// Seed of shuffling and augmentation: a run with this seed trains on this batch first.
-    #[arg(long, default_value_t = 42, env = "RINGTRAIN_SEED")]
+    #[arg(long, default_value_t = DEFAULT_SEED, env = "RINGTRAIN_SEED")]
     seed: u64,
-    /// Name of the training split folder.
-    #[arg(long, default_value = "training", env = "RINGTRAIN_TRAIN_DIR")]
-    train_dir: String,
-    /// Name of the validation split folder.
-    #[arg(long, default_value = "testing", env = "RINGTRAIN_VALID_DIR")]
-    valid_dir: String,
-    /// Skip (and count) bad files instead of failing.
-    #[arg(long, env = "RINGTRAIN_SKIP_BAD")]
-    skip_bad: bool,
     /// Worker binary [default: ringtrain-worker next to this executable].
     #[arg(long, value_name = "PATH", env = "RINGTRAIN_WORKER_BIN")]
     worker_bin: Option<PathBuf>,
@@ -47,19 +41,14 @@ pub struct ShowBatchArgs {
 pub fn run(a: ShowBatchArgs) -> anyhow::Result<bool> {
     let bin = ringtrain_coordinator::launch::resolve_worker_bin(a.worker_bin.clone())?;
     let mut cmd = Command::new(&bin);
+    // Only the dataset flags given here; the worker's defaults are the same.
     cmd.arg("show-batch")
-        .arg("--data")
-        .arg(&a.data)
+        .args(a.dataset.to_args())
         .arg("--out")
         .arg(&a.out)
         .args(["--rows", &a.rows.to_string()])
         .args(["--scale", &a.scale.to_string()])
-        .args(["--seed", &a.seed.to_string()])
-        .args(["--train-dir", &a.train_dir])
-        .args(["--valid-dir", &a.valid_dir]);
-    if a.skip_bad {
-        cmd.arg("--skip-bad");
-    }
+        .args(["--seed", &a.seed.to_string()]);
     let status = cmd
         .status()
         .with_context(|| format!("running {}", bin.display()))?;

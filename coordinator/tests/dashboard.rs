@@ -266,7 +266,7 @@ async fn page_assets_and_history_are_served_with_types_and_policy() {
     assert!(request(&http, "GET", "/metrics")
         .await
         .body
-        .contains("ringtrain_step "));
+        .contains("ringtrain_global_step "));
     let status: Value = serde_json::from_str(&request(&http, "GET", "/status").await.body).unwrap();
     assert_eq!(status["status"], "rendezvous");
     server.abort();

@@ -70,6 +70,21 @@ async fn metrics_parse_and_counters_increase_while_a_run_goes_on() {
     let before = parse(&get(format!("{base}/metrics")).await);
     assert_eq!(before["ringtrain_heartbeats_total"], 0.0);
     assert_eq!(before["ringtrain_world_size"], 0.0);
+    assert_eq!(before["ringtrain_run_status{status=\"rendezvous\"}"], 1.0);
+    assert_eq!(before["ringtrain_run_status{status=\"running\"}"], 0.0);
+    assert!(
+        !before.contains_key("ringtrain_run_steps"),
+        "unknown before the first round: {before:?}"
+    );
+    // Both ports' connections; this scrape's own connection was accepted.
+    assert!(before["ringtrain_connections_accepted_total{port=\"http\"}"] >= 1.0);
+    assert_eq!(
+        before["ringtrain_connections{port=\"grpc\",state=\"established\"}"],
+        0.0
+    );
+    assert!(before["process_open_fds"] > 0.0, "{before:?}");
+    assert!(before["process_max_fds"] >= before["process_open_fds"]);
+    assert!(before["process_resident_memory_bytes"] > 0.0);
 
     // A worker that joins and heartbeats (without training): heartbeats count up.
     let hang = {
@@ -87,27 +102,48 @@ async fn metrics_parse_and_counters_increase_while_a_run_goes_on() {
         "{later:?}"
     );
     assert!(
-        later
-            .keys()
-            .any(|k| k.starts_with("ringtrain_rank_step{rank=\"0\",worker_id=\"w0\"")),
+        later.keys().any(|k| k.starts_with(
+            "ringtrain_rank_info{rank=\"0\",worker_id=\"w0\",host=\"127.0.0.1\",device=\"cpu\"}"
+        )),
         "{later:?}"
     );
-    // The rank's own throughput, from its heartbeats.
-    assert_eq!(
-        later["ringtrain_rank_train_images_per_second{rank=\"0\",worker_id=\"w0\"}"],
-        1000.0
+    assert!(later.contains_key("ringtrain_rank_global_step{rank=\"0\"}"));
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let beat = later["ringtrain_rank_last_heartbeat_timestamp_seconds{rank=\"0\"}"];
+    assert!(
+        (unix_now - 5.0..=unix_now).contains(&beat),
+        "{beat} vs {unix_now}"
     );
-    assert_eq!(
-        later["ringtrain_rank_allreduce_seconds{rank=\"0\",worker_id=\"w0\"}"],
-        0.004
+    // The rank's own counters, from its heartbeats: they grow between scrapes.
+    let images = "ringtrain_rank_train_images_total{rank=\"0\"}";
+    assert!(
+        later[images] > mid[images] && mid[images] > 0.0,
+        "{later:?}"
     );
-    assert_eq!(
-        later["ringtrain_rank_restarts{rank=\"0\",worker_id=\"w0\"}"],
-        0.0
+    assert_eq!(later["ringtrain_train_images_total"], later[images]);
+    let (secs, n) = (
+        later["ringtrain_rank_allreduce_seconds_total{rank=\"0\"}"],
+        later["ringtrain_rank_allreduces_total{rank=\"0\"}"],
     );
     assert!(
-        later.contains_key("ringtrain_info{run_id=\"test-run\",status=\"running\"}"),
+        n >= 2.0 && (secs / n - 0.004).abs() < 1e-9,
+        "{secs} s in {n}"
+    );
+    assert_eq!(later["ringtrain_rank_restarts_total{rank=\"0\"}"], 0.0);
+    assert_eq!(later["ringtrain_run_status{status=\"running\"}"], 1.0);
+    assert!(
+        later.contains_key(&format!(
+            "ringtrain_info{{run_id=\"test-run\",version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )),
         "{later:?}"
+    );
+    assert_eq!(
+        later["ringtrain_connections{port=\"grpc\",state=\"established\"}"],
+        1.0
     );
 
     let lines =
@@ -119,9 +155,18 @@ async fn metrics_parse_and_counters_increase_while_a_run_goes_on() {
         lines[0].starts_with("run test-run: running (round 1, world size 1)"),
         "{lines:?}"
     );
+    // The coordinator's rates from the counters' differences between heartbeats: the fake
+    // worker counts 1000 images a second (timed by the coordinator, so about that).
+    let images_per_s = |l: &str| {
+        l.split(" images/s")
+            .next()
+            .and_then(|h| h.rsplit(' ').next())
+            .and_then(|n| n.parse::<f64>().ok())
+    };
     assert!(
         lines.iter().any(|l| l.contains("rank 0 w0 on cpu")
-                && l.contains("1000 images/s, all-reduce 4.0 ms")
+                && images_per_s(l).is_some_and(|r| (500.0..2000.0).contains(&r))
+                && l.contains(" images/s, all-reduce 4.0 ms")
                 // Ages to a tenth of a second.
                 && l.split("last heartbeat ")
                     .nth(1)

@@ -131,10 +131,8 @@ async fn shutdown_fails_the_run_as_interrupted() {
 #[tokio::test]
 async fn refuses_to_start_when_the_dataset_is_too_small_for_the_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let config = ringtrain_coordinator::RunConfig {
-        batch_size: 32,
-        ..common::config(dir.path(), 2)
-    };
+    let mut config = common::config(dir.path(), 2);
+    config.recipe.batch_size = 32;
     let err = anyhow::Error::from(
         Run::prepare_with_table(config, Box::new(std::io::sink()))
             .err()

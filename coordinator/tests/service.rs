@@ -254,10 +254,9 @@ async fn barriers_wait_for_every_rank() {
 #[tokio::test]
 async fn different_hashes_fail_both_ranks_with_the_hashes() {
     let dir = tempfile::tempdir().unwrap();
-    let run = prepare(RunConfig {
-        batch_size: 8,
-        ..common::config(dir.path(), 2)
-    });
+    let mut config = common::config(dir.path(), 2);
+    config.recipe.batch_size = 8;
+    let run = prepare(config);
     let svc = run.service();
     let (a, b) = join_two(&svc, run.fingerprint()).await;
     let t = a.round_token;
@@ -289,10 +288,9 @@ async fn different_hashes_fail_both_ranks_with_the_hashes() {
 #[tokio::test(start_paused = true)]
 async fn silent_rank_fails_the_run_and_releases_waiting_calls() {
     let dir = tempfile::tempdir().unwrap();
-    let run = prepare(RunConfig {
-        batch_size: 8,
-        ..common::config(dir.path(), 2)
-    });
+    let mut config = common::config(dir.path(), 2);
+    config.recipe.batch_size = 8;
+    let run = prepare(config);
     let svc = run.service();
     let _watchdog = run.spawn_watchdog();
     let a = join_two(&svc, run.fingerprint()).await.0;
@@ -369,6 +367,7 @@ async fn leave_with_failure_fails_the_run() {
         weights_safetensors: vec![],
         recoverable: false,
         worker_secret: b.worker_secret.clone(),
+        ..Default::default()
     };
     let v = svc.leave(Request::new(leave)).await.unwrap().into_inner();
     assert_eq!(

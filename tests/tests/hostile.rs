@@ -337,9 +337,9 @@ fn a_run_under_a_connection_flood_finishes_with_the_same_parameters() {
         );
         max_fds = max_fds.max(open_fds(serve_pid));
         // Scraped until both workers are established, mid-run.
-        if !scraped.contains("ringtrain_grpc_connections{state=\"established\"} 2") {
+        if !scraped.contains("ringtrain_connections{port=\"grpc\",state=\"established\"} 2") {
             let now = http_get(&http, "/metrics");
-            if now.contains("ringtrain_grpc_connections{") {
+            if now.contains("ringtrain_connections{port=\"grpc\"") {
                 scraped = now;
             }
         }
@@ -363,7 +363,11 @@ fn a_run_under_a_connection_flood_finishes_with_the_same_parameters() {
     let gauge = |state: &str| {
         scraped
             .lines()
-            .find(|l| l.starts_with(&format!("ringtrain_grpc_connections{{state=\"{state}\"}}")))
+            .find(|l| {
+                l.starts_with(&format!(
+                    "ringtrain_connections{{port=\"grpc\",state=\"{state}\"}}"
+                ))
+            })
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse::<f64>().ok())
     };

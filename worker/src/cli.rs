@@ -1,12 +1,19 @@
-//! Command-line interface of `ringtrain-worker` (clap derive). Every flag also reads a
+//! Command-line interface of `ringtrain-worker` (clap derive). Most flags also read a
 //! `RINGTRAIN_*` environment variable; flags win over the environment, which wins over defaults.
+//!
+//! The training-recipe and dataset flags of `train` (and the dataset flags of `cache` and
+//! `show-batch`) are `ringtrain_common::recipe::args`, the same structs `ringtrain serve` /
+//! `launch` flatten, so names, variables and help texts are defined once. Joining a run
+//! (`JoinArgs`) keeps its own dataset flags on purpose: `--data` reads `RINGTRAIN_WORKER_DATA`
+//! (a worker's mount point may differ from the coordinator's `RINGTRAIN_DATA`), and the split
+//! names are plain flags that the launcher passes.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use ringtrain_common::data::ScanOptions;
+use ringtrain_common::recipe::args::{DatasetArgs, RecipeArgs};
+use ringtrain_common::recipe::{Recipe, DEFAULT_SEED};
 
-use crate::amp::Precision;
 use crate::config::{default_cache_dir, TrainConfig};
 use crate::device::DeviceRequest;
 use crate::model::Arch;
@@ -167,22 +174,14 @@ pub enum Command {
     /// Train standalone (world size 1) on an image-folder dataset.
     Train(TrainArgs),
     /// Scan and decode a dataset into the decoded-image cache, so later starts skip decoding.
+    #[command(mut_arg("data", |a| a.required(true)))]
     Cache {
-        /// Dataset root.
-        #[arg(long, env = "RINGTRAIN_DATA")]
-        data: PathBuf,
+        /// `--data` (required), `--skip-bad`, `--train-dir`, `--valid-dir`.
+        #[command(flatten)]
+        dataset: DatasetArgs,
         /// Decoded-image cache folder [default: $RINGTRAIN_CACHE_DIR or ~/.cache/ringtrain/decoded].
         #[arg(long)]
         cache_dir: Option<PathBuf>,
-        /// Skip (and count) bad files instead of failing.
-        #[arg(long, env = "RINGTRAIN_SKIP_BAD")]
-        skip_bad: bool,
-        /// Name of the training split folder.
-        #[arg(long, default_value = "training", env = "RINGTRAIN_TRAIN_DIR")]
-        train_dir: String,
-        /// Name of the validation split folder.
-        #[arg(long, default_value = "testing", env = "RINGTRAIN_VALID_DIR")]
-        valid_dir: String,
     },
     /// Accuracy and loss of a finished run's weights on a dataset's validation split (one process).
     Eval {
@@ -226,10 +225,12 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("data", |a| a.required(true)))]
 pub struct ShowBatchArgs {
-    /// Dataset root: ROOT/<train-dir>/<class>/*.png.
-    #[arg(long, env = "RINGTRAIN_DATA")]
-    pub data: PathBuf,
+    /// `--data` (required), `--skip-bad`, `--train-dir`, `--valid-dir` (the validation split is
+    /// scanned, not shown).
+    #[command(flatten)]
+    pub dataset: DatasetArgs,
     /// Output PNG.
     #[arg(long, default_value = "show_batch.png")]
     pub out: PathBuf,
@@ -240,45 +241,23 @@ pub struct ShowBatchArgs {
     #[arg(long, default_value_t = 4)]
     pub scale: u32,
     /// Seed of shuffling and augmentation: a run with this seed trains on this batch first.
-    #[arg(long, default_value_t = 42, env = "RINGTRAIN_SEED")]
+    #[arg(long, default_value_t = DEFAULT_SEED, env = "RINGTRAIN_SEED")]
     pub seed: u64,
     /// Decoded-image cache folder [default: $RINGTRAIN_CACHE_DIR or ~/.cache/ringtrain/decoded].
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
-    /// Skip (and count) bad files instead of failing.
-    #[arg(long, env = "RINGTRAIN_SKIP_BAD")]
-    pub skip_bad: bool,
-    /// Name of the training split folder.
-    #[arg(long, default_value = "training", env = "RINGTRAIN_TRAIN_DIR")]
-    pub train_dir: String,
-    /// Name of the validation split folder (scanned, not shown).
-    #[arg(long, default_value = "testing", env = "RINGTRAIN_VALID_DIR")]
-    pub valid_dir: String,
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("data", |a| a.required(true)))]
 pub struct TrainArgs {
-    /// Dataset root: ROOT/<train-dir>/<class>/*.png and ROOT/<valid-dir>/<class>/*.png.
-    #[arg(long, env = "RINGTRAIN_DATA")]
-    pub data: PathBuf,
-    /// Network: basic, resnet or dense.
-    #[arg(long, default_value = "resnet", env = "RINGTRAIN_MODEL")]
-    pub model: Arch,
-    /// Epochs [default: 12 for resnet/dense, 3 for basic, as in the lesson].
-    #[arg(long, env = "RINGTRAIN_EPOCHS")]
-    pub epochs: Option<u32>,
-    /// Peak learning rate of the one-cycle schedule [default: 0.05, 0.1 for basic].
-    #[arg(long, env = "RINGTRAIN_MAX_LR")]
-    pub max_lr: Option<f64>,
-    /// Batch size.
-    #[arg(long, default_value_t = 128, env = "RINGTRAIN_BATCH_SIZE")]
-    pub batch_size: usize,
-    /// Validation batch size (speed only; results do not depend on it).
-    #[arg(long, default_value_t = 1024, env = "RINGTRAIN_VALID_BATCH_SIZE")]
-    pub valid_batch_size: usize,
-    /// Seed for initialisation, shuffling and augmentation.
-    #[arg(long, default_value_t = 42, env = "RINGTRAIN_SEED")]
-    pub seed: u64,
+    /// `--data` (required), `--skip-bad`, `--train-dir`, `--valid-dir`.
+    #[command(flatten)]
+    pub dataset: DatasetArgs,
+    /// `--model`, `--epochs`, `--max-lr`, `--batch-size`, ..., `--precision`: the recipe, as
+    /// for `ringtrain launch`.
+    #[command(flatten)]
+    pub recipe: RecipeArgs,
     /// libtorch intra-op threads [default: all cores].
     #[arg(long, env = "RINGTRAIN_THREADS")]
     pub threads: Option<usize>,
@@ -291,36 +270,6 @@ pub struct TrainArgs {
     /// Decode the PNGs every time; write no cache.
     #[arg(long, env = "RINGTRAIN_NO_CACHE")]
     pub no_cache: bool,
-    /// Skip (and count) corrupt, wrong-size and non-PNG files instead of failing.
-    #[arg(long, env = "RINGTRAIN_SKIP_BAD")]
-    pub skip_bad: bool,
-    /// Name of the training split folder.
-    #[arg(long, default_value = "training", env = "RINGTRAIN_TRAIN_DIR")]
-    pub train_dir: String,
-    /// Name of the validation split folder.
-    #[arg(long, default_value = "testing", env = "RINGTRAIN_VALID_DIR")]
-    pub valid_dir: String,
-    /// Decoupled weight decay (fastai `wd`), applied to every parameter.
-    #[arg(long, default_value_t = 1e-2, env = "RINGTRAIN_WD")]
-    pub wd: f64,
-    /// Fraction of steps spent warming the learning rate up.
-    #[arg(long, default_value_t = 0.3, env = "RINGTRAIN_PCT_START")]
-    pub pct_start: f64,
-    /// Start learning rate = max_lr / div_factor.
-    #[arg(long, default_value_t = 25.0, env = "RINGTRAIN_DIV_FACTOR")]
-    pub div_factor: f64,
-    /// Final learning rate = max_lr / (div_factor * final_div_factor).
-    #[arg(long, default_value_t = 1e4, env = "RINGTRAIN_FINAL_DIV_FACTOR")]
-    pub final_div_factor: f64,
-    /// Adam beta1 at the start/end and at the peak learning rate.
-    #[arg(long, num_args = 2, value_delimiter = ',', default_values_t = [0.95, 0.85], env = "RINGTRAIN_MOMS")]
-    pub moms: Vec<f64>,
-    /// Adam beta2.
-    #[arg(long, default_value_t = 0.99, env = "RINGTRAIN_BETA2")]
-    pub beta2: f64,
-    /// Adam epsilon.
-    #[arg(long, default_value_t = 1e-8, env = "RINGTRAIN_EPS")]
-    pub eps: f64,
     /// No progress bars (the table and logs still print).
     #[arg(long, env = "RINGTRAIN_NO_PROGRESS")]
     pub no_progress: bool,
@@ -332,58 +281,39 @@ pub struct TrainArgs {
         env = "RINGTRAIN_DEVICE"
     )]
     pub device: DeviceRequest,
-    /// Forward-pass arithmetic: fp32, or bf16 autocast (weights and optimiser stay f32).
-    #[arg(
-        long,
-        default_value = "fp32",
-        value_name = "fp32|bf16",
-        env = "RINGTRAIN_PRECISION"
-    )]
-    pub precision: Precision,
 }
 
 impl TrainArgs {
-    /// The typed configuration (not yet validated).
-    pub fn into_config(self) -> TrainConfig {
-        let mut cfg = TrainConfig::lesson(self.data, self.model);
-        cfg.scan = ScanOptions {
-            train_dir: self.train_dir,
-            valid_dir: self.valid_dir,
-            skip_bad: self.skip_bad,
-        };
-        if let Some(e) = self.epochs {
-            cfg.epochs = e;
-        }
-        if let Some(lr) = self.max_lr {
-            cfg.schedule.max_lr = lr;
-        }
-        cfg.batch_size = self.batch_size;
-        cfg.valid_batch_size = self.valid_batch_size;
-        cfg.seed = self.seed;
-        cfg.threads = self.threads;
-        cfg.device = self.device;
-        cfg.precision = self.precision;
-        cfg.schedule.pct_start = self.pct_start;
-        cfg.schedule.div_factor = self.div_factor;
-        cfg.schedule.final_div_factor = self.final_div_factor;
-        if let [a, b] = self.moms[..] {
-            cfg.schedule.moms = (a, b);
-        }
-        cfg.adam.beta2 = self.beta2;
-        cfg.adam.eps = self.eps;
-        cfg.adam.weight_decay = self.wd;
+    /// The typed configuration (not yet validated): the given flags over the lesson's recipe,
+    /// with `epochs` and `max_lr` written in.
+    pub fn into_config(self) -> anyhow::Result<TrainConfig> {
+        let data = required_data(&self.dataset)?;
+        let recipe = self.recipe.overlay(Recipe::default()).resolved();
+        let mut cfg = TrainConfig::lesson(data, recipe.model);
+        cfg.scan = self.dataset.scan_options();
         cfg.run_dir = self.run_dir.unwrap_or_else(|| {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            PathBuf::from(format!("runs/{}-{now}", self.model))
+            PathBuf::from(format!("runs/{}-{now}", recipe.model))
         });
+        cfg.recipe = recipe;
+        cfg.threads = self.threads;
+        cfg.device = self.device;
         cfg.cache_dir = if self.no_cache {
             None
         } else {
             self.cache_dir.or_else(default_cache_dir)
         };
         cfg.progress = !self.no_progress;
-        cfg
+        Ok(cfg)
     }
+}
+
+/// `--data` of a subcommand that marks it required (clap has already refused a command line
+/// without it, so the error is for callers that build the struct themselves).
+pub(crate) fn required_data(d: &DatasetArgs) -> anyhow::Result<PathBuf> {
+    d.data
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("--data DIR is required"))
 }

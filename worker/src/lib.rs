@@ -14,8 +14,10 @@ pub mod device;
 pub mod dist;
 pub mod eval;
 pub mod flat;
+pub mod inventory;
 pub mod model;
 pub mod optim;
+pub mod output;
 pub mod predict;
 pub mod show_batch;
 pub mod train;
@@ -46,7 +48,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         let print = cli.join.print_config;
         let opts = cli.join.into_options()?;
         if print {
-            println!("{}", opts.describe());
+            output::line(opts.describe());
             return Ok(());
         }
         dist::run_worker(&opts)?;
@@ -62,7 +64,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let weights = weights.unwrap_or_else(|| run_dir.join("final.safetensors"));
             let (acc, loss, correct, count) =
                 eval::evaluate(&run_dir, &data, &weights, &valid_dir)?;
-            println!("accuracy {acc:.6} ({correct} of {count}) valid_loss {loss:.6}");
+            output::line(format!(
+                "accuracy {acc:.6} ({correct} of {count}) valid_loss {loss:.6}"
+            ));
         }
         Command::Predict {
             checkpoint,
@@ -72,16 +76,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let out = predict::predict(&checkpoint, &images)?;
             let lines = if json { out.json_lines() } else { out.lines() };
             for line in lines {
-                println!("{line}");
+                output::line(line);
             }
         }
         Command::Devices { json } => {
-            let inv = device::Inventory::probe();
+            let inv = inventory::Inventory::probe();
             if json {
-                println!("{}", serde_json::to_string(&inv)?);
+                output::line(serde_json::to_string(&inv)?);
             } else {
                 for line in inv.lines() {
-                    println!("{line}");
+                    output::line(line);
                 }
             }
         }
@@ -89,16 +93,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let vs = tch::nn::VarStore::new(tch::Device::Cpu);
             let m = model::Model::new(&vs.root(), model, classes);
             let rows = model::summary::rows(&m, 28, 28);
-            print!("{}", model::summary::render(&m, &rows));
+            let text = model::summary::render(&m, &rows);
+            output::line(text.strip_suffix('\n').unwrap_or(&text));
         }
         Command::ShowBatch(a) => {
             let shown = show_batch::show_batch(&show_batch::ShowBatchOptions {
-                data: a.data,
-                scan: ringtrain_common::data::ScanOptions {
-                    train_dir: a.train_dir,
-                    valid_dir: a.valid_dir,
-                    skip_bad: a.skip_bad,
-                },
+                data: cli::required_data(&a.dataset)?,
+                scan: a.dataset.scan_options(),
                 cache_dir: a.cache_dir.or_else(config::default_cache_dir),
                 progress: std::io::stderr().is_terminal(),
                 seed: a.seed,
@@ -106,35 +107,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 scale: a.scale,
                 out: a.out,
             })?;
-            println!(
+            output::line(format!(
                 "{}: {} augmented training images (mean {:.4}, std {:.4}); labels: {}",
                 shown.out.display(),
                 shown.images,
                 shown.norm.mean,
                 shown.norm.std,
                 shown.labels.join(" ")
-            );
+            ));
         }
-        Command::Cache {
-            data,
-            cache_dir,
-            skip_bad,
-            train_dir,
-            valid_dir,
-        } => {
+        Command::Cache { dataset, cache_dir } => {
+            let data = cli::required_data(&dataset)?;
             let cache_dir = cache_dir.or_else(config::default_cache_dir);
             let opts = ringtrain_common::data::LoadOptions {
-                scan: ringtrain_common::data::ScanOptions {
-                    train_dir,
-                    valid_dir,
-                    skip_bad,
-                },
+                scan: dataset.scan_options(),
                 image_size: (28, 28),
                 cache_dir: cache_dir.clone(),
                 progress: std::io::stderr().is_terminal(),
             };
             let ds = ringtrain_common::data::load_dataset(&data, &opts)?;
-            println!(
+            output::line(format!(
                 "{}: {} training and {} validation images in {} classes, {} skipped; {} {}",
                 data.display(),
                 ds.train.len(),
@@ -147,22 +139,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     "cached in"
                 },
                 cache_dir.map_or_else(|| "(no cache folder)".into(), |d| d.display().to_string())
-            );
+            ));
         }
         Command::Train(args) => {
-            let mut cfg = args.into_config();
+            let mut cfg = args.into_config()?;
             // Progress bars only make sense on a terminal; logs and the table always print.
             cfg.progress &= std::io::stderr().is_terminal();
             tracing::info!(config = %serde_json::to_string(&cfg)?, "effective configuration");
             let summary = train::standalone::train(&cfg, &mut collective::Solo)?;
-            println!(
+            output::line(format!(
                 "accuracy {:.4} ({} of {} validation images) | {:.0} train images/s | run folder {}",
                 summary.final_accuracy,
                 (summary.final_accuracy * summary.valid_images as f64).round() as u64,
                 summary.valid_images,
                 summary.train_images_per_s,
                 summary.run_dir.display()
-            );
+            ));
         }
     }
     Ok(())

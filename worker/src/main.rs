@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use ringtrain_worker::output::notice;
 
 fn main() -> ExitCode {
     let cli = ringtrain_worker::cli::Cli::parse();
@@ -14,9 +15,9 @@ fn main() -> ExitCode {
     std::thread::spawn(|| loop {
         if let Some((deadline, code)) = ringtrain_worker::dist::exit_deadline() {
             if Instant::now() >= deadline {
-                eprintln!(
+                notice(format_args!(
                     "ringtrain-worker: the worker did not stop in time; exiting with code {code}"
-                );
+                ));
                 std::process::exit(code);
             }
         }
@@ -25,7 +26,7 @@ fn main() -> ExitCode {
     match ringtrain_worker::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ringtrain-worker: error: {e:#}");
+            notice(format_args!("ringtrain-worker: error: {e:#}"));
             ExitCode::from(ringtrain_worker::exit_code(&e) as u8)
         }
     }

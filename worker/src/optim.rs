@@ -14,27 +14,11 @@
 //!
 //! Tests: `tests` at the bottom (against a scalar reference implementation).
 
-use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-/// Fixed Adam hyper-parameters (the schedule supplies `lr` and `beta1` per step).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct AdamConfig {
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-}
-
-impl Default for AdamConfig {
-    /// fastai v1: `betas=(0.9, 0.99)`, eps 1e-8 (PyTorch's), wd 1e-2.
-    fn default() -> Self {
-        Self {
-            beta2: 0.99,
-            eps: 1e-8,
-            weight_decay: 1e-2,
-        }
-    }
-}
+/// Fixed Adam hyper-parameters (the schedule supplies `lr` and `beta1` per step); part of the
+/// training recipe, so defined with it in `ringtrain_common::recipe`.
+pub use ringtrain_common::recipe::AdamConfig;
 
 /// Optimiser state: both moments and the step count.
 #[derive(Debug)]

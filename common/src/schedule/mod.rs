@@ -71,17 +71,26 @@ pub enum ScheduleError {
     },
 }
 
+/// fastai's `pct_start`: the share of the steps spent warming up.
+pub const DEFAULT_PCT_START: f64 = 0.3;
+/// fastai's `div_factor`: the run starts at `max_lr / 25`.
+pub const DEFAULT_DIV_FACTOR: f64 = 25.0;
+/// fastai's `final_div` over `div_factor`: the run anneals towards `max_lr / (25 · 1e4)`.
+pub const DEFAULT_FINAL_DIV_FACTOR: f64 = 1e4;
+/// fastai's `moms`: Adam `beta1` at the start/end and at the peak learning rate.
+pub const DEFAULT_MOMS: (f64, f64) = (0.95, 0.85);
+
 fn default_pct_start() -> f64 {
-    0.3
+    DEFAULT_PCT_START
 }
 fn default_div_factor() -> f64 {
-    25.0
+    DEFAULT_DIV_FACTOR
 }
 fn default_final_div_factor() -> f64 {
-    1e4
+    DEFAULT_FINAL_DIV_FACTOR
 }
 fn default_moms() -> (f64, f64) {
-    (0.95, 0.85)
+    DEFAULT_MOMS
 }
 
 /// One-cycle hyper-parameters, named as in fastai/PyTorch. Only `max_lr` and `total_steps` are

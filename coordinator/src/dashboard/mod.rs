@@ -20,6 +20,9 @@ mod history;
 
 pub use history::History;
 
+/// Steps `/history` and the event stream send by default (the charts' resolution).
+pub const HISTORY_POINTS: usize = 2000;
+
 use serde_json::Value;
 
 use crate::state::Metrics;

@@ -7,7 +7,7 @@
 //! * `GET /`, `/index.html`, `/dashboard.css`, `/dashboard.js`, `/favicon.svg`: the dashboard
 //!   (`crate::dashboard`), with its Content-Security-Policy.
 //! * `GET /metrics` (Prometheus text), `GET /status` (JSON), `GET /history` (the dashboard's
-//!   epochs and steps, at most [`HISTORY_POINTS`] steps; `?points=N` asks for fewer or more, up
+//!   epochs and steps, at most [`dashboard::HISTORY_POINTS`] steps; `?points=N` asks for fewer or more, up
 //!   to 20,000; a `points` that is not a number is ignored).
 //! * `GET /events`: an event stream while fewer than [`MAX_STREAMS`] are open, else `503`.
 //! * `HEAD` on every path answers like `GET` without the body (axum's `get`). Another method on
@@ -34,8 +34,6 @@ use crate::shared::Shared;
 
 /// Event streams open at once (each holds one of the server's connections).
 pub(super) const MAX_STREAMS: usize = 32;
-/// Steps `/history` returns by default.
-pub(super) const HISTORY_POINTS: usize = 2000;
 const MAX_HISTORY_POINTS: usize = 20_000;
 /// Answers computed at once. Each reads the run's state under the lock the gRPC handlers take,
 /// so a burst of scrapes queues here instead of in front of the workers' calls.
@@ -113,12 +111,6 @@ async fn common_headers(mut r: Response) -> Response {
     r
 }
 
-pub(super) fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn page(asset: &Asset) -> Response {
     let mut r = typed(StatusCode::OK, asset.content_type, Body::from(asset.body));
     r.headers_mut().insert(
@@ -131,18 +123,15 @@ fn page(asset: &Asset) -> Response {
 async fn metrics(State(ctx): State<Ctx>) -> Response {
     let m = ctx
         .shared
-        .read(|s| s.metrics(crate::clock::now(), unix_ms()));
-    let mut body = crate::exposition::render(&m);
-    if let Some(g) = ctx.shared.guard() {
-        body.push_str(&crate::exposition::render_guard(g));
-    }
+        .read(|s| s.metrics(crate::clock::now(), crate::clock::unix_ms()));
+    let body = crate::exposition::scrape(&m, &ctx.shared.guards());
     typed(StatusCode::OK, PROMETHEUS_TEXT, Body::from(body))
 }
 
 async fn status(State(ctx): State<Ctx>) -> Response {
     let m = ctx
         .shared
-        .read(|s| s.metrics(crate::clock::now(), unix_ms()));
+        .read(|s| s.metrics(crate::clock::now(), crate::clock::unix_ms()));
     let json = crate::exposition::status_json(&m).to_string();
     typed(StatusCode::OK, JSON, Body::from(json))
 }
@@ -152,7 +141,7 @@ async fn history(State(ctx): State<Ctx>, RawQuery(query): RawQuery) -> Response 
         .as_deref()
         .and_then(|q| param(q, "points"))
         .and_then(|p| p.parse::<usize>().ok())
-        .unwrap_or(HISTORY_POINTS)
+        .unwrap_or(dashboard::HISTORY_POINTS)
         .clamp(2, MAX_HISTORY_POINTS);
     let json = ctx.shared.history(|h| h.json(points)).to_string();
     typed(StatusCode::OK, JSON, Body::from(json))

@@ -72,6 +72,8 @@ const LIMITS: GuardConfig = GuardConfig {
 pub(crate) struct HttpServer {
     task: JoinHandle<()>,
     stop: watch::Sender<bool>,
+    /// Its connections (counted in `/metrics`).
+    guard: Arc<Guard>,
 }
 
 impl HttpServer {
@@ -89,7 +91,9 @@ impl HttpServer {
             max_streams = routes::MAX_STREAMS,
             "HTTP connection limits"
         );
-        Self::serve(listener, routes::router(shared), limits)
+        let server = Self::serve(listener, routes::router(shared.clone()), limits);
+        shared.set_http_guard(server.guard.clone());
+        server
     }
 
     /// Serves `app` on `listener` under `limits`.
@@ -99,12 +103,12 @@ impl HttpServer {
         let incoming = guard::accept_loop(listener, guard.clone(), stopped.clone());
         let conn = Conn {
             app,
-            guard,
+            guard: guard.clone(),
             head_timeout: limits.handshake_timeout,
             cap: limits.max_connections,
         };
         let task = tokio::spawn(accept(incoming, conn, stopped));
-        Self { task, stop }
+        Self { task, stop, guard }
     }
 
     /// Stops accepting; waits up to `grace` for open connections (an event stream ends by

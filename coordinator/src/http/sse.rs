@@ -29,7 +29,6 @@ use futures_util::stream::{self, Stream, StreamExt as _};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::{Interval, MissedTickBehavior};
 
-use super::routes::{unix_ms, HISTORY_POINTS};
 use crate::dashboard::live_json;
 use crate::shared::Shared;
 use crate::state::Snapshot;
@@ -97,9 +96,9 @@ impl Feed {
         let epochs_sent = self.epochs_sent;
         let (update, over, history) = self.shared.read_with_history(|s, h| {
             let (status, reason) = s.verdict();
-            let m = s.metrics(crate::clock::now(), unix_ms());
-            let history =
-                (epochs_sent != Some(h.epochs())).then(|| (h.epochs(), h.json(HISTORY_POINTS)));
+            let m = s.metrics(crate::clock::now(), crate::clock::unix_ms());
+            let history = (epochs_sent != Some(h.epochs()))
+                .then(|| (h.epochs(), h.json(crate::dashboard::HISTORY_POINTS)));
             (live_json(&m, &reason), status.is_terminal(), history)
         });
         if let Some((epochs, history)) = history {

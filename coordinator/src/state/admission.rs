@@ -13,10 +13,10 @@ use super::{
 use super::{Liveness, RankPerf};
 use ringtrain_common::devices::{choose, WorkerDevice};
 
-use crate::artifacts::Output;
 use crate::ids::WorkerId;
 use crate::plan::plan_run;
 use crate::rendezvous::{Membership, RendezvousAction, RendezvousError, RendezvousEvent};
+use crate::state::output::Output;
 
 impl RunState {
     pub(super) fn join(&mut self, a: JoinArgs, now: Instant) -> Actions {
@@ -53,7 +53,7 @@ impl RunState {
                 want: self.prepared.run_id.clone(),
             });
         }
-        let model = self.prepared.config.model.as_str();
+        let model = self.prepared.config.recipe.model.as_str();
         if !a.model.is_empty() && a.model != model {
             return Err(RunError::ModelMismatch {
                 worker_id,
@@ -174,6 +174,7 @@ impl RunState {
                 last_seen: now,
                 step: 0,
                 perf: RankPerf::default(),
+                rate_base: None,
                 waiting: 0,
                 left: false,
                 gone: false,
@@ -190,11 +191,16 @@ impl RunState {
                 uuid: x.candidate.device_uuid.clone(),
             })
             .collect();
+        self.counters.slots(world_size as usize);
         for x in &m.members {
-            *self
+            let joined = self
                 .rounds_joined
                 .entry(x.candidate.worker_id.clone())
-                .or_default() += 1;
+                .or_default();
+            *joined += 1;
+            if *joined > 1 {
+                self.counters.rejoined(x.rank.index());
+            }
         }
         self.membership = Some(m);
         match choose(self.prepared.config.collective, &devices) {

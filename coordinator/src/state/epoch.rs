@@ -266,8 +266,11 @@ mod tests {
         // 2 ranks × 2 steps × 2 per rank.
         let c = RunConfig {
             data: "d".into(),
-            epochs: Some(2),
-            batch_size: 4,
+            recipe: crate::config::Recipe {
+                epochs: Some(2),
+                batch_size: 4,
+                ..Default::default()
+            },
             ..RunConfig::default()
         };
         plan_run(&c, 8, 4, 2).unwrap()

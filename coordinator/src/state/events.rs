@@ -10,14 +10,14 @@ use ringtrain_common::devices::CollectiveKind;
 
 use super::epoch::EpochReport;
 use super::identity::Secret;
-use super::metrics::RankPerf;
+use super::metrics::Work;
 use super::midepoch::MidReport;
 use super::rounds::ResumePoint;
 use super::{Failure, Status};
-use crate::artifacts::Output;
 use crate::ids::{Rank, WorkerId};
 use crate::plan::RunPlan;
 use crate::rendezvous::{Candidate, Membership, RendezvousError};
+use crate::state::output::Output;
 
 /// What waiters observe; published after every change.
 #[derive(Debug, Clone)]
@@ -74,8 +74,8 @@ pub enum Event {
         worker_id: WorkerId,
         epoch: u32,
         step: u64,
-        /// Its throughput since its previous heartbeat.
-        perf: RankPerf,
+        /// Its work since its process started (cumulative).
+        work: Work,
     },
     /// A rank's pixel sums.
     PixelStats {
@@ -99,6 +99,8 @@ pub enum Event {
         recoverable: bool,
         reason: String,
         weights: Vec<u8>,
+        /// The worker's final work counters (a successful Leave), as in its heartbeats.
+        work: Option<Work>,
     },
     /// A rank's checkpoint inside an epoch.
     Checkpoint {

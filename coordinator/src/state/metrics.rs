@@ -1,11 +1,19 @@
 //! What `/metrics` reports about the run: totals kept by the state machine and a snapshot of
-//! the current round, in Prometheus terms (`crate::http` renders them).
+//! the current round, in Prometheus terms (`crate::exposition` renders them).
 //!
-//! Same contract as the parent module; split off only to keep files small.
+//! Same contract as the parent module; split off only to keep files small. In addition:
+//! * Workers report cumulative counts ([`Work`], since their process started); the coordinator
+//!   adds up the differences between a worker's consecutive reports per rank slot, so the
+//!   per-rank totals only ever grow while this coordinator runs. A count lower than the
+//!   worker's previous report is a new worker process, which counts from 0: all of it is new.
+//! * Display rates (`/status`, the dashboard) are derived from the differences between two
+//!   heartbeats of the same rank in one round, at least half a heartbeat interval apart.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::{RunState, Status};
+use crate::ids::WorkerId;
 
 /// Totals since this coordinator started (restored runs start again at 0, as Prometheus
 /// counters may).
@@ -17,6 +25,12 @@ pub(super) struct Counters {
     pub heartbeats_missed: u64,
     pub checkpoints: u64,
     pub last_checkpoint_unix_ms: Option<u64>,
+    /// Work done in each rank slot, summed over the workers that held it.
+    pub rank_work: Vec<Work>,
+    /// Times each rank slot was taken by a worker that re-joined after a round ended.
+    pub rank_restarts: Vec<u64>,
+    /// Every worker's latest report, which its next one is compared with.
+    reported: BTreeMap<WorkerId, Work>,
 }
 
 impl Counters {
@@ -28,24 +42,98 @@ impl Counters {
             self.heartbeats_missed += missed as u64;
         }
     }
+
+    /// A round of `world_size` ranks starts: every slot has its series from now on.
+    pub fn slots(&mut self, world_size: usize) {
+        if self.rank_work.len() < world_size {
+            self.rank_work.resize(world_size, Work::default());
+            self.rank_restarts.resize(world_size, 0);
+        }
+    }
+
+    /// Slot `rank` was taken by a worker that re-joined.
+    pub fn rejoined(&mut self, rank: usize) {
+        self.slots(rank + 1);
+        self.rank_restarts[rank] += 1;
+    }
+
+    /// `worker`, in slot `rank`, reported `work`: adds what it did since its previous report
+    /// (all of `work` for a worker not heard from yet, or a new process).
+    pub fn work(&mut self, rank: usize, worker: &WorkerId, work: Work) {
+        let prev = match self.reported.get_mut(worker) {
+            Some(prev) => std::mem::replace(prev, work),
+            None => {
+                self.reported.insert(worker.clone(), work);
+                Work::default()
+            }
+        };
+        let done = work.since(prev);
+        self.slots(rank + 1);
+        self.rank_work[rank].add(done);
+    }
 }
 
-/// A rank's throughput as its last heartbeat reported it (`None`: not measured).
+/// Training work as a worker reports it in its heartbeats: cumulative since its process
+/// started.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Work {
+    /// Training images.
+    pub images: u64,
+    /// Seconds spent in gradient all-reduces, timed on the host (0 on NCCL ranks).
+    pub allreduce_s: f64,
+    /// Gradient all-reduces timed into `allreduce_s`.
+    pub allreduces: u64,
+}
+
+impl Work {
+    /// From the wire; a negative or non-finite time counts as 0.
+    pub fn from_wire(images: u64, allreduce_seconds_total: f64, allreduces: u64) -> Self {
+        let s = allreduce_seconds_total;
+        Self {
+            images,
+            allreduce_s: if s.is_finite() && s > 0.0 { s } else { 0.0 },
+            allreduces,
+        }
+    }
+
+    /// What was done between the report `prev` and this one: the difference, or all of this
+    /// one when any count went down (a new worker process, counting from 0 again).
+    pub fn since(self, prev: Work) -> Work {
+        let reset = self.images < prev.images
+            || self.allreduces < prev.allreduces
+            || self.allreduce_s < prev.allreduce_s;
+        if reset {
+            return self;
+        }
+        Work {
+            images: self.images - prev.images,
+            allreduce_s: self.allreduce_s - prev.allreduce_s,
+            allreduces: self.allreduces - prev.allreduces,
+        }
+    }
+
+    fn add(&mut self, d: Work) {
+        self.images += d.images;
+        self.allreduce_s += d.allreduce_s;
+        self.allreduces += d.allreduces;
+    }
+}
+
+/// A rank's throughput between two of its heartbeats (`None`: not measured), for display.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RankPerf {
-    /// Training images per second since its previous heartbeat.
+    /// Training images per second.
     pub images_per_s: Option<f64>,
-    /// Mean seconds per gradient all-reduce since its previous heartbeat.
+    /// Mean seconds per timed gradient all-reduce (none on NCCL ranks).
     pub allreduce_s: Option<f64>,
 }
 
 impl RankPerf {
-    /// From the wire, where 0 means "not measured"; negative or non-finite values are dropped.
-    pub fn from_wire(images_per_s: f64, allreduce_s: f64) -> Self {
-        let keep = |v: f64| (v.is_finite() && v > 0.0).then_some(v);
+    /// The rates of `done` over `secs` seconds.
+    pub fn over(done: Work, secs: f64) -> Self {
         Self {
-            images_per_s: keep(images_per_s),
-            allreduce_s: keep(allreduce_s),
+            images_per_s: (secs > 0.0).then(|| done.images as f64 / secs),
+            allreduce_s: (done.allreduces > 0).then(|| done.allreduce_s / done.allreduces as f64),
         }
     }
 }
@@ -61,10 +149,22 @@ pub struct RankMetrics {
     /// Global step of its last heartbeat.
     pub step: u64,
     pub heartbeat_age_s: f64,
+    /// Unix time of its last sign of life, in milliseconds.
+    pub last_seen_unix_ms: u64,
+    /// Between its last two heartbeats far enough apart.
     pub images_per_s: Option<f64>,
     pub allreduce_s: Option<f64>,
-    /// Rounds it re-joined after a round ended (since this coordinator started).
+    /// Rounds its worker re-joined after a round ended (since this coordinator started).
     pub restarts: u32,
+}
+
+/// One rank slot's totals since this coordinator started, over every worker that held it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankTotals {
+    pub rank: u32,
+    pub work: Work,
+    /// Times a worker re-joined into this slot after a round ended.
+    pub restarts: u64,
 }
 
 /// `host` of `host:port` (`[v6]:port` keeps the brackets off).
@@ -84,6 +184,7 @@ pub struct Metrics {
     pub world_size: u32,
     /// Highest global step any rank reported (or the last finished epoch's).
     pub step: u64,
+    /// Steps of the whole run; 0 until a round's plan exists.
     pub total_steps: u64,
     pub epochs_completed: u32,
     pub epochs: u32,
@@ -92,17 +193,22 @@ pub struct Metrics {
     pub heartbeats_missed: u64,
     pub checkpoints: u64,
     pub checkpoint_age_s: Option<f64>,
+    /// Unix time the last checkpoint was written, in milliseconds.
+    pub last_checkpoint_unix_ms: Option<u64>,
     /// The last completed epoch's row.
     pub train_loss: Option<f64>,
     pub valid_loss: Option<f64>,
     pub accuracy: Option<f64>,
     pub train_images_per_s: Option<f64>,
     pub lr: Option<f64>,
+    /// The current round's ranks.
     pub ranks: Vec<RankMetrics>,
+    /// Every rank slot any round had.
+    pub rank_totals: Vec<RankTotals>,
 }
 
 impl RunState {
-    /// The metrics as of `now` (`unix_ms`: the wall clock, for the checkpoint's age).
+    /// The metrics as of `now` (`unix_ms`: the wall clock, for ages and timestamps).
     pub fn metrics(&self, now: Instant, unix_ms: u64) -> Metrics {
         let row = self.agg.rows.last();
         let ranks = self
@@ -110,19 +216,36 @@ impl RunState {
             .iter()
             .flat_map(|m| m.members.iter())
             .zip(&self.ranks)
-            .map(|(m, l)| RankMetrics {
-                rank: m.rank.0,
-                worker_id: m.candidate.worker_id.0.clone(),
-                host: host_of(&m.candidate.collective_addr),
-                device: m.candidate.device.clone(),
-                step: l.step,
-                heartbeat_age_s: now.saturating_duration_since(l.last_seen).as_secs_f64(),
-                images_per_s: l.perf.images_per_s,
-                allreduce_s: l.perf.allreduce_s,
-                restarts: self
-                    .rounds_joined
-                    .get(&m.candidate.worker_id)
-                    .map_or(0, |n| n.saturating_sub(1)),
+            .map(|(m, l)| {
+                let age = now.saturating_duration_since(l.last_seen);
+                RankMetrics {
+                    rank: m.rank.0,
+                    worker_id: m.candidate.worker_id.0.clone(),
+                    host: host_of(&m.candidate.collective_addr),
+                    device: m.candidate.device.clone(),
+                    step: l.step,
+                    heartbeat_age_s: age.as_secs_f64(),
+                    last_seen_unix_ms: unix_ms
+                        .saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+                    images_per_s: l.perf.images_per_s,
+                    allreduce_s: l.perf.allreduce_s,
+                    restarts: self
+                        .rounds_joined
+                        .get(&m.candidate.worker_id)
+                        .map_or(0, |n| n.saturating_sub(1)),
+                }
+            })
+            .collect();
+        let c = &self.counters;
+        let rank_totals = c
+            .rank_work
+            .iter()
+            .zip(&c.rank_restarts)
+            .enumerate()
+            .map(|(r, (work, restarts))| RankTotals {
+                rank: r as u32,
+                work: *work,
+                restarts: *restarts,
             })
             .collect();
         Metrics {
@@ -135,19 +258,20 @@ impl RunState {
             epochs_completed: self.agg.done(),
             epochs: self.prepared.config.epochs(),
             restarts: self.restarts,
-            heartbeats: self.counters.heartbeats,
-            heartbeats_missed: self.counters.heartbeats_missed,
-            checkpoints: self.counters.checkpoints,
-            checkpoint_age_s: self
-                .counters
+            heartbeats: c.heartbeats,
+            heartbeats_missed: c.heartbeats_missed,
+            checkpoints: c.checkpoints,
+            checkpoint_age_s: c
                 .last_checkpoint_unix_ms
                 .map(|t| unix_ms.saturating_sub(t) as f64 / 1000.0),
+            last_checkpoint_unix_ms: c.last_checkpoint_unix_ms,
             train_loss: row.map(|r| r.train_loss),
             valid_loss: row.map(|r| r.valid_loss),
             accuracy: row.map(|r| r.accuracy),
             train_images_per_s: row.map(|r| r.train_images_per_s),
             lr: row.map(|r| r.lr),
             ranks,
+            rank_totals,
         }
     }
 }
@@ -171,16 +295,62 @@ mod tests {
         assert_eq!((c.heartbeats, c.heartbeats_missed), (3, 4));
     }
 
+    fn work(images: u64, allreduce_s: f64, allreduces: u64) -> Work {
+        Work::from_wire(images, allreduce_s, allreduces)
+    }
+
     #[test]
-    fn perf_from_the_wire_keeps_only_positive_finite_values() {
-        let p = RankPerf::from_wire(1234.5, 0.002);
-        assert_eq!((p.images_per_s, p.allreduce_s), (Some(1234.5), Some(0.002)));
-        let none = RankPerf::from_wire(0.0, f64::NAN);
-        assert_eq!(none, RankPerf::default());
+    fn work_from_the_wire_drops_impossible_times() {
         assert_eq!(
-            RankPerf::from_wire(-3.0, f64::INFINITY),
-            RankPerf::default()
+            work(5, 0.5, 2),
+            Work {
+                images: 5,
+                allreduce_s: 0.5,
+                allreduces: 2
+            }
         );
+        assert_eq!(work(5, f64::NAN, 2).allreduce_s, 0.0);
+        assert_eq!(work(5, -1.0, 2).allreduce_s, 0.0);
+        assert_eq!(work(5, f64::INFINITY, 2).allreduce_s, 0.0);
+    }
+
+    #[test]
+    fn slot_totals_add_differences_and_a_new_process_counts_from_zero() {
+        let (a, b) = (WorkerId("w-a".into()), WorkerId("w-b".into()));
+        let mut c = Counters::default();
+        c.slots(2);
+        assert_eq!(
+            c.rank_work,
+            vec![Work::default(); 2],
+            "every slot from the start"
+        );
+        c.work(0, &a, work(100, 1.0, 10));
+        c.work(0, &a, work(300, 3.0, 30));
+        c.work(1, &b, work(50, 0.0, 0));
+        assert_eq!(c.rank_work[0], work(300, 3.0, 30));
+        // w-a restarted (counts from 0 again) and got slot 1; w-b now holds slot 0 and goes on
+        // from its own last report.
+        c.work(1, &a, work(40, 0.5, 4));
+        c.work(0, &b, work(80, 0.0, 0));
+        assert_eq!(c.rank_work[0], work(330, 3.0, 30));
+        assert_eq!(c.rank_work[1], work(90, 0.5, 4));
+        // A repeated report adds nothing.
+        c.work(1, &a, work(40, 0.5, 4));
+        assert_eq!(c.rank_work[1], work(90, 0.5, 4));
+        c.rejoined(0);
+        c.rejoined(2);
+        assert_eq!(c.rank_restarts, vec![1, 0, 1]);
+        assert_eq!(c.rank_work.len(), 3);
+    }
+
+    #[test]
+    fn display_rates_are_differences_over_time() {
+        let p = RankPerf::over(work(640, 0.03, 10), 2.0);
+        assert_eq!(p.images_per_s, Some(320.0));
+        assert!((p.allreduce_s.unwrap() - 0.003).abs() < 1e-12);
+        // NCCL ranks time no all-reduce; no time passed: nothing measured.
+        assert_eq!(RankPerf::over(work(64, 0.0, 0), 1.0).allreduce_s, None);
+        assert_eq!(RankPerf::over(work(64, 0.0, 0), 0.0), RankPerf::default());
     }
 
     #[test]

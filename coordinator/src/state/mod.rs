@@ -3,7 +3,7 @@
 //!
 //! Owns admission checks, the barriers (pixel statistics, epochs), liveness, the run's status and
 //! what must be written; not networking or waiting (`service.rs`), time (`now` comes in), or I/O
-//! (it emits [`Action::Output`]s for `artifacts.rs`).
+//! (it emits [`Action::Output`]s, whose types are `output.rs`, for `artifacts.rs` to write).
 //!
 //! # Contract
 //! * `Rendezvous → Running` when the round closes and the plan works for its world size;
@@ -37,6 +37,7 @@ pub mod identity;
 mod metrics;
 pub mod midepoch;
 mod nccl;
+pub mod output;
 mod records;
 mod reports;
 #[cfg(test)]
@@ -53,15 +54,15 @@ use std::time::{Duration, Instant};
 
 use ringtrain_common::data::PixelStats;
 
-use crate::artifacts::Output;
 use crate::config::RunConfig;
 use crate::ids::{Rank, WorkerId};
 use crate::plan::{DatasetView, EpochSchedule, RunPlan};
 use crate::rendezvous::{Membership, Rendezvous, RendezvousEvent, RendezvousSettings};
+use crate::state::output::Output;
 use epoch::{EpochAggregator, EpochReport};
 pub use events::{Action, Event, JoinArgs, RunError, Snapshot};
 pub use identity::{Admission, Secret};
-pub use metrics::{Metrics, RankMetrics, RankPerf};
+pub use metrics::{Metrics, RankMetrics, RankPerf, RankTotals, Work};
 pub use rounds::{Progress, ResumePoint, Resumed};
 
 /// The wire protocol version this coordinator speaks (`PROTOCOL_VERSION_CURRENT`).
@@ -128,8 +129,10 @@ struct Liveness {
     last_seen: Instant,
     /// Global step from the rank's last heartbeat (progress display only).
     step: u64,
-    /// Throughput from its last heartbeat (display only).
+    /// Throughput between its heartbeats (display only).
     perf: RankPerf,
+    /// The heartbeat the next rate is measured from: when, and the work it reported.
+    rate_base: Option<(Instant, Work)>,
     waiting: u32,
     left: bool,
     gone: bool,
@@ -331,7 +334,7 @@ impl RunState {
                 worker_id,
                 epoch,
                 step,
-                perf,
+                work,
             } => {
                 self.check_rank(&run_id, round_token, rank)?;
                 let expected = self.worker_id(rank);
@@ -345,12 +348,24 @@ impl RunState {
                 }
                 tracing::debug!(rank = rank.0, epoch, step, "heartbeat");
                 let interval = self.prepared.config.heartbeat_interval_s;
+                self.counters.work(rank.index(), &expected, work);
                 let l = &mut self.ranks[rank.index()];
                 self.counters
                     .heartbeat(now.saturating_duration_since(l.last_seen), interval);
                 l.last_seen = now;
                 l.step = l.step.max(step);
-                l.perf = perf;
+                // Rates over at least half an interval: two beats that arrive bunched up
+                // would make a spike.
+                match l.rate_base {
+                    Some((at, base)) => {
+                        let secs = now.saturating_duration_since(at).as_secs_f64();
+                        if secs >= interval / 2.0 {
+                            l.perf = RankPerf::over(work.since(base), secs);
+                            l.rate_base = Some((now, work));
+                        }
+                    }
+                    None => l.rate_base = Some((now, work)),
+                }
                 l.informed |= self.status.is_terminal();
                 Ok(vec![])
             }
@@ -394,18 +409,29 @@ impl RunState {
                 recoverable,
                 reason,
                 weights,
-            } => self.leave(
-                &run_id,
-                round_token,
-                rank,
-                reports::LeaveArgs {
-                    ok,
-                    recoverable,
-                    reason,
-                    weights,
-                },
-                now,
-            ),
+                work,
+            } => {
+                // The final counters (a successful Leave): the totals include the steps after
+                // the last heartbeat. Only from the rank's own worker, as on a heartbeat.
+                if let Some(work) = work {
+                    if self.check_rank(&run_id, round_token, rank).is_ok() {
+                        let id = self.worker_id(rank);
+                        self.counters.work(rank.index(), &id, work);
+                    }
+                }
+                self.leave(
+                    &run_id,
+                    round_token,
+                    rank,
+                    reports::LeaveArgs {
+                        ok,
+                        recoverable,
+                        reason,
+                        weights,
+                    },
+                    now,
+                )
+            }
             Event::WaitStart(rank) => {
                 if let Some(l) = self.ranks.get_mut(rank.index()) {
                     l.waiting += 1;

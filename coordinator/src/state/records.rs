@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use super::{RunState, Status};
-use crate::artifacts::{NormInfo, RankInfo, RunInfo, Summary};
+use crate::state::output::{NormInfo, RankInfo, RunInfo, Summary};
 
 impl RunState {
     /// `run.json` as of now (rewritten when the round closes and when the norm stats are known).
@@ -31,7 +31,7 @@ impl RunState {
         RunInfo {
             run_id: p.run_id.clone(),
             round: self.membership.as_ref().map_or(0, |m| m.round),
-            model: p.config.model.as_str().into(),
+            model: p.config.recipe.model.as_str().into(),
             world_size: self.membership.as_ref().map_or(0, |m| m.world_size()),
             classes: d.classes.clone(),
             data_root: d.root.clone(),
@@ -67,7 +67,7 @@ impl RunState {
             run_id: self.prepared.run_id.clone(),
             status: if failed { "failed" } else { "finished" }.into(),
             reason: self.failure.as_ref().map(|f| f.reason.clone()),
-            model: self.prepared.config.model.as_str().into(),
+            model: self.prepared.config.recipe.model.as_str().into(),
             world_size: self.membership.as_ref().map_or(0, |m| m.world_size()),
             epochs: self.agg.done(),
             accuracy: last.map(|r| r.accuracy),

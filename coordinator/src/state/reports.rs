@@ -10,8 +10,8 @@ use ringtrain_common::data::PixelStats;
 use super::epoch::EpochReport;
 use super::rounds::Position;
 use super::{Action, Actions, Cause, RunError, RunState, Status};
-use crate::artifacts::Output;
 use crate::ids::Rank;
+use crate::state::output::Output;
 
 /// What a Leave says besides who sent it.
 pub(super) struct LeaveArgs {

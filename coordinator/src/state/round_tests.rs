@@ -115,7 +115,7 @@ fn a_lost_rank_ends_the_round_and_the_next_resumes_from_the_checkpoint() {
         worker_id: WorkerId("w-a".into()),
         epoch: 1,
         step: 3,
-        perf: Default::default(),
+        work: Default::default(),
     };
     assert_eq!(
         s.on_event(hb, t0).unwrap_err(),
@@ -228,7 +228,7 @@ fn ids_stay_held_across_rounds_until_their_holder_is_lost() {
         worker_id: WorkerId(id.into()),
         epoch: 0,
         step: 1,
-        perf: Default::default(),
+        work: Default::default(),
     };
     // w-a heartbeats; w-b goes silent and is declared lost after 3 × 5 s.
     let t10 = t0 + Duration::from_secs(10);
@@ -274,4 +274,55 @@ fn a_pause_of_the_coordinator_itself_does_not_lose_the_ranks() {
         2,
         "silent ranks are still found after a pause"
     );
+}
+
+#[test]
+fn rank_counters_add_up_across_rounds_and_new_worker_processes() {
+    let t0 = Instant::now();
+    let mut s = running_with(prepared_with(1), t0);
+    // Cumulative reports: images, 1 ms of all-reduce per image, an all-reduce per 10 images.
+    let hb = |round_token: u64, rank: u32, id: &str, images: u64| Event::Heartbeat {
+        run_id: RUN.into(),
+        round_token,
+        rank: Rank(rank),
+        worker_id: WorkerId(id.into()),
+        epoch: 0,
+        step: 1,
+        work: Work::from_wire(images, images as f64 / 1000.0, images / 10),
+    };
+    let at = |secs: u64| t0 + Duration::from_secs(secs);
+    s.on_event(hb(T1, 0, "w-a", 100), at(5)).unwrap();
+    s.on_event(hb(T1, 0, "w-a", 600), at(10)).unwrap();
+    s.on_event(hb(T1, 1, "w-b", 80), at(10)).unwrap();
+    let m = s.metrics(at(10), 0);
+    // Display rates between w-a's two beats: 500 images and 50 all-reduces in 5 s.
+    assert_eq!(m.ranks[0].images_per_s, Some(100.0));
+    assert!((m.ranks[0].allreduce_s.unwrap() - 0.01).abs() < 1e-12);
+    assert_eq!(m.ranks[1].images_per_s, None, "one beat: no rate yet");
+    // w-b's process dies. In round 2 w-a goes on in the same process; w-b's replacement is a
+    // new process that counts from 0.
+    s.on_event(
+        Event::ProcessExited {
+            worker_id: WorkerId("w-b".into()),
+            success: false,
+            aborted: false,
+            reason: "killed".into(),
+        },
+        at(11),
+    )
+    .unwrap();
+    s.on_event(Event::Join(rejoin_args("w-a")), at(11)).unwrap();
+    s.on_event(Event::Join(join_args("w-b")), at(11)).unwrap();
+    assert_eq!(
+        (s.snapshot().status, s.snapshot().round),
+        (Status::Running, 2)
+    );
+    s.on_event(hb(T2, 0, "w-a", 700), at(15)).unwrap();
+    s.on_event(hb(T2, 1, "w-b", 30), at(15)).unwrap();
+    let m = s.metrics(at(15), 0);
+    let images: Vec<u64> = m.rank_totals.iter().map(|r| r.work.images).collect();
+    assert_eq!(images, vec![700, 110], "never lower than before: 600, 80");
+    let restarts: Vec<u64> = m.rank_totals.iter().map(|r| r.restarts).collect();
+    assert_eq!(restarts, vec![1, 1], "both ids re-joined");
+    assert_eq!(m.ranks[0].images_per_s, None, "a new round measures afresh");
 }

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use super::epoch::EpochAggregator;
 use super::{Action, Cause, RunState, Status};
-use crate::artifacts::{CheckpointOut, Output};
 use crate::rendezvous::{Rendezvous, RendezvousSettings};
+use crate::state::output::{CheckpointOut, Output};
 
 /// The state a round starts from (rank 0's at the end of an epoch, or a checkpoint on disk).
 #[derive(Debug, Clone, PartialEq)]
@@ -95,12 +95,6 @@ pub(super) fn round_token(round: u32) -> u64 {
             .map_or(0, |d| d.as_nanos()),
     );
     h.finish().max(1)
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl RunState {
@@ -244,7 +238,7 @@ impl RunState {
         let state = CheckpointState {
             format: FORMAT,
             run_id: p.run_id.clone(),
-            model: p.config.model.as_str().into(),
+            model: p.config.recipe.model.as_str().into(),
             classes: p.dataset.classes.clone(),
             image_size: 28,
             norm: NormState {
@@ -259,12 +253,12 @@ impl RunState {
             step_in_epoch,
             global_step,
             world_size: self.membership.as_ref().map_or(0, |m| m.world_size()),
-            seed: p.config.seed,
+            seed: p.config.recipe.seed,
             valid_accuracy: accuracy.or_else(|| self.agg.rows.last().map(|r| r.accuracy)),
             params_hash,
             round: self.round,
             created_unix_ms: {
-                let t = unix_ms();
+                let t = crate::clock::unix_ms();
                 self.counters.last_checkpoint_unix_ms = Some(t);
                 self.counters.checkpoints += 1;
                 t

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::config::RunConfig;
+use crate::config::{Recipe, RunConfig};
 use crate::plan::DatasetView;
 use crate::rendezvous::{Candidate, RendezvousError};
 
@@ -22,8 +22,11 @@ pub(super) fn prepared_with(max_restarts: u32) -> Arc<Prepared> {
     let config = RunConfig {
         data: "d".into(),
         workers: 2,
-        batch_size: 4,
-        epochs: Some(2),
+        recipe: Recipe {
+            batch_size: 4,
+            epochs: Some(2),
+            ..Recipe::default()
+        },
         max_restarts,
         ..RunConfig::default()
     };
@@ -152,6 +155,7 @@ fn leave(rank: u32, ok: bool, weights: &[u8]) -> Event {
         ok,
         reason: "boom".into(),
         weights: weights.to_vec(),
+        work: None,
     }
 }
 
@@ -267,7 +271,7 @@ fn calls_before_the_round_or_for_unknown_ranks_are_refused() {
         worker_id: WorkerId(id.into()),
         epoch: 0,
         step: 0,
-        perf: Default::default(),
+        work: Default::default(),
     };
     assert_eq!(
         s.on_event(hb(0, RUN, "w-a"), t0).unwrap_err(),
@@ -566,7 +570,7 @@ fn watchdog_fails_a_silent_rank_but_not_a_waiting_one() {
         worker_id: WorkerId(String::new()),
         epoch: 0,
         step: 0,
-        perf: Default::default(),
+        work: Default::default(),
     };
     // The ticker runs every second (sparser ticks would read as a paused coordinator).
     let tick_until = |s: &mut RunState, from: u64, to: u64| {
@@ -680,6 +684,7 @@ fn an_exit_right_after_a_peer_report_becomes_the_root_cause() {
             ok: false,
             reason: "peer rank 1 lost".into(),
             weights: vec![],
+            work: None,
         },
         t0,
     )
@@ -705,6 +710,7 @@ fn an_exit_right_after_a_peer_report_becomes_the_root_cause() {
             ok: false,
             reason: "x".into(),
             weights: vec![],
+            work: None,
         },
         t0,
     )
@@ -715,4 +721,65 @@ fn an_exit_right_after_a_peer_report_becomes_the_root_cause() {
     )
     .unwrap();
     assert_eq!(reason(&s), "rank 0 (w-a): x");
+}
+
+#[test]
+fn a_final_leave_brings_the_work_after_the_last_heartbeat() {
+    let t0 = Instant::now();
+    let mut s = running(t0);
+    let work = |images| Work::from_wire(images, 0.5, 4);
+    s.on_event(
+        Event::Heartbeat {
+            run_id: RUN.into(),
+            round_token: T1,
+            rank: Rank(0),
+            worker_id: WorkerId("w-a".into()),
+            epoch: 0,
+            step: 3,
+            work: work(96),
+        },
+        t0,
+    )
+    .unwrap();
+    assert_eq!(s.counters.rank_work[0].images, 96);
+    let with_work = |rank: u32, images: Option<u64>| match leave(rank, true, &[]) {
+        Event::Leave {
+            run_id,
+            round_token,
+            rank,
+            ok,
+            recoverable,
+            reason,
+            weights,
+            ..
+        } => Event::Leave {
+            run_id,
+            round_token,
+            rank,
+            ok,
+            recoverable,
+            reason,
+            weights,
+            work: images.map(work),
+        },
+        _ => unreachable!(),
+    };
+    // Another round's Leave does not count.
+    let mut stale = with_work(0, Some(64));
+    if let Event::Leave {
+        ref mut round_token,
+        ..
+    } = stale
+    {
+        *round_token = T1 + 1;
+    }
+    assert!(s.on_event(stale, t0).is_err());
+    assert_eq!(s.counters.rank_work[0].images, 96);
+    let _ = s.on_event(with_work(1, None), t0);
+    assert_eq!(s.counters.rank_work[1].images, 0, "no counters, no change");
+    let _ = s.on_event(with_work(0, Some(128)), t0);
+    assert_eq!(
+        s.counters.rank_work[0].images, 128,
+        "the final counters count"
+    );
 }

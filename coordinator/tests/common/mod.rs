@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ringtrain_common::pb::{self, coordinator_client::CoordinatorClient};
+use ringtrain_common::recipe::Recipe;
 use ringtrain_coordinator::{RunConfig, PROTOCOL_VERSION};
 
 /// A free port on 127.0.0.1 (for `http_listen`).
@@ -40,8 +41,11 @@ pub fn config(dir: &Path, workers: u32) -> RunConfig {
     RunConfig {
         data,
         workers,
-        batch_size: 4,
-        epochs: Some(2),
+        recipe: Recipe {
+            batch_size: 4,
+            epochs: Some(2),
+            ..Recipe::default()
+        },
         run_dir: Some(dir.join("run")),
         run_id: Some("test-run".into()),
         // These tests check the all-or-nothing paths; restarts are tested end to end.
@@ -152,21 +156,25 @@ pub async fn fake_worker(
     let spec = reply.spec.unwrap();
     let shard = reply.shard.unwrap();
     let mut hb = c.clone();
-    let hb_req = pb::HeartbeatRequest {
+    let mut hb_req = pb::HeartbeatRequest {
         run_id: run_id.clone(),
         rank,
         worker_id: worker_id.into(),
         epoch: 0,
         step: 0,
         round_token: token,
-        // What a training rank would report (fixed values, so tests can look for them).
-        images_per_second: 1000.0,
-        allreduce_seconds: 0.004,
         worker_secret: secret.clone(),
+        ..Default::default()
     };
     let interval = Duration::from_secs_f64(spec.heartbeat_interval_s);
     tokio::spawn(async move {
+        // What a training rank would report, cumulative: 1000 images a second and one
+        // all-reduce of 4 ms per heartbeat (so tests can look for those rates).
+        let started = std::time::Instant::now();
         loop {
+            hb_req.images_trained = (started.elapsed().as_secs_f64() * 1000.0) as u64;
+            hb_req.allreduces += 1;
+            hb_req.allreduce_seconds_total = 0.004 * hb_req.allreduces as f64;
             let _ = hb.heartbeat(hb_req.clone()).await;
             tokio::time::sleep(interval).await;
         }
@@ -246,6 +254,7 @@ pub async fn fake_worker(
         round_token: token,
         recoverable: false,
         worker_secret: secret,
+        ..Default::default()
     };
     match c.leave(leave).await {
         Ok(_) => 0,

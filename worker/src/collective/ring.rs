@@ -840,8 +840,13 @@ pub(super) mod tests {
     #[test]
     fn a_port_with_only_strangers_times_out_naming_the_last_refusal() {
         let mut setups = listeners(3, "r", Duration::from_millis(1500), DEFAULT_CHUNK_ELEMS);
+        let (l2, cfg2) = setups.remove(2);
         let (l1, cfg1) = setups.remove(1);
         let victim = cfg1.peers[1];
+        // Rank 2 answers rank 1's dial, so rank 1's only failure is its listening side (rank 0
+        // never comes; a stranger does). Without it both sides time out at the same deadline
+        // and which error is reported first depends on the scheduler.
+        let successor = thread::spawn(move || Ring::connect(l2, cfg2).err());
         let stranger = thread::spawn(move || {
             thread::sleep(Duration::from_millis(100));
             let mut c = TcpStream::connect(victim).unwrap();
@@ -863,6 +868,8 @@ pub(super) mod tests {
             stranger.join().unwrap(),
             "the stranger's connection was closed"
         );
+        // Rank 2 in turn never reached rank 0: its own error, not a hang.
+        assert!(successor.join().unwrap().is_some());
     }
 
     #[test]

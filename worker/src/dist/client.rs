@@ -33,17 +33,15 @@ use std::time::{Duration, Instant};
 use ringtrain_common::auth::{Token, AUTH_HEADER};
 use ringtrain_common::pb::coordinator_client::CoordinatorClient;
 use ringtrain_common::pb::{self, RunStatus};
+use ringtrain_common::wire::{RUN_FAILED, RUN_STATUS_KEY};
 use tokio::runtime::Runtime;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::collective::AbortHandle;
-use crate::train::progress::{Progress, Rates};
+use crate::train::progress::Progress;
 use crate::train::TrainError;
-
-/// Metadata key the coordinator sets on "the run failed" errors.
-const RUN_STATUS_KEY: &str = "ringtrain-run-status";
 
 /// The round this worker is in, shared with the heartbeat task.
 #[derive(Default)]
@@ -239,8 +237,8 @@ pub struct Security {
     pub tls_domain: Option<String>,
 }
 
-/// Largest message either way: shards of 60,000 paths and weights fit many times over.
-pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Largest message either way (the coordinator's server uses the same limit).
+pub use ringtrain_common::wire::MAX_MESSAGE_BYTES;
 
 fn endpoint(url: &str, sec: &Security, patience: Duration) -> Result<Endpoint, TrainError> {
     let bad = |e: String| TrainError::Coordinator(format!("coordinator URL {url}: {e}"));
@@ -293,7 +291,7 @@ fn run_failed(status: &tonic::Status) -> bool {
     status
         .metadata()
         .get(RUN_STATUS_KEY)
-        .is_some_and(|v| v == "failed")
+        .is_some_and(|v| v == RUN_FAILED)
 }
 
 /// The error a failed call stands for (see the module contract).
@@ -522,7 +520,8 @@ impl Client {
     }
 
     /// Starts heartbeats every `interval` for whatever round `ctl` holds; each carries the
-    /// current global step, images/s and all-reduce time from `progress`.
+    /// current global step and `progress`'s counters (cumulative since this process started;
+    /// the coordinator derives rates from them).
     pub fn start_heartbeats(&self, interval: Duration, progress: Arc<Progress>) {
         let (stop, ctl) = (self.stop.clone(), self.ctl.clone());
         let mut c = self.inner.clone();
@@ -531,7 +530,6 @@ impl Client {
         self.rt.spawn(async move {
             let mut last_ok = tokio::time::Instant::now();
             let mut tick = tokio::time::interval(interval);
-            let mut rates = Rates::default();
             loop {
                 tick.tick().await;
                 let req = {
@@ -543,8 +541,10 @@ impl Client {
                     continue;
                 };
                 req.step = progress.step();
-                (req.images_per_second, req.allreduce_seconds) =
-                    rates.update(Instant::now(), progress.sample());
+                let done = progress.sample();
+                req.images_trained = done.images;
+                req.allreduce_seconds_total = done.allreduce_nanos as f64 / 1e9;
+                req.allreduces = done.allreduces;
                 match tokio::time::timeout(interval, c.heartbeat(req.clone())).await {
                     Ok(Ok(reply)) => {
                         let reply = reply.into_inner();

@@ -7,10 +7,11 @@ use ringtrain_common::schedule::SchedulePoint;
 use tch::nn::VarStore;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{Client, RoundCtl};
 use crate::data::Normalize;
+use crate::train::progress::Progress;
 use crate::train::MidCheckpoint;
 use crate::train::{Driver, EpochResult, TrainError};
 
@@ -24,6 +25,8 @@ pub(super) struct Distributed<'a> {
     steps_per_epoch: usize,
     /// This worker's secret (JoinReply.worker_secret), on every call.
     secret: Vec<u8>,
+    /// The work counters the heartbeats report; the final Leave reports them once more.
+    progress: Arc<Progress>,
 }
 
 impl<'a> Distributed<'a> {
@@ -37,6 +40,7 @@ impl<'a> Distributed<'a> {
         rank: u32,
         steps_per_epoch: usize,
         secret: Vec<u8>,
+        progress: Arc<Progress>,
     ) -> Self {
         Self {
             client,
@@ -47,6 +51,7 @@ impl<'a> Distributed<'a> {
             rank,
             steps_per_epoch,
             secret,
+            progress,
         }
     }
 
@@ -188,6 +193,7 @@ impl Driver for Distributed<'_> {
         } else {
             Vec::new()
         };
+        let done = self.progress.sample();
         let verdict = self.client.leave(pb::LeaveRequest {
             run_id: self.run_id.clone(),
             round_token: self.round_token,
@@ -197,6 +203,9 @@ impl Driver for Distributed<'_> {
             reason: String::new(),
             weights_safetensors: bytes,
             worker_secret: self.secret.clone(),
+            images_trained: done.images,
+            allreduce_seconds_total: done.allreduce_nanos as f64 / 1e9,
+            allreduces: done.allreduces,
         })?;
         check(&verdict)
     }

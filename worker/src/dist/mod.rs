@@ -12,12 +12,22 @@
 //! and continues from the checkpoint in the new JoinReply; rank 0 sends the model and optimizer
 //! state with every epoch report, which the coordinator writes as the epoch's checkpoint.
 //!
+//! Files: `mod.rs` the worker's life (join, train, re-join until the run ends), `join.rs` the
+//! JoinRequest and its retries, `round.rs` one round (shard, collective, replica), `client.rs`
+//! the coordinator's RPCs, heartbeats and SIGTERM, `driver.rs` the replica's driver,
+//! `advertise.rs` the ring address announced to peers.
+//!
+//! Log lines carry the spans `run{run_id}` > `round{rank round}` (> `epoch{epoch}` while
+//! training), so every line of a step says whose it is.
+//!
 //! Tests: `tests/tests/distributed.rs` (real binaries, 2 and 3 workers, failures), `resume.rs`,
 //! `elastic.rs` and `stop.rs` (rounds, restarts, stop checkpoints).
 
 mod advertise;
 mod client;
 mod driver;
+mod join;
+mod round;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -25,24 +35,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ringtrain_common::data::{load_index, scan_dataset, DatasetIndex, LoadOptions, ScanOptions};
-use ringtrain_common::devices::CollectiveKind;
-use ringtrain_common::pb::{self, ProtocolVersion};
+use ringtrain_common::data::{scan_dataset, ScanOptions};
+use ringtrain_common::pb;
 use tch::Device;
 
-use crate::amp::Precision;
-use crate::collective::nccl::{self, Nccl};
-use crate::collective::ring::{Ring, RingConfig};
-use crate::collective::staged::HostStaged;
-use crate::collective::{AbortHandle, Collective};
 use crate::device::DeviceRequest;
 use crate::model::Arch;
-use crate::optim::AdamConfig;
 use crate::train::progress::Progress;
-use crate::train::state::ResumeState;
-use crate::train::{run_replica, ReplicaSpec, TrainError};
+use crate::train::TrainError;
 pub use client::{exit_deadline, Client, Fatal, RoundCtl, Security};
-use driver::Distributed;
+use join::{join, JoinDevice};
+use round::{train_round, Round};
 
 /// How this worker process takes part in a run.
 #[derive(Debug, Clone)]
@@ -98,6 +101,9 @@ impl WorkerOptions {
 /// ends a round (a peer was lost) or the ring breaks, re-joins and continues from the
 /// coordinator's checkpoint. On an error of its own, tells the coordinator before returning.
 pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
+    // `run_id` is known once the coordinator answers the first Join.
+    let run_span = tracing::info_span!("run", run_id = tracing::field::Empty);
+    let _run = run_span.enter();
     if let Some(t) = opts.threads {
         tch::set_num_threads(t as i32);
     }
@@ -153,6 +159,8 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
         })?;
         let reply = join(opts, &client, &fingerprint, &listener, &dev, &secret)?;
         secret = reply.worker_secret.clone();
+        run_span.record("run_id", reply.run_id.as_str());
+        let _round = tracing::info_span!("round", rank = reply.rank, round = reply.round).entered();
         let spec = reply
             .spec
             .clone()
@@ -213,6 +221,7 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
                 reason,
                 weights_safetensors: Vec::new(),
                 worker_secret: secret.clone(),
+                ..Default::default()
             });
         };
         match result {
@@ -253,261 +262,4 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
 fn lock(ctl: &Mutex<RoundCtl>) -> std::sync::MutexGuard<'_, RoundCtl> {
     ctl.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Joins the next round, retrying while the coordinator is unreachable, a round is in progress
-/// (ALREADY_EXISTS: wait for the next one) or the round ended before it started.
-/// The device this worker joins with.
-struct JoinDevice {
-    device: Device,
-    /// The GPU's UUID, empty on CPU.
-    uuid: String,
-}
-
-fn join(
-    opts: &WorkerOptions,
-    client: &Client,
-    fingerprint: &str,
-    listener: &TcpListener,
-    dev: &JoinDevice,
-    secret: &[u8],
-) -> Result<pb::JoinReply, TrainError> {
-    let port = listener
-        .local_addr()
-        .map_err(|e| TrainError::Coordinator(e.to_string()))?
-        .port();
-    let host = advertise::ring_host(
-        opts.advertise_host.as_deref(),
-        opts.collective_listen.ip(),
-        &opts.coordinator,
-    )
-    .map_err(TrainError::Coordinator)?;
-    let collective_addr = advertise::join_host_port(&host, port);
-    tracing::info!(%collective_addr, "ring address announced to peers");
-    let req = pb::JoinRequest {
-        protocol_version: opts
-            .protocol_version
-            .unwrap_or(ProtocolVersion::Current as u32),
-        worker_id: opts.worker_id.clone(),
-        run_id: opts.run_id.clone().unwrap_or_default(),
-        model: opts.model.map(|m| m.to_string()).unwrap_or_default(),
-        dataset_fingerprint: fingerprint.to_string(),
-        collective_addr,
-        device: crate::device::name(dev.device),
-        device_uuid: dev.uuid.clone(),
-        worker_secret: secret.to_vec(),
-    };
-    let mut backoff = client::Backoff::new(client.patience());
-    loop {
-        if let Some(e) = client.stopped() {
-            return Err(e);
-        }
-        let status = match client.join_once(req.clone()) {
-            Ok(reply) => return Ok(reply),
-            Err(s) => s,
-        };
-        if let Some(e) = client.stopped() {
-            return Err(e);
-        }
-        let retry = matches!(
-            status.code(),
-            tonic::Code::Unavailable
-                | tonic::Code::Unknown
-                | tonic::Code::Cancelled
-                | tonic::Code::Aborted
-                | tonic::Code::AlreadyExists
-        );
-        tracing::info!(code = ?status.code(), reason = %status.message(), "cannot join yet");
-        if !retry || !backoff.wait() {
-            let unreachable = matches!(
-                status.code(),
-                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-            );
-            if unreachable {
-                return Err(TrainError::Coordinator(format!(
-                    "join: the coordinator at {} did not answer within --connect-timeout-s {:.0} s: {}",
-                    client.url(),
-                    client.patience().as_secs_f64(),
-                    status.message()
-                )));
-            }
-            return Err(match client::classify("join", client.url(), status) {
-                TrainError::RoundEnded(m) => TrainError::Coordinator(m),
-                e => e,
-            });
-        }
-    }
-}
-
-/// One round as the coordinator described it.
-struct Round<'a> {
-    client: &'a Client,
-    reply: &'a pb::JoinReply,
-    spec: &'a pb::RunSpec,
-    shard: &'a pb::Shard,
-    ctl: &'a Mutex<RoundCtl>,
-    terminated: &'a AtomicBool,
-    progress: Arc<Progress>,
-    device: Device,
-    token: Option<&'a ringtrain_common::auth::Token>,
-    /// This worker's secret, for every call of the round.
-    secret: &'a [u8],
-}
-
-fn train_round(opts: &WorkerOptions, r: &Round, listener: TcpListener) -> Result<(), TrainError> {
-    let (reply, spec, shard) = (r.reply, r.spec, r.shard);
-    let model: Arch = spec.model.parse().map_err(TrainError::Coordinator)?;
-    let refs = |files: &[pb::ImageRef]| {
-        files
-            .iter()
-            .map(|f| (f.path.clone(), f.label))
-            .collect::<Vec<_>>()
-    };
-    let index = DatasetIndex::from_files(
-        &opts.data,
-        spec.classes.clone(),
-        &refs(&shard.train),
-        &refs(&shard.valid),
-    )?;
-    let size = spec.image_size;
-    let scan = ScanOptions {
-        skip_bad: spec.skip_bad,
-        ..opts.scan.clone()
-    };
-    let ds = load_index(
-        &index,
-        &LoadOptions {
-            scan,
-            image_size: (size, size),
-            cache_dir: opts.cache_dir.clone(),
-            progress: opts.progress,
-        },
-    )?;
-    if !ds.skipped.is_empty() {
-        tracing::warn!(
-            skipped = ds.skipped.len(),
-            "bad files skipped in this shard"
-        );
-    }
-    let kind: CollectiveKind = reply.collective.parse().map_err(TrainError::Coordinator)?;
-    let precision: Precision = spec.precision.parse().map_err(TrainError::Coordinator)?;
-    tracing::info!(collective = %kind, %precision, "round's collective");
-    let (mut collective, abort) = connect_collective(kind, r, listener)?;
-    {
-        let mut g = lock(r.ctl);
-        if g.ended {
-            return Err(TrainError::RoundEnded(format!(
-                "ended while connecting the {kind} collective"
-            )));
-        }
-        g.abort = Some(abort);
-    }
-    let resume = reply.resume.as_ref().map(|x| ResumeState {
-        epoch: x.epoch,
-        global_step: x.global_step,
-        model: x.model_safetensors.clone(),
-        optimizer: x.optimizer_safetensors.clone(),
-        step_in_epoch: x.step_in_epoch,
-        epoch_losses: x.epoch_losses.clone(),
-    });
-    if let Some(x) = &reply.resume {
-        tracing::info!(checkpoint = %x.checkpoint, epoch = x.epoch, step = x.global_step, "continuing from checkpoint");
-    }
-    r.progress
-        .set_step(resume.as_ref().map_or(0, |x| x.global_step));
-    let replica = ReplicaSpec {
-        model,
-        epochs: spec.epochs,
-        batch_size: spec.batch_per_worker as usize,
-        steps_per_epoch: spec.steps_per_epoch as usize,
-        valid_batch_size: spec.valid_batch_size as usize,
-        seed: spec.seed,
-        rank: reply.rank,
-        adam: AdamConfig {
-            beta2: spec.adam_beta2,
-            eps: spec.adam_eps,
-            weight_decay: spec.weight_decay,
-        },
-        image_size: size,
-        device: r.device,
-        precision,
-        progress: false,
-        progress_counters: Some(r.progress.clone()),
-        resume,
-        // Every rank serialises its state at checkpoints: all report its digest, rank 0 also
-        // uploads the bytes, and the coordinator accepts them only when the digests agree.
-        save_state: true,
-        checkpoint_every: spec.checkpoint_every_steps,
-        lr_find_stop_div: (spec.lr_find_stop_div > 0.0).then_some(spec.lr_find_stop_div),
-    };
-    let mut driver = Distributed::new(
-        r.client,
-        r.ctl,
-        r.terminated,
-        reply.run_id.clone(),
-        reply.round_token,
-        reply.rank,
-        spec.steps_per_epoch as usize,
-        r.secret.to_vec(),
-    );
-    run_replica(&replica, &ds, collective.as_mut(), &mut driver)?;
-    Ok(())
-}
-
-/// Connects the round's collective: the TCP ring (host-staged for CUDA tensors), or NCCL after
-/// the id exchange through the coordinator. Returns it with the handle that aborts it.
-fn connect_collective(
-    kind: CollectiveKind,
-    r: &Round,
-    listener: TcpListener,
-) -> Result<(Box<dyn Collective>, AbortHandle), TrainError> {
-    let reply = r.reply;
-    match kind {
-        CollectiveKind::Ring => {
-            let peers: Result<Vec<SocketAddr>, TrainError> =
-                reply.peers.iter().map(|p| resolve(p)).collect();
-            let timeout = Duration::from_secs_f64(r.spec.collective_timeout_s.max(0.1));
-            // The round is part of the ring's identity: a peer of an ended round is refused.
-            let ring_id = format!("{}/round-{}", reply.run_id, reply.round);
-            let mut cfg = RingConfig::new(ring_id, reply.rank, reply.world_size, peers?, timeout);
-            cfg.auth_key = ringtrain_common::auth::ring_key(r.token);
-            let ring = Ring::connect(listener, cfg)?;
-            let a = ring.abort_handle();
-            Ok((Box::new(HostStaged::new(ring)), Box::new(move || a.abort())))
-        }
-        CollectiveKind::Nccl => {
-            drop(listener);
-            // Rank 0 makes the id (its process hosts NCCL's bootstrap); the others get it back
-            // from the coordinator.
-            let own = if reply.rank == 0 {
-                nccl::unique_id()?
-            } else {
-                Vec::new()
-            };
-            let shared = r.client.share_nccl_id(pb::NcclIdRequest {
-                run_id: reply.run_id.clone(),
-                round_token: reply.round_token,
-                rank: reply.rank,
-                unique_id: own,
-                worker_secret: r.secret.to_vec(),
-            })?;
-            let comm = Nccl::init(&shared.unique_id, reply.rank, reply.world_size, r.device)?;
-            tracing::info!(
-                rank = reply.rank,
-                world_size = reply.world_size,
-                "NCCL communicator ready"
-            );
-            let a = comm.abort_handle();
-            Ok((Box::new(comm), Box::new(move || a.abort())))
-        }
-    }
-}
-
-/// `host:port` to a socket address (DNS names allowed, for clusters).
-fn resolve(addr: &str) -> Result<SocketAddr, TrainError> {
-    use std::net::ToSocketAddrs;
-    addr.to_socket_addrs()
-        .map_err(|e| TrainError::Coordinator(format!("cannot resolve peer address {addr}: {e}")))?
-        .next()
-        .ok_or_else(|| TrainError::Coordinator(format!("peer address {addr} resolves to nothing")))
 }

@@ -18,55 +18,14 @@
 pub mod layers;
 pub mod summary;
 
-use std::fmt;
-use std::str::FromStr;
-
 use tch::nn;
 use tch::Tensor;
 
 use layers::{conv_layer, plain_conv, ConvLayer, ResBlock};
 
-/// Which lesson-7 network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Arch {
-    /// The plain 5-conv CNN (12,126 parameters).
-    Basic,
-    /// ResNet-ish (41,132 parameters).
-    Resnet,
-    /// ResNet-ish with concatenating merges (52,940 parameters).
-    Dense,
-}
-
-impl Arch {
-    /// All architectures, for help texts and tests.
-    pub const ALL: [Arch; 3] = [Arch::Basic, Arch::Resnet, Arch::Dense];
-
-    /// Lower-case name as used on the command line and in run records.
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::Basic => "basic",
-            Arch::Resnet => "resnet",
-            Arch::Dense => "dense",
-        }
-    }
-}
-
-impl fmt::Display for Arch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Arch {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Arch::ALL
-            .into_iter()
-            .find(|a| a.name() == s)
-            .ok_or_else(|| format!("unknown model '{s}' (expected one of: basic, resnet, dense)"))
-    }
-}
+/// Which lesson-7 network: the recipe's `Model` (one enum for the coordinator and the worker),
+/// named `Arch` here because [`Model`] is the network itself.
+pub use ringtrain_common::recipe::Model as Arch;
 
 /// One stage of a network.
 #[derive(Debug)]

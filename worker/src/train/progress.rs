@@ -1,14 +1,15 @@
 //! Progress a replica publishes while it trains, for the heartbeats: the global step, and
-//! counters from which the heartbeat thread derives images/s and the mean all-reduce time
-//! between two heartbeats.
+//! counters of training images and host-timed all-reduces. One [`Progress`] lives as long as the
+//! worker process, so the counters only grow; heartbeats send them as they are and the
+//! coordinator derives rates from their differences.
 //!
 //! Lock-free (relaxed atomics): the training thread only adds, the heartbeat thread only reads;
-//! a sample may be one step behind, which a rate over seconds does not notice.
+//! a sample may be one step behind, which the next heartbeat makes up for.
 //!
 //! Tests: `tests` at the bottom.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Counters shared between the training loop and the heartbeat thread.
 #[derive(Debug, Default)]
@@ -57,63 +58,27 @@ impl Progress {
     }
 }
 
-/// Rates between consecutive samples (the heartbeat thread keeps one).
-#[derive(Debug, Default)]
-pub struct Rates {
-    last: Option<(Instant, Sample)>,
-}
-
-impl Rates {
-    /// `(images per second, mean all-reduce seconds)` since the previous call; 0 where there
-    /// is nothing to measure (the first call, no step or no timed all-reduce in between).
-    pub fn update(&mut self, now: Instant, s: Sample) -> (f64, f64) {
-        let out = match self.last {
-            Some((then, prev)) => {
-                let secs = now.saturating_duration_since(then).as_secs_f64();
-                let images = s.images.saturating_sub(prev.images);
-                let n = s.allreduces.saturating_sub(prev.allreduces);
-                let nanos = s.allreduce_nanos.saturating_sub(prev.allreduce_nanos);
-                (
-                    if secs > 0.0 {
-                        images as f64 / secs
-                    } else {
-                        0.0
-                    },
-                    if n > 0 {
-                        nanos as f64 / n as f64 / 1e9
-                    } else {
-                        0.0
-                    },
-                )
-            }
-            None => (0.0, 0.0),
-        };
-        self.last = Some((now, s));
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn rates_are_deltas_between_samples() {
+    fn counters_only_grow_and_untimed_all_reduces_count_images_only() {
         let p = Progress::default();
-        let mut r = Rates::default();
-        let t0 = Instant::now();
-        assert_eq!(r.update(t0, p.sample()), (0.0, 0.0), "no previous sample");
+        assert_eq!(p.sample(), Sample::default());
         for _ in 0..10 {
             p.record(64, Some(Duration::from_millis(3)));
         }
-        let (ips, ar) = r.update(t0 + Duration::from_secs(2), p.sample());
-        assert!((ips - 320.0).abs() < 1e-9, "{ips}");
-        assert!((ar - 0.003).abs() < 1e-12, "{ar}");
-        // Untimed all-reduces (NCCL) count images but no all-reduce time.
+        // Untimed all-reduces (NCCL) count images but no all-reduce.
         p.record(64, None);
-        let (ips, ar) = r.update(t0 + Duration::from_secs(3), p.sample());
-        assert!((ips - 64.0).abs() < 1e-9, "{ips}");
-        assert_eq!(ar, 0.0);
+        assert_eq!(
+            p.sample(),
+            Sample {
+                images: 704,
+                allreduce_nanos: 30_000_000,
+                allreduces: 10
+            }
+        );
     }
 
     #[test]

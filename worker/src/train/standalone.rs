@@ -1,12 +1,14 @@
 //! The standalone driver (world size 1): decides normalisation and the schedule locally, prints
 //! the lesson's table and writes the run folder, exactly as the coordinator does for a
-//! distributed run.
+//! distributed run. Steps per epoch, the batch and every step's learning rate come from the
+//! same plan the coordinator makes (`ringtrain_common::plan::plan_run`, world size 1).
 
 use std::time::Instant;
 
 use ringtrain_common::data::{load_dataset, LoadOptions, PixelStats, Skipped};
+use ringtrain_common::plan::{plan_run, RunPlan};
 use ringtrain_common::report::{self, EpochRow, RunFiles, Smoothener};
-use ringtrain_common::schedule::{OneCycle, OneCycleConfig, SchedulePoint};
+use ringtrain_common::schedule::SchedulePoint;
 use serde::Serialize;
 use tch::nn::VarStore;
 use tch::Device;
@@ -93,8 +95,7 @@ struct Standalone<'a> {
     fingerprint: &'a str,
     train_images: usize,
     valid_images: usize,
-    schedule: OneCycle,
-    steps_per_epoch: usize,
+    plan: RunPlan,
     files: Option<RunFiles>,
     smooth: Smoothener,
     started: Instant,
@@ -116,7 +117,7 @@ impl Driver for Standalone<'_> {
         write_json(
             self.cfg.run_dir.join("run.json"),
             &RunRecord {
-                model: self.cfg.model.to_string(),
+                model: self.cfg.recipe.model.to_string(),
                 classes: self.classes,
                 normalize: norm,
                 image_size: self.cfg.image_size,
@@ -140,16 +141,21 @@ impl Driver for Standalone<'_> {
     }
 
     fn epoch_plan(&mut self, epoch: u32) -> Result<Vec<SchedulePoint>, TrainError> {
-        let first = u64::from(epoch) * self.steps_per_epoch as u64;
-        Ok((first..first + self.steps_per_epoch as u64)
-            .map(|s| self.schedule.at(s))
-            .collect())
+        // The replica asks only for its epochs, so `None` (past the last) cannot happen.
+        self.plan
+            .epoch_schedule(epoch)
+            .map(|e| e.points)
+            .ok_or(TrainError::BadPlan {
+                epoch,
+                got: 0,
+                want: self.plan.steps_per_epoch as usize,
+            })
     }
 
     fn started(&mut self) {
         self.startup = self.started.elapsed().as_secs_f64();
         self.first_step_unix = unix_now();
-        println!("{}", report::header());
+        crate::output::line(report::header());
     }
 
     fn epoch_done(&mut self, r: &EpochResult) -> Result<(), TrainError> {
@@ -181,7 +187,7 @@ impl Driver for Standalone<'_> {
             train_images_per_s: r.images as f64 / r.train_seconds,
             lr: r.plan.last().map_or(0.0, |p| p.lr),
         };
-        println!("{}", report::row(&row));
+        crate::output::line(report::row(&row));
         files.epoch(row.clone())?;
         self.last = Some(row);
         Ok(())
@@ -225,32 +231,27 @@ pub fn train(
             skipped = ds.skipped.len(),
             "bad files skipped (--skip-bad); listed in run.json"
         );
-        eprintln!(
+        crate::output::notice(format!(
             "skipped {} bad file(s) (--skip-bad); see {}/run.json",
             ds.skipped.len(),
             cfg.run_dir.display()
-        );
+        ));
     }
-    let steps_per_epoch = cfg.steps_per_epoch(ds.train.len())?;
-    let total_steps = steps_per_epoch as u64 * u64::from(cfg.epochs);
-    let schedule = OneCycleConfig {
-        total_steps,
-        ..cfg.schedule
-    }
-    .init()
-    .map_err(|e| ConfigError::Schedule(e.to_string()))?;
+    let plan = plan_run(&cfg.recipe, None, ds.train.len(), ds.valid.len(), 1)
+        .map_err(ConfigError::from)?;
+    let total_steps = plan.total_steps();
     let spec = ReplicaSpec {
-        model: cfg.model,
-        epochs: cfg.epochs,
-        batch_size: cfg.batch_size,
-        steps_per_epoch,
-        valid_batch_size: cfg.valid_batch_size,
-        seed: cfg.seed,
+        model: cfg.recipe.model,
+        epochs: plan.epochs,
+        batch_size: plan.batch_per_worker as usize,
+        steps_per_epoch: plan.steps_per_epoch as usize,
+        valid_batch_size: cfg.recipe.valid_batch_size as usize,
+        seed: cfg.recipe.seed,
         rank: 0,
-        adam: cfg.adam,
+        adam: cfg.recipe.adam(),
         image_size: size,
         device,
-        precision: cfg.precision,
+        precision: cfg.recipe.precision,
         progress: cfg.progress,
         progress_counters: None,
         resume: None,
@@ -266,8 +267,7 @@ pub fn train(
         fingerprint: &ds.fingerprint,
         train_images: ds.train.len(),
         valid_images: ds.valid.len(),
-        schedule,
-        steps_per_epoch,
+        plan,
         files: None,
         smooth: Smoothener::new(0.98),
         started,
@@ -281,9 +281,9 @@ pub fn train(
     run_replica(&spec, &ds, collective, &mut driver)?;
     let last = driver.last.clone();
     let summary = TrainSummary {
-        model: cfg.model.to_string(),
+        model: cfg.recipe.model.to_string(),
         params: driver.params,
-        epochs: cfg.epochs,
+        epochs: driver.plan.epochs,
         steps: total_steps,
         train_images: ds.train.len(),
         valid_images: ds.valid.len(),
@@ -291,7 +291,8 @@ pub fn train(
         final_accuracy: last.as_ref().map_or(f64::NAN, |r| r.accuracy),
         final_valid_loss: last.as_ref().map_or(f64::NAN, |r| r.valid_loss),
         train_seconds: driver.train_seconds,
-        train_images_per_s: (total_steps as usize * cfg.batch_size) as f64 / driver.train_seconds,
+        train_images_per_s: (total_steps as usize * cfg.recipe.batch_size as usize) as f64
+            / driver.train_seconds,
         total_seconds: started.elapsed().as_secs_f64(),
         startup_seconds: driver.startup,
         first_step_unix: driver.first_step_unix,
