@@ -184,6 +184,22 @@ fn a_preempted_rank_stops_at_a_checkpoint_without_using_a_restart() {
 }
 
 #[test]
+fn a_stopping_coordinator_whose_ranks_were_preempted_too_is_stopped_at_their_checkpoint() {
+    // Slurm's requeue signals the coordinator and every worker at once: the ranks' own stop
+    // checkpoint ends the round, and the coordinator must not wait its grace period for one.
+    let t0 = Instant::now();
+    let mut s = running_with(prepared_with(0), t0);
+    s.on_event(Event::RequestStop, t0).unwrap();
+    s.on_event(report(0, 0, "h"), t0).unwrap();
+    s.on_event(report(1, 0, "h"), t0).unwrap();
+    s.on_event(stop(mid(0, 1, 3, "h"), true), t0).unwrap();
+    s.on_event(stop(mid(1, 1, 3, "h"), true), t0).unwrap();
+    let snap = s.snapshot();
+    assert_eq!(snap.resume.unwrap().global_step, 3);
+    assert!(snap.stopped, "{:?}", snap.status);
+}
+
+#[test]
 fn a_stopping_coordinator_asks_for_a_stop_checkpoint_then_refuses_joins() {
     let t0 = Instant::now();
     let mut s = running_with(prepared_with(0), t0);

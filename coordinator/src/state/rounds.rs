@@ -176,6 +176,10 @@ impl RunState {
             }
         }
         self.status = Status::Rendezvous;
+        // A stopping coordinator has nothing left to wait for once no round runs: the last
+        // checkpoint is the stop point (the ranks' own stop checkpoint, when they were
+        // preempted at the same time, as under Slurm's requeue).
+        self.stopped |= self.stop_requested;
         self.rdzv = Rendezvous::with_round(self.rendezvous_settings(), now, self.round);
         self.membership = None;
         self.plan = None;

@@ -15,7 +15,8 @@
 //!   partition without RST) is found by HTTP/2 keepalive pings every `keepalive` (a quarter
 //!   of `patience`, 1–10 s) that must be answered within as long again; the call then fails
 //!   and is retried like any unreachable coordinator. Connecting (TCP, TLS, HTTP/2) is bounded
-//!   the same way, so no call ever outlives `patience` plus one deadline.
+//!   the same way, so no call ever outlives `patience` plus one deadline. The exception is a
+//!   worker leaving after SIGTERM ([`Client::leave_once`]): one attempt, at most 5 s.
 //! * ABORTED → [`TrainError::RoundEnded`] (re-join); FAILED_PRECONDITION marked
 //!   `ringtrain-run-status: failed` → [`TrainError::RunFailed`]; anything else →
 //!   [`TrainError::Coordinator`].
@@ -184,6 +185,8 @@ pub const SHORT_CALL: Duration = Duration::from_secs(30);
 /// Deadline of one attempt of a call that waits for other workers (Join, barriers); liveness
 /// meanwhile comes from HTTP/2 keepalive.
 pub const WAIT_CALL: Duration = Duration::from_secs(15 * 60);
+/// Deadline of [`Client::leave_once`].
+pub const LEAVE_ONCE_CALL: Duration = Duration::from_secs(5);
 
 /// HTTP/2 keepalive period (and answer timeout) for a given patience.
 pub fn keepalive_for(patience: Duration) -> Duration {
@@ -428,6 +431,21 @@ impl Client {
         let stopped = self.stop.tx.subscribe();
         self.rt
             .block_on(attempt(WAIT_CALL, stopped, self.inner.clone().join(req)))
+            .map(tonic::Response::into_inner)
+    }
+
+    /// One Leave, no retries, at most [`LEAVE_ONCE_CALL`]: for a worker on its way out after
+    /// SIGTERM. Its stop checkpoint (when there was one) is already the coordinator's; a
+    /// coordinator that stopped with it (Slurm's requeue signals every process of a job) must
+    /// not hold the worker's exit for the rest of its grace period.
+    pub fn leave_once(&self, req: pb::LeaveRequest) -> Result<pb::Verdict, tonic::Status> {
+        let stopped = self.stop.tx.subscribe();
+        self.rt
+            .block_on(attempt(
+                LEAVE_ONCE_CALL,
+                stopped,
+                self.inner.clone().leave(req),
+            ))
             .map(tonic::Response::into_inner)
     }
 

@@ -211,18 +211,23 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
             g.abort = None;
             g.ended
         };
+        let request = |ok: bool, recoverable: bool, reason: String| pb::LeaveRequest {
+            run_id: reply.run_id.clone(),
+            round_token: reply.round_token,
+            rank: reply.rank,
+            ok,
+            recoverable,
+            reason,
+            weights_safetensors: Vec::new(),
+            worker_secret: secret.clone(),
+            ..Default::default()
+        };
         let leave = |ok: bool, recoverable: bool, reason: String| {
-            let _ = client.leave(pb::LeaveRequest {
-                run_id: reply.run_id.clone(),
-                round_token: reply.round_token,
-                rank: reply.rank,
-                ok,
-                recoverable,
-                reason,
-                weights_safetensors: Vec::new(),
-                worker_secret: secret.clone(),
-                ..Default::default()
-            });
+            let _ = client.leave(request(ok, recoverable, reason));
+        };
+        // On the way out after SIGTERM: one attempt (the coordinator may be stopping too).
+        let leave_preempted = || {
+            let _ = client.leave_once(request(false, true, "preempted (SIGTERM)".into()));
         };
         match result {
             Ok(()) => return Ok(()),
@@ -230,13 +235,13 @@ pub fn run_worker(opts: &WorkerOptions) -> Result<(), TrainError> {
             Err(_) if client.stopped().is_some() => {
                 let e = client.stopped().unwrap_or(TrainError::Terminated);
                 if matches!(e, TrainError::Terminated) {
-                    leave(false, true, "preempted (SIGTERM)".into());
+                    leave_preempted();
                 }
                 return Err(e);
             }
             Err(_) if terminated.load(Ordering::SeqCst) => {
                 // Whatever broke, this worker was told to go: say so and exit.
-                leave(false, true, "preempted (SIGTERM)".into());
+                leave_preempted();
                 return Err(TrainError::Terminated);
             }
             Err(TrainError::RoundEnded(why)) => {
