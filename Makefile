@@ -15,7 +15,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(TORCH_VENV)/bin:$(PATH)
 
 BIN := target/release
-.PHONY: run run-single run-gpus test bench build setup setup-browser setup-netlab setup-promtool data clean-runs cycles gpu-bundle gpu-check
+.PHONY: run run-single run-gpus test bench build setup setup-browser setup-netlab setup-promtool setup-slurm data clean-runs cycles gpu-bundle gpu-check
 
 setup: $(TORCH_VENV)/.ringtrain-ok
 $(TORCH_VENV)/.ringtrain-ok: scripts/setup-torch.sh
@@ -35,6 +35,11 @@ setup-netlab:
 # lints the coordinator's /metrics with `promtool check metrics`.
 setup-promtool:
 	./scripts/setup-promtool.sh >/dev/null
+
+# slurm-wlm and munge (apt-get, when missing) for the Slurm test, which starts its own
+# munged, slurmctld and slurmd and submits deploy/slurm/ringtrain.sbatch.
+setup-slurm:
+	./scripts/setup-slurm.sh
 
 build: setup
 	$(CARGO) build --release --bins
@@ -66,7 +71,7 @@ data: build
 		$(BIN)/ringtrain data fetch mnist --dest "$(MNIST_DIR)"; \
 	fi
 
-test: setup setup-browser setup-netlab setup-promtool cycles
+test: setup setup-browser setup-netlab setup-promtool setup-slurm cycles
 	$(CARGO) build --release --bins
 	$(CARGO) test --release --workspace
 
