@@ -3,7 +3,8 @@
 
   manifests.py policy RENDERED.yaml...
       Every pod: the restricted Pod Security settings, requests and limits on every container,
-      no service-account token, explicit commands for ringtrain images, tagged images; the
+      no service-account token, explicit commands for ringtrain images, tagged images with a
+      registry host (never a bare Docker Hub name); the
       checkpoint volume only on the coordinator, every other volume claim mounted read-only by
       training pods.
 
@@ -15,13 +16,16 @@
       become stand-ins), and every path under one of its volume mounts points into a scratch
       folder instead: ConfigMaps rendered in the same file are written there (so `--config`
       reads the real job.toml), Secrets become stand-in files (a random token, a throw-away
-      certificate).
+      certificate). Then one world size per rendered file: the coordinator's effective
+      `workers` (from its --print-config) must equal every worker Job's completions and
+      parallelism.
 
 One line per pod or container checked; a failure names the file, the object, the container and
 the rule or the binary's message. Exit status 1 when anything failed.
 """
 
 import argparse
+import json
 import math
 import os
 import re
@@ -72,6 +76,13 @@ def containers(spec):
     return [("initContainer", c) for c in spec.get("initContainers", [])] + [
         ("container", c) for c in spec.get("containers", [])
     ]
+
+
+def has_registry(image):
+    """`localhost/x`, `registry.example.com/x`, `registry:5000/x`: the first component names a
+    host. `ringtrain/worker` and `busybox` do not: they are Docker Hub's."""
+    first, slash, _ = image.partition("/")
+    return bool(slash) and (first == "localhost" or "." in first or ":" in first)
 
 
 def image_repository(image):
@@ -126,6 +137,10 @@ def policy(files):
                 image = c.get("image", "")
                 if image_repository(image) == image.split("@")[0] and "@" not in image or image.endswith(":latest"):
                     bad.append(f"{cw}: image {image!r} has no fixed tag")
+                if not has_registry(image):
+                    bad.append(f"{cw}: image {image!r} names no registry host: Docker Hub's "
+                               "namespace of that name could be anyone's (set one in the overlay's "
+                               "`images:`)")
                 if "ringtrain" in image_repository(image) and not c.get("command"):
                     bad.append(f"{cw}: ringtrain image without an explicit command")
                 for m in c.get("volumeMounts", []):
@@ -324,7 +339,8 @@ class Invocation:
         return repr((self.binary_name, self.words, sorted(self.raw_env.items()), self.scratch.fingerprint))
 
     def run(self, bin_dir):
-        """(ok, the binary's message with stand-in paths shown as the container's paths)."""
+        """(ok, the binary's message with stand-in paths shown as the container's paths, its
+        stdout when it succeeded: the effective configuration)."""
         binary = Path(bin_dir).resolve() / self.binary_name
         if not binary.is_file():
             return False, f"{binary} is missing (build it: make build)"
@@ -336,11 +352,39 @@ class Invocation:
         try:
             r = subprocess.run(argv, cwd=self.root, env=env, capture_output=True, text=True, timeout=120)
         except subprocess.TimeoutExpired:
-            return False, "did not exit within 120 s"
+            return False, "did not exit within 120 s", ""
         if r.returncode == 0:
-            return True, ""
+            return True, "", r.stdout
         lines = (r.stderr.strip() or r.stdout.strip()).splitlines()[-15:]
-        return False, self.scratch.unmap(f"exit {r.returncode}: " + "\n".join(lines))
+        return False, self.scratch.unmap(f"exit {r.returncode}: " + "\n".join(lines)), ""
+
+
+def worker_jobs(docs):
+    """(label, completions, parallelism) of every Job that runs ringtrain-worker."""
+    for d in docs:
+        if d.get("kind") != "Job":
+            continue
+        spec = d.get("spec", {})
+        pod = spec.get("template", {}).get("spec", {})
+        if any(os.path.basename((c.get("command") or [""])[0]) == "ringtrain-worker"
+               for _, c in containers(pod)):
+            yield f"Job/{d['metadata']['name']}", spec.get("completions"), spec.get("parallelism")
+
+
+def world_size(name, docs, coordinator_workers):
+    """One world size: the coordinator's effective `workers` (job.toml, env, flags) and every
+    worker Job's completions and parallelism. A mismatch would wait out the join timeout."""
+    stated = [(f"{label} (serve --print-config) workers", n) for label, n in coordinator_workers]
+    for label, completions, parallelism in worker_jobs(docs):
+        stated += [(f"{label} completions", completions), (f"{label} parallelism", parallelism)]
+    if not stated:
+        return []
+    shown = ", ".join(f"{what} {n}" for what, n in stated)
+    if len({n for _, n in stated}) > 1:
+        print(f"flags: FAIL {name}: world size stated differently: {shown}")
+        return [f"{name}: world size stated differently: {shown}"]
+    print(f"flags: ok   {name}: world size {stated[0][1]} everywhere ({shown})")
+    return []
 
 
 def flags(files, bin_dir):
@@ -351,6 +395,7 @@ def flags(files, bin_dir):
         tmp = Path(tmp)
         pem = make_pem(tmp)
         for name, docs in files:
+            coordinator_workers = []
             for label, meta, spec in pod_templates(docs):
                 for kind, c in containers(spec):
                     command = c.get("command") or []
@@ -367,15 +412,22 @@ def flags(files, bin_dir):
                     key = inv.key()
                     if key not in seen:
                         seen[key] = inv.run(bin_dir)
-                    ok, detail = seen[key]
+                    ok, detail, stdout = seen[key]
                     mode = "parse only" if inv.extra == "--help" else "--print-config"
                     if ok:
                         print(f"flags: ok   {where} ({mode}): {inv.shown()}")
+                        if inv.binary_name == "ringtrain" and inv.words[:1] == ["serve"]:
+                            try:
+                                workers = json.loads(stdout).get("workers")
+                            except ValueError:
+                                workers = None
+                            coordinator_workers.append((label, workers))
                         continue
                     failures.append(f"{where}: {detail.splitlines()[0]}")
                     print(f"flags: FAIL {where} ({mode}): {inv.shown()}")
                     for line in detail.splitlines():
                         print(f"flags:        {line}")
+            failures += world_size(name, docs, coordinator_workers)
     if found == 0:
         failures.append("no ringtrain or ringtrain-worker container found")
         print("flags: FAIL no ringtrain or ringtrain-worker container found")

@@ -3,7 +3,7 @@
 # Python, no CUDA: the coordinator never links them.
 #
 # From the repository root (deploy/README.md, "Images"):
-#   docker build -f deploy/docker/coordinator.Dockerfile -t ringtrain/coordinator:0.1.0 .
+#   docker build -f deploy/docker/coordinator.Dockerfile -t localhost/ringtrain/coordinator:0.1.0 .
 #
 # Base images are pinned by exact tag (Rust 1.88.0 = the workspace's rust-version; Debian 12
 # "bookworm", the same glibc in both stages). For production builds, pin their digests too:

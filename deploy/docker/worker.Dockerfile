@@ -4,7 +4,7 @@
 # NVIDIA container toolkit providing the driver, on GPU nodes.
 #
 # From the repository root (deploy/README.md, "Images"):
-#   docker build -f deploy/docker/worker.Dockerfile -t ringtrain/worker:0.1.0 .
+#   docker build -f deploy/docker/worker.Dockerfile -t localhost/ringtrain/worker:0.1.0 .
 #
 # Base images are pinned by exact tag (Rust 1.88.0 = the workspace's rust-version; Debian 12
 # "bookworm", the same glibc in both stages). For production builds, pin their digests too:

@@ -88,6 +88,7 @@ fn deploy_folder_passes_its_check() {
         "schema: ok",
         "policy: ok",
         "flags: ok",
+        "world size 2 everywhere",
         "all passed",
     ] {
         assert!(
@@ -115,6 +116,18 @@ fn check_fails_naming_each_broken_thing() {
         "      subdomain: ringtrain-workers\n",
         "      subdomain: ringtrain-workers\n      sub_domain: ringtrain-workers\n",
     );
+    // policy: an image on Docker Hub's namespace, which anyone could publish to.
+    edit(
+        &deploy.join("k8s/overlays/cpu/kustomization.yaml"),
+        "    newName: localhost/ringtrain/worker\n",
+        "    newName: ringtrain/worker\n",
+    );
+    // flags: a worker Job that would start 3 workers for a run of 2.
+    edit(
+        &deploy.join("k8s/base/workers.yaml"),
+        "  parallelism: 2\n",
+        "  parallelism: 3\n",
+    );
     // flags: a misspelt worker flag, and a job.toml key the coordinator does not know.
     edit(
         &deploy.join("k8s/base/workers.yaml"),
@@ -138,6 +151,14 @@ fn check_fails_naming_each_broken_thing() {
         ("the unknown field", "'sub_domain' was unexpected"),
         ("the unknown flag", "'--collective-listn'"),
         ("the unknown job.toml key", "learning_rate"),
+        (
+            "the image without a registry",
+            "image 'ringtrain/worker:0.1.0' names no registry host",
+        ),
+        (
+            "the world size mismatch",
+            "world size stated differently: Job/ringtrain-worker completions 2, Job/ringtrain-worker parallelism 3",
+        ),
     ] {
         assert!(
             check.output.contains(needle),
