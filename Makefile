@@ -15,7 +15,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(TORCH_VENV)/bin:$(PATH)
 
 BIN := target/release
-.PHONY: run run-single run-gpus test bench build setup setup-browser setup-netlab setup-promtool setup-slurm data clean-runs cycles gpu-bundle gpu-check
+.PHONY: run run-single run-gpus test bench build setup setup-browser setup-netlab setup-promtool setup-slurm deploy-smoke data clean-runs cycles gpu-bundle gpu-check
 
 setup: $(TORCH_VENV)/.ringtrain-ok
 $(TORCH_VENV)/.ringtrain-ok: scripts/setup-torch.sh
@@ -74,6 +74,10 @@ data: build
 test: setup setup-browser setup-netlab setup-promtool setup-slurm cycles
 	$(CARGO) build --release --bins
 	$(CARGO) test --release --workspace
+
+# The images built with podman and run with the manifests' settings (deploy/smoke.sh; root).
+deploy-smoke: build data
+	MNIST_DIR=$(MNIST_DIR) TORCH_VENV=$(TORCH_VENV) ./deploy/smoke.sh
 
 # Import cycles between modules (scripts/module-cycles.py says which levels it checks).
 cycles:
