@@ -20,7 +20,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ringtrain_tests::{bin, log_dir, pids_with, read_json, shared_mnist_idx, workspace_root};
+use ringtrain_tests::{
+    bin, log_dir, pids_with, read_json, shared_mnist_idx, wait_with_limit, workspace_root,
+};
 
 const NODE: &str = "ringtrain-test-node";
 
@@ -44,7 +46,7 @@ fn short_hostname() -> String {
 struct Lab {
     logs: PathBuf,
     conf: PathBuf,
-    _state: tempfile::TempDir,
+    state: tempfile::TempDir,
     daemons: Vec<(&'static str, Child)>,
     /// Ports the jobs' coordinators use: whatever still runs with one of them is the test's.
     job_ports: Vec<u16>,
@@ -122,7 +124,7 @@ impl Lab {
         let mut lab = Lab {
             logs: logs.to_path_buf(),
             conf,
-            _state: state,
+            state,
             daemons: Vec::new(),
             job_ports: Vec::new(),
         };
@@ -176,7 +178,7 @@ impl Lab {
     }
 
     fn state(&self) -> &Path {
-        self._state.path()
+        self.state.path()
     }
 
     /// A Slurm client command against this cluster.
@@ -327,17 +329,6 @@ fn first_checkpoint(run_dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn wait_job(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().expect("waiting for sbatch") {
-            return s;
-        }
-        assert!(start.elapsed() < limit, "{what} still runs after {limit:?}");
-        thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn the_sbatch_script_trains_on_a_real_cluster_and_a_requeued_job_resumes() {
     let logs = log_dir("slurm");
@@ -358,7 +349,7 @@ fn the_sbatch_script_trains_on_a_real_cluster_and_a_requeued_job_resumes() {
     let started = Instant::now();
     let (mut job, run_dir) = lab.submit("rt-basic", "rt-basic", &data, 1);
     let id = lab.job_id("rt-basic");
-    let status = wait_job(&mut job, Duration::from_secs(300), "the 1-epoch job");
+    let status = wait_with_limit(&mut job, Duration::from_secs(300), "the 1-epoch job");
     let output = lab.job_output("rt-basic", &id);
     assert!(status.success(), "job {id} failed ({status}):\n{output}");
     let summary = read_json(&run_dir.join("summary.json"));
@@ -407,7 +398,7 @@ fn the_sbatch_script_trains_on_a_real_cluster_and_a_requeued_job_resumes() {
         "scontrol",
         &["update", &format!("JobId={id}"), "StartTime=now"],
     );
-    let status = wait_job(&mut job, Duration::from_secs(300), "the requeued job");
+    let status = wait_with_limit(&mut job, Duration::from_secs(300), "the requeued job");
     let output = lab.job_output("rt-requeue", &id);
     assert!(status.success(), "job {id} failed ({status}):\n{output}");
     assert!(
@@ -443,7 +434,7 @@ fn the_sbatch_script_trains_on_a_real_cluster_and_a_requeued_job_resumes() {
         "scancel --batch --signal=TERM {id}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let status = wait_job(&mut job, Duration::from_secs(120), "the signalled job");
+    let status = wait_with_limit(&mut job, Duration::from_secs(120), "the signalled job");
     let output = lab.job_output("rt-signal", &id);
     assert!(
         !status.success(),
@@ -455,7 +446,7 @@ fn the_sbatch_script_trains_on_a_real_cluster_and_a_requeued_job_resumes() {
     );
     let (mut job, _) = lab.submit("rt-signal-2", "rt-signal", &data, 4);
     let id2 = lab.job_id("rt-signal-2");
-    let status = wait_job(&mut job, Duration::from_secs(300), "the continuing job");
+    let status = wait_with_limit(&mut job, Duration::from_secs(300), "the continuing job");
     let output = lab.job_output("rt-signal-2", &id2);
     assert!(status.success(), "job {id2} failed ({status}):\n{output}");
     assert!(
