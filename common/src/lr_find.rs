@@ -17,6 +17,14 @@
 //!   between 0.004 and 0.043 with the seed and data on real MNIST (README, "LR finder").
 //!   Losses above `stop_div` × the lowest smoothed loss (and non-finite ones) are clipped to
 //!   that bound first, so a diverged last step cannot leak backwards into the minimum.
+//! * **No edge, no suggestion.** A minimum is only an answer when the loss rises after it: the
+//!   sweep stopped early (the stop rule fired), or the zero-phase curve climbs to at least
+//!   [`EDGE_RISE`] (2) × its minimum after it. Otherwise the range was too short (the lowest loss
+//!   is wherever the range happened to end), [`LrFindResult::suggested`] is `None`, and
+//!   [`NoEdge`] says where the loss was lowest and which `--end-lr` to run instead. Decided after
+//!   measuring on full MNIST (README, "Choosing the learning rate"): sweeps to lr 10 ended on a
+//!   flat, noisy loss (1.14–1.18 × the minimum, which sat at lr 0.7–2.7 depending on the CPU and
+//!   the thread count), sweeps to lr 100 climbed to 4.4–4.9 × before their end.
 //! * fastai 2.x's own rules are reported too, on the recorder's curve without the first
 //!   `iters / 10` and the last 5 points, as fastai computes them: **valley** (a point 1/2 of
 //!   the way into the longest decreasing run) and **steep** (steepest descent against log lr).
@@ -31,6 +39,10 @@ use crate::report::Smoothener;
 
 /// Adam's beta1 during the sweep (fastai's default momentum for Adam).
 pub const BETA1: f64 = 0.9;
+
+/// How far the zero-phase curve must climb after its minimum, as a multiple of it, for a sweep
+/// that did not stop early to have found the edge (see the module docs).
+pub const EDGE_RISE: f64 = 2.0;
 
 /// Why a sweep cannot be set up or analysed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -66,11 +78,12 @@ pub struct LrRange {
 }
 
 impl Default for LrRange {
-    /// The lesson's sweep: 1e-7 to 10 over 100 steps, stopping at 4× the best loss.
+    /// The lesson's sweep (`learn.lr_find(end_lr=100)`): 1e-7 to 100 over 100 steps, stopping at
+    /// 4× the best loss. fastai's own default end, 10, rarely reaches the edge on MNIST.
     fn default() -> Self {
         Self {
             start_lr: 1e-7,
-            end_lr: 10.0,
+            end_lr: 100.0,
             iters: 100,
             stop_div: 4.0,
         }
@@ -155,6 +168,17 @@ pub struct Suggestion {
     pub at_loss: f64,
 }
 
+/// Why a sweep gives no suggestion: it never found the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct NoEdge {
+    /// Where the zero-phase curve was lowest.
+    pub lowest_at_lr: f64,
+    /// Whether that is within the last decade of the range looked at (fastai's window).
+    pub at_end_of_range: bool,
+    /// The `--end-lr` to run instead: a decade beyond this sweep's end.
+    pub try_end_lr: f64,
+}
+
 /// The sweep's analysis.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LrFindResult {
@@ -164,7 +188,17 @@ pub struct LrFindResult {
     pub stopped_early: bool,
     /// β of the zero-phase smoothing.
     pub centered_beta: f64,
-    /// The suggestion: a tenth of the lr at the zero-phase curve's minimum.
+    /// The highest the zero-phase curve climbed after its minimum, as a multiple of it.
+    #[serde(default)]
+    pub rise: f64,
+    /// The suggested max_lr (`minimum.lr`), or `None` when the sweep never found the edge.
+    #[serde(default)]
+    pub suggested: Option<f64>,
+    /// Why there is no suggestion (when `suggested` is `None`).
+    #[serde(default)]
+    pub no_edge: Option<NoEdge>,
+    /// The zero-phase curve's minimum and a tenth of its lr, the suggestion when the sweep
+    /// found the edge (when not, only where the loss was lowest).
     pub minimum: Suggestion,
     /// fastai's valley on the recorder's curve.
     pub valley: Suggestion,
@@ -173,9 +207,32 @@ pub struct LrFindResult {
 }
 
 impl LrFindResult {
-    /// The suggested max_lr: one decade below the zero-phase curve's minimum.
-    pub fn suggested(&self) -> f64 {
-        self.minimum.lr
+    /// The suggested max_lr: one decade below the zero-phase curve's minimum, when the sweep
+    /// found the edge (the loss rose after that minimum); `None` when it did not.
+    pub fn suggested(&self) -> Option<f64> {
+        self.suggested
+    }
+
+    /// What to print after the sweep: the suggestion, or why there is none and what to run.
+    pub fn verdict(&self) -> String {
+        match (self.suggested, self.no_edge) {
+            (Some(lr), _) => format!("suggested max_lr {lr:.2e}"),
+            (None, Some(n)) => format!(
+                "no suggested max_lr: the range was too short. The loss never rose to {}x its \
+                 minimum (it climbed to {:.2}x after it) and was lowest at lr {:.2e}{}; run again \
+                 with --end-lr {:.0e}",
+                EDGE_RISE,
+                self.rise,
+                n.lowest_at_lr,
+                if n.at_end_of_range {
+                    ", at the end of the range"
+                } else {
+                    ""
+                },
+                n.try_end_lr
+            ),
+            (None, None) => "no suggested max_lr".into(),
+        }
     }
 
     /// fastai's `plot_lr_find`: smoothed loss against log lr, the suggestions marked.
@@ -202,23 +259,31 @@ impl LrFindResult {
                     points: shown.iter().map(|p| (p.lr, p.smoothed)).collect(),
                 },
             ],
-            markers: vec![
-                Marker {
-                    x: self.minimum.lr,
-                    y: centered_at(shown, self.minimum.lr),
-                    label: format!("suggested max_lr {:.2e}", self.minimum.lr),
-                },
-                Marker {
-                    x: self.minimum.at_lr,
-                    y: self.minimum.at_loss,
-                    label: "minimum".into(),
-                },
-                Marker {
-                    x: self.valley.at_lr,
-                    y: self.valley.at_loss,
-                    label: format!("fastai valley {:.2e}", self.valley.lr),
-                },
-            ],
+            markers: self
+                .suggested
+                .map(|lr| Marker {
+                    x: lr,
+                    y: centered_at(shown, lr),
+                    label: format!("suggested max_lr {lr:.2e}"),
+                })
+                .into_iter()
+                .chain([
+                    Marker {
+                        x: self.minimum.at_lr,
+                        y: self.minimum.at_loss,
+                        label: if self.suggested.is_some() {
+                            "minimum".into()
+                        } else {
+                            "lowest (no edge found: no suggestion)".into()
+                        },
+                    },
+                    Marker {
+                        x: self.valley.at_lr,
+                        y: self.valley.at_loss,
+                        label: format!("fastai valley {:.2e}", self.valley.lr),
+                    },
+                ])
+                .collect(),
         }
     }
 
@@ -314,13 +379,36 @@ pub fn analyse(range: LrRange, losses: &[f64]) -> Result<LrFindResult, LrFindErr
             needed: a + 5 + 2,
         });
     }
+    let stopped_early = points.len() < range.iters as usize;
+    let minimum = minimum(&curve);
+    // The climb after the minimum, over every recorded point (the last 5 included: that is
+    // where a sweep reaches the edge).
+    let lowest = points
+        .iter()
+        .position(|p| p.lr == minimum.at_lr)
+        .unwrap_or(0);
+    let rise = points[lowest..]
+        .iter()
+        .map(|p| p.centered)
+        .filter(|c| c.is_finite())
+        .fold(f64::NEG_INFINITY, f64::max)
+        / minimum.at_loss;
+    let edge = stopped_early || rise >= EDGE_RISE;
+    let last_decade = curve.last().map_or(f64::INFINITY, |p| p.lr / 10.0);
     Ok(LrFindResult {
         range,
-        stopped_early: points.len() < range.iters as usize,
+        stopped_early,
         centered_beta: beta,
+        rise,
+        suggested: edge.then_some(minimum.lr),
+        no_edge: (!edge).then_some(NoEdge {
+            lowest_at_lr: minimum.at_lr,
+            at_end_of_range: minimum.at_lr >= last_decade,
+            try_end_lr: range.end_lr * 10.0,
+        }),
         valley: valley(&curve),
         steep: steep(&curve),
-        minimum: minimum(&curve),
+        minimum,
         points,
     })
 }
@@ -405,10 +493,10 @@ mod tests {
     fn the_sweep_is_exponential_from_start_to_end() {
         let r = LrRange::default();
         assert_eq!(r.lr(0), 1e-7);
-        assert!((r.lr(99) - 10.0).abs() < 1e-12);
+        assert!((r.lr(99) - 100.0).abs() < 1e-10, "the lesson's end_lr=100");
         let ratio = r.lr(1) / r.lr(0);
         assert!((r.lr(51) / r.lr(50) - ratio).abs() < 1e-9);
-        assert!((ratio - 10f64.powf(8.0 / 99.0)).abs() < 1e-12);
+        assert!((ratio - 10f64.powf(9.0 / 99.0)).abs() < 1e-12);
         assert_eq!(r.lr(500), r.lr(99), "clamped past the end");
     }
 
@@ -461,7 +549,13 @@ mod tests {
             r.minimum
         );
         assert!((r.minimum.lr - r.minimum.at_lr / 10.0).abs() < 1e-15);
-        assert_eq!(r.suggested(), r.minimum.lr);
+        assert_eq!(r.suggested(), Some(r.minimum.lr));
+        assert!(r.rise >= EDGE_RISE && r.no_edge.is_none(), "{}", r.rise);
+        assert!(
+            r.verdict().starts_with("suggested max_lr "),
+            "{}",
+            r.verdict()
+        );
         let lagged = r
             .points
             .iter()
@@ -498,7 +592,7 @@ mod tests {
     fn zero_phase_smoothing_has_no_lag_and_a_diverged_end_does_not_leak() {
         let range = LrRange::default();
         let b = centered_beta(&range);
-        let k = 99.0 / 8.0; // steps per decade of 1e-7..10 in 100 steps
+        let k = 99.0 / 9.0; // steps per decade of 1e-7..100 in 100 steps
         assert!((b - (k - 1.0) / (k + 1.0)).abs() < 1e-12, "{b}");
         // A symmetric dip stays centred where it is.
         let xs: Vec<f64> = (0..60)
@@ -518,6 +612,91 @@ mod tests {
             r.points.last()
         );
         assert!(r.stopped_early);
+        assert!(
+            r.suggested().is_some(),
+            "a sweep that diverged found the edge"
+        );
+    }
+
+    /// Like the sweeps to lr 10 measured on MNIST: a descent from lr 1e-3 on, then a loss that
+    /// stays flat and noisy up to the end of the range (it never rises to `stop_div` × its
+    /// minimum, so the sweep runs all its steps).
+    fn never_diverges(range: LrRange) -> Vec<f64> {
+        (0..range.iters as u64)
+            .map(|k| {
+                let x = range.lr(k).log10();
+                let noise = 0.15 * ((k as f64) * 2.1).sin();
+                if x < -3.0 {
+                    2.3
+                } else {
+                    (2.3 - 0.45 * (x + 3.0)).max(1.0) + noise
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_sweep_that_never_diverges_is_reported_as_too_short_without_a_suggestion() {
+        let range = LrRange {
+            end_lr: 10.0,
+            ..LrRange::default()
+        };
+        let losses = never_diverges(range);
+        let mut rule = StopRule::new(range.stop_div);
+        assert!(
+            !losses.iter().any(|&l| rule.stop_after(l)),
+            "the workers' stop rule never fires on it"
+        );
+        let r = analyse(range, &losses).unwrap();
+        assert!(!r.stopped_early);
+        assert!(r.rise < EDGE_RISE, "{}", r.rise);
+        assert_eq!(r.suggested(), None, "{:?}", r.minimum);
+        let n = r.no_edge.expect("the reason there is no suggestion");
+        assert_eq!(n.lowest_at_lr, r.minimum.at_lr);
+        assert_eq!(n.try_end_lr, 100.0);
+        let v = r.verdict();
+        assert!(
+            v.starts_with("no suggested max_lr: the range was too short"),
+            "{v}"
+        );
+        assert!(v.contains("--end-lr 1e2"), "{v}");
+        assert!(!v.contains("suggested max_lr 1"), "{v}");
+        // The same curve carried on past lr 10 into a blow-up: now there is an edge.
+        let wide = LrRange {
+            end_lr: 1000.0,
+            ..LrRange::default()
+        };
+        let losses: Vec<f64> = (0..wide.iters as u64)
+            .map(|k| {
+                let lr = wide.lr(k);
+                let flat = never_diverges(range)[(k as usize).min(99)];
+                if lr > 30.0 {
+                    flat * (lr / 30.0).powi(2)
+                } else {
+                    flat
+                }
+            })
+            .collect();
+        let r = analyse(wide, &losses).unwrap();
+        assert!(r.rise >= EDGE_RISE, "{}", r.rise);
+        assert_eq!(r.suggested(), Some(r.minimum.lr));
+    }
+
+    #[test]
+    fn a_minimum_at_the_end_of_the_range_is_never_the_suggestion() {
+        // Still falling when the range ends: the lowest point is the last one looked at.
+        let range = LrRange::default();
+        let losses: Vec<f64> = (0..100).map(|k| 2.3 - 0.015 * f64::from(k)).collect();
+        let r = analyse(range, &losses).unwrap();
+        assert_eq!(r.suggested(), None);
+        let n = r.no_edge.unwrap();
+        assert!(n.at_end_of_range, "{n:?}");
+        assert!(
+            r.verdict().contains("at the end of the range"),
+            "{}",
+            r.verdict()
+        );
+        assert_eq!(n.try_end_lr, 1000.0);
     }
 
     #[test]
@@ -540,7 +719,7 @@ mod tests {
         assert!(c.log_x);
         assert_eq!(c.series[0].points.len(), 100 - 10 - 5);
         assert!(c.markers[0].label.starts_with("suggested max_lr"));
-        assert_eq!(c.markers[0].x, r.suggested());
+        assert_eq!(Some(c.markers[0].x), r.suggested());
         let png = r.png().unwrap();
         assert_eq!(&png[1..4], b"PNG");
     }

@@ -214,17 +214,26 @@ impl Writer {
                 r.range.stop_div
             )
         } else {
-            format!("all {} steps", r.range.iters)
+            format!(
+                "all {} steps (the smoothed loss stayed under {}x its minimum); after its \
+                 minimum the loss climbed to {:.2}x it",
+                r.range.iters, r.range.stop_div, r.rise
+            )
+        };
+        let verdict = match r.suggested() {
+            Some(lr) => format!(
+                "suggested max_lr: {lr:.2e} (a decade below the minimum at {:.2e}; ",
+                r.minimum.at_lr
+            ),
+            None => format!("{}\n(", r.verdict()),
         };
         let _ = writeln!(
             self.table,
             "LR finder: {:.0e} to {:.0e}, {stop}\n\
-             suggested max_lr: {:.2e} (a decade below the minimum at {:.2e}; fastai's valley {:.2e}, steep {:.2e})\n\
+             {verdict}fastai's valley {:.2e}, steep {:.2e})\n\
              plot: {}",
             r.range.start_lr,
             r.range.end_lr,
-            r.suggested(),
-            r.minimum.at_lr,
             r.valley.lr,
             r.steep.lr,
             plot.display()

@@ -166,6 +166,68 @@ fn a_diverging_sweep_stops_on_every_rank_at_the_same_step() {
 }
 
 #[test]
+fn a_sweep_that_never_diverges_within_its_range_is_reported_without_a_suggestion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("mnist");
+    mnist_slice(&data, 3_000, 100).unwrap();
+    let run_dir = tmp.path().join("lr");
+    // Up to lr 1e-4 the plain CNN hardly learns: a flat, noisy loss that never rises, no edge.
+    let out = lr_find(
+        &data,
+        &run_dir,
+        &[
+            "--model",
+            "basic",
+            "--batch-size",
+            "32",
+            "--end-lr",
+            "1e-4",
+            "--iters",
+            "90",
+        ],
+        "lr_find_no_edge",
+    );
+    assert_eq!(
+        out.code,
+        Some(1),
+        "no answer is a failed command:\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let r = check_sweep(&run_dir);
+    assert_eq!(r["stopped_early"], false, "{r}");
+    assert!(r["suggested"].is_null(), "{r}");
+    assert!(r["rise"].as_f64().unwrap() < 2.0, "{r}");
+    assert_eq!(r["no_edge"]["try_end_lr"].as_f64(), Some(1e-3), "{r}");
+    let last = out.stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("no suggested max_lr: the range was too short.")
+            && last.contains("run again with --end-lr 1e-3 | plot "),
+        "{last}"
+    );
+    assert!(
+        !out.stdout
+            .lines()
+            .any(|l| l.starts_with("suggested max_lr")),
+        "{}",
+        out.stdout
+    );
+    let status = ringtrain(
+        &["status", run_dir.to_str().unwrap()],
+        &run_dir.with_extension("cache"),
+        "lr_find_no_edge_status",
+        Duration::from_secs(60),
+    );
+    assert!(
+        status
+            .stdout
+            .contains("LR finder: no suggestion, the range was too short"),
+        "{}",
+        status.stdout
+    );
+}
+
+#[test]
 fn a_sweep_longer_than_an_epoch_is_refused_before_training() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("mnist");

@@ -62,22 +62,36 @@ pub fn mmss(seconds: f64) -> String {
     format!("{:02}:{:02}", s / 60, s % 60)
 }
 
-/// One table line.
+/// One table line. Cells never run together, whatever the values: a number too wide for its
+/// column with a space to spare (a diverged loss: `11018.543050` in a 12-wide column) is
+/// written in scientific notation with the same 6 significant digits (`1.10185e4`), and a cell
+/// wider still (`-1.00000e300`) widens its column in this row, still followed by a space. So
+/// `split_whitespace()` always gives the five columns, and each parses back.
 pub fn row(r: &EpochRow) -> String {
     let cells = [
         r.epoch.to_string(),
-        format!("{:.6}", r.train_loss),
-        format!("{:.6}", r.valid_loss),
-        format!("{:.6}", r.accuracy),
+        number(r.train_loss, width(COLUMNS[1])),
+        number(r.valid_loss, width(COLUMNS[2])),
+        number(r.accuracy, width(COLUMNS[3])),
         mmss(r.seconds),
     ];
     cells
         .iter()
         .zip(COLUMNS)
-        .map(|(v, c)| format!("{v:<w$}", w = width(c)))
+        .map(|(v, c)| format!("{v:<w$}", w = width(c).max(v.len() + 1)))
         .collect::<String>()
         .trim_end()
         .to_string()
+}
+
+/// `{:.6}` (fastai's format) when it leaves a space in a column `width` wide, else `{:.5e}`.
+fn number(v: f64, width: usize) -> String {
+    let fixed = format!("{v:.6}");
+    if fixed.len() < width {
+        fixed
+    } else {
+        format!("{v:.5e}")
+    }
 }
 
 /// fastai's `SmoothenValue`: debiased exponential moving average.
@@ -138,6 +152,74 @@ mod tests {
             row(&r),
             "0          0.200000    0.100000    0.990000   01:15"
         );
+    }
+
+    fn row_of(train_loss: f64, valid_loss: f64, accuracy: f64, seconds: f64) -> EpochRow {
+        EpochRow {
+            epoch: 7,
+            train_loss,
+            valid_loss,
+            accuracy,
+            valid_correct: 1,
+            valid_count: 10,
+            seconds,
+            train_seconds: 1.0,
+            train_images_per_s: 1.0,
+            lr: 0.1,
+        }
+    }
+
+    /// The five cells of a printed row, parsed back.
+    fn parse(line: &str) -> (u32, f64, f64, f64, String) {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells.len(), 5, "columns ran together: {line:?}");
+        let f = |s: &str| {
+            s.parse::<f64>()
+                .unwrap_or_else(|e| panic!("{s:?} in {line:?}: {e}"))
+        };
+        (
+            cells[0].parse().unwrap(),
+            f(cells[1]),
+            f(cells[2]),
+            f(cells[3]),
+            cells[4].to_string(),
+        )
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a.is_nan() && b.is_nan()) || a == b || ((a - b) / b).abs() < 1e-5
+    }
+
+    #[test]
+    fn a_row_with_huge_losses_stays_parseable() {
+        // What an LR sweep to lr 10 printed: `11018.5430500.135900`.
+        let line = row(&row_of(1.811537, 11018.54305, 0.1359, 1.2));
+        assert_eq!(line, "7          1.811537    1.10185e4   0.135900   00:01");
+        for (t, v, a, secs) in [
+            (1.811537, 11018.54305, 0.1359, 1.2),
+            (37863.4038, 1e12, 0.5, 61.0),
+            (123456789.0, -1e300, 1.0, 3600.0),
+            (f64::INFINITY, f64::NAN, f64::MAX, 0.0),
+            (-f64::MAX, f64::NEG_INFINITY, -0.25, 1e7),
+            (0.2, 0.1, 0.99, 75.4),
+        ] {
+            let line = row(&row_of(t, v, a, secs));
+            let (e, pt, pv, pa, time) = parse(&line);
+            assert_eq!(e, 7);
+            assert!(close(pt, t) && close(pv, v) && close(pa, a), "{line:?}");
+            assert_eq!(time, mmss(secs));
+            // Where every value fits, each cell starts under its column's name.
+            if line.len() <= header().len() {
+                for name in COLUMNS {
+                    let at = header().find(name).unwrap();
+                    assert!(at == 0 || line.as_bytes()[at - 1] == b' ', "{line:?}");
+                    assert_ne!(line.as_bytes()[at], b' ', "{line:?}");
+                }
+            }
+        }
+        // Values that fit keep fastai's six decimals.
+        let (_, t, _, _, _) = parse(&row(&row_of(12.345678, 0.1, 0.9, 1.0)));
+        assert_eq!(t, 12.345678);
     }
 
     #[test]
