@@ -6,22 +6,31 @@
 #   deploy/smoke.sh            (make deploy-smoke)
 #
 #   1. podman, runc and debootstrap (scripts/setup-podman.sh); a Debian bookworm base image made
-#      with debootstrap and imported under the name the Dockerfiles' runtime stage uses (no
-#      registry is reachable here), once per machine.
-#   2. Both images from the Dockerfiles, unchanged: `podman build --build-context build=DIR`
-#      gives the runtime stage this machine's release binaries (and, for the worker, the torch
-#      wheel's libraries) in place of the build stage. Sizes and build times are printed.
+#      with debootstrap (no registry is reachable here), once per machine. With SMOKE_BUILD=full,
+#      also a Rust image for the build stages: that base, Debian's C/C++ toolchain, this
+#      machine's Rust toolchain (`rustc --print sysroot`), CA bundle and pip settings.
+#   2. Both images from the Dockerfiles, unchanged; only their base-image arguments (RUST_IMAGE,
+#      DEBIAN_IMAGE) are given.
+#        SMOKE_BUILD=full      the whole Dockerfile: the build stages compile the binaries and
+#                              install the torch wheel inside the build (make deploy-smoke);
+#        SMOKE_BUILD=binaries  `podman build --build-context build=DIR` gives the runtime stages
+#                              this machine's release binaries (and the torch wheel's libraries)
+#                              in place of the build stage (make test: minutes, not tens).
+#      Sizes and build times are printed.
 #   3. deploy/check.sh renders overlays/cpu; deploy/smoke/podman_run.py turns its coordinator
 #      Deployment and worker Job into `podman run` arguments: image, command, args, env,
 #      uid 65532, read-only root, all capabilities dropped, the token as a mounted file like
-#      the Secret, MNIST and the checkpoints on host folders like the PVCs, emptyDirs as tmpfs.
-#   4. On a podman network the script creates (10.213.0.0/24) and always removes: the
+#      the Secret, MNIST and the checkpoints on host folders like the PVCs, emptyDirs as tmpfs,
+#      the liveness probe as podman's health check.
+#   4. On a podman network the script creates (10.213.0.0/24, fixed addresses) and always removes: the
 #      coordinator and 2 workers train the plain CNN (RINGTRAIN_MODEL, EPOCHS; default basic,
-#      3 epochs). Mid-run one worker container is killed and a replacement started, as the Job
-#      would; later the coordinator container is stopped and started again (its --auto-resume
-#      continues from the checkpoint volume). The run must finish at >= 97%.
+#      3 epochs). Once training runs, the probes are called inside the coordinator container
+#      (`podman healthcheck run`, and `ringtrain health` against the pod's address as the
+#      readiness probe). Mid-run one worker container is killed and a replacement started, as
+#      the Job would; later the coordinator container is stopped and started again (its
+#      --auto-resume continues from the checkpoint volume). The run must finish at >= 97%.
 #
-# Environment: MNIST_DIR (default ~/.cache/ringtrain/data/mnist_png), TORCH_VENV (default
+# Environment: SMOKE_BUILD (full), MNIST_DIR (default ~/.cache/ringtrain/data/mnist_png), TORCH_VENV (default
 # ~/.cache/ringtrain/torch-2.11.0), RINGTRAIN_MODEL (basic), EPOCHS (3), MAX_LR (0.1),
 # SMOKE_KEEP=1 keeps the containers and the work folder for a look afterwards.
 set -euo pipefail
@@ -37,11 +46,13 @@ EPOCHS="${EPOCHS:-3}"
 MAX_LR="${MAX_LR:-0.1}"
 BIN=target/release
 TOOLS="${RINGTRAIN_DEPLOY_TOOLS:-$HOME/.cache/ringtrain/deploy-tools}"
+BUILD="${SMOKE_BUILD:-full}"
 BASE=localhost/debian:bookworm-20260518-slim
 NET=ringtrain-smoke
 SUBNET=10.213.0.0/24
 
 [ "$(id -u)" = 0 ] || die "run as root (rootful podman with its own network)"
+case "$BUILD" in full | binaries) ;; *) die "SMOKE_BUILD must be full or binaries, not '$BUILD'" ;; esac
 [ -x "$BIN/ringtrain" ] && [ -x "$BIN/ringtrain-worker" ] || die "no release binaries: make build"
 [ -d "$MNIST_DIR/training" ] || die "no MNIST in $MNIST_DIR: make data"
 # The dataset volume holds mnist_png/ at its root (the manifests read /data/mnist_png).
@@ -77,22 +88,58 @@ if ! "${P[@]}" image exists "$BASE"; then
   say "base: $BASE in $(($(date +%s) - t0)) s"
 fi
 
+if [ "$BUILD" = full ]; then
+  sysroot="$(rustc --print sysroot)" || die "no rustc for the Rust image"
+  rust_version="$("$sysroot/bin/rustc" --version | awk '{print $2}')"
+  RUST_IMAGE="localhost/rust:$rust_version-bookworm"
+  if ! "${P[@]}" image exists "$RUST_IMAGE"; then
+    say "base: $RUST_IMAGE from $BASE and $sysroot (once per machine)"
+    t0=$(date +%s)
+    ctx="$work/ctx-rust"
+    mkdir -p "$ctx/toolchain"
+    for d in bin lib libexec; do cp -a "$sysroot/$d" "$ctx/toolchain/"; done
+    # The machine's trust store and pip settings: its proxy's CA is only there.
+    cp /etc/ssl/certs/ca-certificates.crt "$ctx/ca-certificates.crt"
+    if [ -f /etc/pip.conf ]; then cp /etc/pip.conf "$ctx/pip.conf"; else : >"$ctx/pip.conf"; fi
+    cat >"$ctx/Containerfile" <<CONTAINERFILE
+FROM $BASE
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates gcc g++ libc6-dev make pkg-config && rm -rf /var/lib/apt/lists/*
+COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY pip.conf /etc/pip.conf
+COPY toolchain /usr/local/rust
+ENV CARGO_HOME=/usr/local/cargo PATH=/usr/local/rust/bin:/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+RUN cargo --version && rustc --version
+CONTAINERFILE
+    "${P[@]}" build --pull=never -t "$RUST_IMAGE" "$ctx" >"$work/build-rust.log" 2>&1 ||
+      { tail -20 "$work/build-rust.log"; die "building $RUST_IMAGE"; }
+    rm -rf "$ctx"
+    say "base: $RUST_IMAGE in $(($(date +%s) - t0)) s"
+  fi
+fi
+
 # --- 2. images ----------------------------------------------------------------------------------
-link_or_copy() { cp -al "$1" "$2" 2>/dev/null || cp -a "$1" "$2"; }
-site_in_image=opt/venv/lib/python3.11/site-packages
-mkdir -p "$work/ctx-coordinator/out" "$work/ctx-worker/out/nccl" "$work/ctx-worker/$site_in_image/torch"
-cp "$BIN/ringtrain" "$work/ctx-coordinator/out/"
-cp "$BIN/ringtrain-worker" "$work/ctx-worker/out/"
-link_or_copy "$SITE/torch/lib" "$work/ctx-worker/$site_in_image/torch/lib"
-link_or_copy "$SITE/nvidia" "$work/ctx-worker/$site_in_image/nvidia"
-ln -s "/$site_in_image/nvidia/nccl/lib/libnccl.so.2" "$work/ctx-worker/out/nccl/libnccl.so"
+base_args=(--build-arg "DEBIAN_IMAGE=$BASE")
+if [ "$BUILD" = binaries ]; then
+  link_or_copy() { cp -al "$1" "$2" 2>/dev/null || cp -a "$1" "$2"; }
+  site_in_image=opt/venv/lib/python3.11/site-packages
+  mkdir -p "$work/ctx-coordinator/out" "$work/ctx-worker/out/nccl" "$work/ctx-worker/$site_in_image/torch"
+  cp "$BIN/ringtrain" "$work/ctx-coordinator/out/"
+  cp "$BIN/ringtrain-worker" "$work/ctx-worker/out/"
+  link_or_copy "$SITE/torch/lib" "$work/ctx-worker/$site_in_image/torch/lib"
+  link_or_copy "$SITE/nvidia" "$work/ctx-worker/$site_in_image/nvidia"
+  ln -s "/$site_in_image/nvidia/nccl/lib/libnccl.so.2" "$work/ctx-worker/out/nccl/libnccl.so"
+else
+  base_args+=(--build-arg "RUST_IMAGE=$RUST_IMAGE")
+fi
 for image in coordinator worker; do
   t0=$(date +%s)
-  "${P[@]}" build --pull=never --build-context "build=$work/ctx-$image" \
+  build_args=("${base_args[@]}" --ignorefile "deploy/docker/$image.Dockerfile.dockerignore")
+  [ "$BUILD" = binaries ] && build_args+=(--build-context "build=$work/ctx-$image")
+  "${P[@]}" build --pull=never "${build_args[@]}" \
     -f "deploy/docker/$image.Dockerfile" -t "localhost/ringtrain/$image:0.1.0" . >"$work/build-$image.log" 2>&1 ||
     { tail -20 "$work/build-$image.log"; die "building the $image image"; }
   size=$("${P[@]}" image inspect --format '{{.Size}}' "localhost/ringtrain/$image:0.1.0")
-  say "image: localhost/ringtrain/$image:0.1.0 built in $(($(date +%s) - t0)) s, $((size / 1000000)) MB"
+  say "image: localhost/ringtrain/$image:0.1.0 ($BUILD) built in $(($(date +%s) - t0)) s, $((size / 1000000)) MB"
 done
 
 # --- 3. the manifests' settings -----------------------------------------------------------------
@@ -108,7 +155,9 @@ run_args() { # WORKLOAD NAME [IP]
     ${3:+--ip "$3"} --pvc "ringtrain-dataset=$DATASET_VOLUME" --pvc "ringtrain-checkpoints=$work/checkpoints" \
     --secret "ringtrain-auth=$work/secret" --scratch "$work"
 }
-mapfile -t coordinator < <(run_args Deployment/ringtrain-coordinator ringtrain-coordinator) || die "coordinator settings"
+# Fixed addresses for all three: podman's IPAM hands out addresses after the last one it gave,
+# so an automatic one could be a worker's.
+mapfile -t coordinator < <(run_args Deployment/ringtrain-coordinator ringtrain-coordinator 10.213.0.2) || die "coordinator settings"
 mapfile -t worker0 < <(run_args Job/ringtrain-worker ringtrain-worker-0 10.213.0.10) || die "worker settings"
 mapfile -t worker1 < <(run_args Job/ringtrain-worker ringtrain-worker-1 10.213.0.11) || die "worker settings"
 [ "${#coordinator[@]}" -gt 5 ] && [ "${#worker0[@]}" -gt 5 ] || die "podman_run.py printed nothing"
@@ -138,6 +187,16 @@ start_worker 0
 start_worker 1
 wait_log ringtrain-worker-0 "training starts" 120
 say "run: the first training step $(($(date +%s) - t_run)) s after the first podman run"
+
+# The probes, inside the coordinator container: the liveness probe as the manifest gives it
+# (podman's health check, podman_run.py), and the readiness probe's check against the pod's
+# address on the network, as the kubelet calls it.
+health=$("${P[@]}" healthcheck run ringtrain-coordinator 2>&1) || die "liveness probe: ${health:-unhealthy}"
+say "probe: liveness ${health:-healthy} (podman healthcheck run)"
+pod_ip=$("${P[@]}" inspect -f "{{(index .NetworkSettings.Networks \"$NET\").IPAddress}}" ringtrain-coordinator)
+ready=$("${P[@]}" exec ringtrain-coordinator ringtrain health --addr "http://$pod_ip:29400" --service "" 2>&1) ||
+  die "readiness probe: $ready"
+say "probe: readiness: $ready"
 
 # A worker container dies mid-run (as a killed pod); the Job would start a replacement.
 "${P[@]}" kill -s KILL ringtrain-worker-1 >/dev/null

@@ -13,6 +13,28 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+/// `ringtrain health --addr URL --service NAME`: (exit code, stdout, stderr).
+async fn probe(url: &str, service: &str, timeout_s: &str) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ringtrain"));
+    cmd.args([
+        "health",
+        "--addr",
+        url,
+        "--service",
+        service,
+        "--timeout-s",
+        timeout_s,
+    ]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 async fn status(url: &str, service: &str) -> ServingStatus {
     let channel = tonic::transport::Endpoint::from_shared(url.to_string())
         .unwrap()
@@ -55,6 +77,9 @@ async fn liveness_fails_when_a_running_round_stalls() {
             "{service:?}"
         );
     }
+    let (code, stdout, stderr) = probe(&url, "liveness", "5").await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("\"liveness\" is SERVING"), "{stdout}");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(status(&url, "liveness").await, ServingStatus::Serving);
 
@@ -82,6 +107,57 @@ async fn liveness_fails_when_a_running_round_stalls() {
         ServingStatus::Serving,
         "readiness stays up"
     );
+    // The command-line probe agrees with the kubelet's, and says why.
+    let (code, _, stderr) = probe(&url, "liveness", "5").await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("\"liveness\" is NOT_SERVING"), "{stderr}");
+    let (code, _, stderr) = probe(&url, "", "5").await;
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = probe(&url, "no-such-service", "5").await;
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("answered the health check with an error"),
+        "{stderr}"
+    );
     hang.abort();
     server.abort();
+}
+
+/// `ringtrain health` against nothing, and against a port that accepts and never answers (a
+/// paused coordinator): exit 1 within about its timeout, naming the address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_fails_clearly_when_nobody_answers() {
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let (code, _, stderr) = probe(&url, "", "2").await;
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains(&format!("cannot connect to {url}")),
+        "{stderr}"
+    );
+
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        loop {
+            let (conn, _) = silent.accept().await.unwrap();
+            kept.push(conn);
+        }
+    });
+    let t0 = std::time::Instant::now();
+    let (code, _, stderr) = probe(&url, "", "1").await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains(&url), "{stderr}");
+    assert!(
+        stderr.contains("no answer") || stderr.contains("timed out"),
+        "{stderr}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    held.abort();
+
+    let (code, _, stderr) = probe("not a url", "", "1").await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("--addr \"not a url\""), "{stderr}");
 }

@@ -7,10 +7,16 @@
 #
 # Base images are pinned by exact tag (Rust 1.88.0 = the workspace's rust-version; Debian 12
 # "bookworm", the same glibc in both stages). For production builds, pin their digests too:
-# append `@sha256:<digest>` from `docker buildx imagetools inspect IMAGE` to both FROM lines
-# (deploy/README.md, "Images"). They were not looked up here: this was written offline.
+# append `@sha256:<digest>` from `docker buildx imagetools inspect IMAGE` to both defaults below,
+# or pass them (deploy/README.md, "Images"). They were not looked up here: this was written
+# offline. A registry mirror, or a base image made locally (deploy/smoke.sh makes both from
+# Debian's packages and this machine's toolchain), comes in through the same two arguments:
+#   --build-arg RUST_IMAGE=registry.example/rust:1.88.0-bookworm
+#   --build-arg DEBIAN_IMAGE=registry.example/debian:bookworm-20260518-slim
+ARG RUST_IMAGE=rust:1.88.0-bookworm
+ARG DEBIAN_IMAGE=debian:bookworm-20260518-slim
 
-FROM rust:1.88.0-bookworm AS build
+FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY . .
 # Only the coordinator package is built. Cargo resolves the whole workspace (Cargo.lock lists
@@ -23,7 +29,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked -p ringtrain-coordinator --bin ringtrain \
     && install -D -m 0755 target/release/ringtrain /out/ringtrain
 
-FROM debian:bookworm-20260518-slim
+FROM ${DEBIAN_IMAGE}
 COPY --from=build /out/ringtrain /usr/local/bin/ringtrain
 # Nothing in the image is writable by the runtime user; Kubernetes mounts /tmp, the run folder
 # and the dataset (deploy/k8s). HOME only matters for defaults that the manifests override.

@@ -8,22 +8,30 @@
 #
 # Base images are pinned by exact tag (Rust 1.88.0 = the workspace's rust-version; Debian 12
 # "bookworm", the same glibc in both stages). For production builds, pin their digests too:
-# append `@sha256:<digest>` from `docker buildx imagetools inspect IMAGE` to both FROM lines
-# (deploy/README.md, "Images"). They were not looked up here: this was written offline.
+# append `@sha256:<digest>` from `docker buildx imagetools inspect IMAGE` to both defaults below,
+# or pass them (deploy/README.md, "Images"). They were not looked up here: this was written
+# offline. A registry mirror, or a base image made locally (deploy/smoke.sh makes both from
+# Debian's packages and this machine's toolchain), comes in through the same two arguments:
+#   --build-arg RUST_IMAGE=registry.example/rust:1.88.0-bookworm
+#   --build-arg DEBIAN_IMAGE=registry.example/debian:bookworm-20260518-slim
+ARG RUST_IMAGE=rust:1.88.0-bookworm
+ARG DEBIAN_IMAGE=debian:bookworm-20260518-slim
 
 # Where the venv's packages sit: Debian bookworm's python3 is 3.11 (pinned below). The runtime
 # stage keeps the same path, so the binary's run path (worker/build.rs) stays valid there.
 ARG SITE=/opt/venv/lib/python3.11/site-packages
 
-FROM rust:1.88.0-bookworm AS build
+FROM ${RUST_IMAGE} AS build
 ARG SITE
 # python3-venv: the virtualenv that holds the torch wheel; tch's build finds libtorch (headers
 # and libraries) through that Python (LIBTORCH_USE_PYTORCH=1), as `make setup` does.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3-venv=3.11.2-1+b1 \
     && rm -rf /var/lib/apt/lists/*
-RUN /usr/bin/python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir torch==2.11.0 \
+# pip's cache is a cache mount: a rebuild does not download the wheels (about 4 GB) again.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    /usr/bin/python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install torch==2.11.0 \
     && test -f "${SITE}/torch/lib/libtorch.so" \
     && test -f "${SITE}/nvidia/nccl/lib/libnccl.so.2"
 ENV VIRTUAL_ENV=/opt/venv \
@@ -40,7 +48,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 RUN mkdir -p /out/nccl \
     && ln -s "${SITE}/nvidia/nccl/lib/libnccl.so.2" /out/nccl/libnccl.so
 
-FROM debian:bookworm-20260518-slim
+FROM ${DEBIAN_IMAGE}
 ARG SITE
 # libtorch and the CUDA libraries it loads, laid out as the wheel has them: torch/lib finds
 # ../../nvidia/* through its own run path ($ORIGIN), so both folders keep their places. Python

@@ -15,12 +15,18 @@ spec gives it, so the smoke test runs the manifests' settings rather than a hand
   Secret comes from the host folder given with --secret; a PersistentVolumeClaim from the host
   folder given with --pvc; an emptyDir is a tmpfs. readOnly mounts stay read-only.
 
-Resource limits are not applied (this kernel's hybrid cgroups refuse them to runc); probes are
-the smoke test's own job. A field this does not know how to map is an error naming it, so a
-manifest change cannot silently drop a setting.
+* the livenessProbe as podman's health check: a `grpc` probe becomes `ringtrain health --addr
+  http://127.0.0.1:PORT --service NAME` run inside the container (what the kubelet asks the
+  pod's port), with the probe's timeoutSeconds and failureThreshold; `podman healthcheck run`
+  runs it (no interval: podman's periodic checks need systemd timers, absent here).
+
+Resource limits are not applied (this kernel's hybrid cgroups refuse them to runc). A field
+this does not know how to map is an error naming it, so a manifest change cannot silently drop
+a setting.
 """
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -140,6 +146,24 @@ def main():
             out += ["--volume", f"{folder.resolve()}:{path}:ro"]
         else:
             fail(f"{a.workload}: volume {m['name']}: cannot map {sorted(v)}")
+
+    probe = c.get("livenessProbe")
+    if probe is not None:
+        grpc = probe.get("grpc")
+        if grpc is None:
+            fail(f"{a.workload}: livenessProbe: cannot map {sorted(probe)} (grpc only)")
+        check = [
+            "/usr/local/bin/ringtrain", "health",
+            "--addr", f"http://127.0.0.1:{grpc['port']}",
+            "--service", grpc.get("service", ""),
+            "--timeout-s", str(probe.get("timeoutSeconds", 1)),
+        ]
+        out += [
+            "--health-cmd", json.dumps(check),
+            "--health-timeout", f"{probe.get('timeoutSeconds', 1) + 1}s",
+            "--health-retries", str(probe.get("failureThreshold", 3)),
+            "--health-interval", "disable",
+        ]
 
     command = c.get("command") or []
     args = [expand(x, env) for x in c.get("args", [])]
