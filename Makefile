@@ -15,7 +15,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(TORCH_VENV)/bin:$(PATH)
 
 BIN := target/release
-.PHONY: run run-single run-gpus test bench build setup setup-browser setup-netlab setup-promtool setup-slurm deploy-smoke data clean-runs cycles gpu-bundle gpu-check
+.PHONY: run run-single run-gpus test bench build setup setup-browser setup-netlab setup-promtool setup-slurm deploy-smoke deploy-smoke-binaries data clean-runs cycles gpu-bundle gpu-check
 
 setup: $(TORCH_VENV)/.ringtrain-ok
 $(TORCH_VENV)/.ringtrain-ok: scripts/setup-torch.sh
@@ -73,11 +73,19 @@ data: build
 
 test: setup setup-browser setup-netlab setup-promtool setup-slurm cycles
 	$(CARGO) build --release --bins
+	$(CARGO) build --release -p ringtrain-worker --features failpoints --bin ringtrain-worker-failpoints
 	$(CARGO) test --release --workspace
+	$(MAKE) --no-print-directory deploy-smoke-binaries
 
 # The images built with podman and run with the manifests' settings (deploy/smoke.sh; root).
+# deploy-smoke builds the whole Dockerfiles (the binaries are compiled inside the build);
+# deploy-smoke-binaries, which make test runs, puts this machine's release binaries in place
+# of the build stages and runs the same containers.
 deploy-smoke: build data
-	MNIST_DIR=$(MNIST_DIR) TORCH_VENV=$(TORCH_VENV) ./deploy/smoke.sh
+	SMOKE_BUILD=full MNIST_DIR=$(MNIST_DIR) TORCH_VENV=$(TORCH_VENV) ./deploy/smoke.sh
+
+deploy-smoke-binaries: build data
+	SMOKE_BUILD=binaries MNIST_DIR=$(MNIST_DIR) TORCH_VENV=$(TORCH_VENV) ./deploy/smoke.sh
 
 # Import cycles between modules (scripts/module-cycles.py says which levels it checks).
 cycles:

@@ -16,7 +16,8 @@
 #   5. the PyTorch reference (bench/torch_ref.py --device cuda) on the same GPU
 #   6. the cuda-tests test binary (tests/tests/gpu.rs), when the bundle has it
 # and writes OUT/gpu-check.json: per run accuracy, training seconds, seconds per epoch; the
-# ratio to the PyTorch reference; and the targets (<= 15 s training, >= 99.45%, >= 1.5x).
+# ratio to the PyTorch reference; each run's per-step compute/wait times (CUDA events); and the
+# issue's targets (<= 15 s training, >= 99.45%, >= 1.5x, CUDA-event step timing present).
 # Knobs: PYTHON (python3), EPOCHS (12; fewer only for a smoke test), RING_EPOCHS (EPOCHS),
 # SKIP_TESTS (unset), STEP_TIMEOUT (180 s).
 set -uo pipefail
@@ -107,6 +108,9 @@ def ringtrain_run(name):
         "collective": info and info.get("collective"),
         "collective_reason": info and info.get("collective_reason"),
         "ranks": info and [(r.get("device"), r.get("device_uuid")) for r in info.get("ranks", [])],
+        # Per-step compute/wait from CUDA events (straggler detection): timed_steps > 0 shows
+        # the event clock works on this GPU.
+        "step_timing": summary and summary.get("step_timing"),
     }
 
 ref = load(os.path.join(out, "torch_ref.json")) or {}
@@ -128,6 +132,8 @@ res["targets"] = {
     "train_seconds_le_15": r["train_seconds"] is not None and r["train_seconds"] <= 15,
     "accuracy_ge_99_45": (r["accuracy"] or 0) >= 0.9945,
     "speedup_ge_1_5": (speedup or 0) >= 1.5,
+    "cuda_event_step_timing": all((x.get("timed_steps") or 0) > 0
+                                  for x in (r.get("step_timing") or [{}])),
 }
 with open(os.path.join(out, "gpu-check.json"), "w") as f:
     json.dump(res, f, indent=2)

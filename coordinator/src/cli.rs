@@ -42,6 +42,11 @@ pub struct RunArgs {
     #[arg(long, env = "RINGTRAIN_MIN_WORKERS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_workers: Option<u32>,
+    /// Largest world size: workers that join a running run are admitted at its next epoch end
+    /// (or checkpoint step), re-sharding the same global batch [default: --workers].
+    #[arg(long, env = "RINGTRAIN_MAX_WORKERS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_workers: Option<u32>,
     /// Rendezvous must complete within this many seconds, or the run fails [default: 600].
     #[arg(long, env = "RINGTRAIN_JOIN_TIMEOUT_S")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -114,6 +119,21 @@ pub struct RunArgs {
     #[arg(long, env = "RINGTRAIN_STALL_TIMEOUT_S")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stall_timeout_s: Option<f64>,
+    /// Name a rank a straggler when its compute per step exceeds the median of the other ranks'
+    /// by more than this fraction [default: 0.25].
+    #[arg(long, env = "RINGTRAIN_STRAGGLER_MARGIN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub straggler_margin: Option<f64>,
+    /// Seconds each rank's compute per step is averaged over for straggler detection
+    /// [default: 20].
+    #[arg(long, env = "RINGTRAIN_STRAGGLER_WINDOW_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub straggler_window_s: Option<f64>,
+    /// A running round without progress for this long is hung: name the rank the others wait
+    /// for and restart the round [default: 180].
+    #[arg(long, env = "RINGTRAIN_HANG_TIMEOUT_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hang_timeout_s: Option<f64>,
     /// Serve the live dashboard (/), Prometheus metrics (/metrics) and a JSON status (/status)
     /// over HTTP here, e.g. 127.0.0.1:9100 [default: off].
     #[arg(long, value_name = "IP:PORT", env = "RINGTRAIN_HTTP_LISTEN")]
@@ -239,7 +259,7 @@ pub struct LrFindArgs {
     /// First learning rate of the sweep [default: 1e-7].
     #[arg(long, value_name = "LR")]
     pub start_lr: Option<f64>,
-    /// Last learning rate of the sweep [default: 10; the lesson uses 100].
+    /// Last learning rate of the sweep [default: 100, the lesson's `end_lr`].
     #[arg(long, value_name = "LR")]
     pub end_lr: Option<f64>,
     /// Steps of the sweep (one epoch must hold them) [default: 100].

@@ -52,6 +52,10 @@ pub struct RunConfig {
     pub workers: u32,
     /// Smallest acceptable world size after `last_call_s` (default: `workers`).
     pub min_workers: Option<u32>,
+    /// Largest world size: workers that join a running run with room left are admitted at the
+    /// next epoch end (or checkpoint step), which closes the round and re-shards; none:
+    /// `workers` (torchrun's `--nnodes=MIN:MAX`).
+    pub max_workers: Option<u32>,
     /// The run fails when the round has not closed this long after start (torchelastic: 600 s).
     pub join_timeout_s: f64,
     /// Once `min_workers` joined, wait this long for more (torchelastic: 30 s).
@@ -96,6 +100,14 @@ pub struct RunConfig {
     /// The health service's `liveness` turns NOT_SERVING when a running round made no step
     /// progress for this long (a restart then resumes from the last checkpoint).
     pub stall_timeout_s: f64,
+    /// A rank whose compute per step exceeds the median of the other ranks' by more than this
+    /// fraction (0.25: 25%) over `straggler_window_s` is named a straggler.
+    pub straggler_margin: f64,
+    /// Seconds of heartbeats each rank's compute per step is averaged over.
+    pub straggler_window_s: f64,
+    /// A running round with no progress (a step, a report) for this long is hung: the
+    /// coordinator names the rank the others wait for and restarts the round.
+    pub hang_timeout_s: f64,
     /// HTTP endpoint for the dashboard (`/`), Prometheus (`/metrics`) and `ringtrain status`
     /// (`/status`), e.g. `0.0.0.0:29401`; none: off.
     pub http_listen: Option<String>,
@@ -134,6 +146,7 @@ impl Default for RunConfig {
             listen: "127.0.0.1:29400".into(),
             workers: 1,
             min_workers: None,
+            max_workers: None,
             join_timeout_s: 600.0,
             last_call_s: 30.0,
             heartbeat_interval_s: 5.0,
@@ -152,6 +165,9 @@ impl Default for RunConfig {
             tls_cert: None,
             tls_key: None,
             stall_timeout_s: 300.0,
+            straggler_margin: 0.25,
+            straggler_window_s: 20.0,
+            hang_timeout_s: 180.0,
             http_listen: None,
             insecure_no_auth: false,
             max_connections: 1024,
@@ -176,8 +192,11 @@ pub enum ConfigError {
     /// `min_workers` is zero or larger than `workers`.
     #[error("min-workers must be in 1..={workers}, got {min_workers}")]
     BadMinWorkers { min_workers: u32, workers: u32 },
-    /// A timeout or period is not a finite number of seconds greater than zero.
-    #[error("{field} must be finite and > 0 seconds, got {value}")]
+    /// `max_workers` is smaller than `workers`.
+    #[error("max-workers must be at least --workers ({workers}), got {max_workers}")]
+    BadMaxWorkers { max_workers: u32, workers: u32 },
+    /// A timeout, period or margin is not a finite number greater than zero.
+    #[error("{field} must be finite and > 0, got {value}")]
     BadDuration { field: &'static str, value: f64 },
     /// `heartbeat_missed` is zero.
     #[error("heartbeat-missed must be at least 1")]
@@ -227,6 +246,11 @@ impl RunConfig {
         self.min_workers.unwrap_or(self.workers)
     }
 
+    /// Largest world size the run may grow to.
+    pub fn max_workers(&self) -> u32 {
+        self.max_workers.unwrap_or(self.workers).max(self.workers)
+    }
+
     /// How the dataset folder is read.
     pub fn scan_options(&self) -> ScanOptions {
         ScanOptions {
@@ -258,6 +282,9 @@ impl RunConfig {
             ("collective-timeout-s", self.collective_timeout_s),
             ("stop-grace-s", self.stop_grace_s),
             ("stall-timeout-s", self.stall_timeout_s),
+            ("straggler-margin", self.straggler_margin),
+            ("straggler-window-s", self.straggler_window_s),
+            ("hang-timeout-s", self.hang_timeout_s),
             ("handshake-timeout-s", self.handshake_timeout_s),
             ("keepalive-s", self.keepalive_s),
         ] {
@@ -282,9 +309,17 @@ impl RunConfig {
             ..self.recipe.clone()
         }
         .validate()?;
-        // Every world size the round may close with must split the batch evenly.
+        if let Some(max) = self.max_workers.filter(|m| *m < self.workers) {
+            return Err(ConfigError::BadMaxWorkers {
+                max_workers: max,
+                workers: self.workers,
+            });
+        }
+        // Every world size a round may close with (or grow to) must split the batch evenly.
         let batch_size = self.recipe.batch_size;
-        if let Some(world_size) = (min..=self.workers).find(|n| !batch_size.is_multiple_of(*n)) {
+        if let Some(world_size) =
+            (min..=self.max_workers()).find(|n| !batch_size.is_multiple_of(*n))
+        {
             return Err(ConfigError::BatchNotDivisible {
                 batch_size,
                 world_size,

@@ -340,6 +340,73 @@ pub fn render(m: &Metrics) -> String {
         "Times a worker re-joined into this rank after a round ended.",
         totals.iter().map(|r| (rank(r.rank), r.restarts as f64)),
     );
+    t.family(
+        "ringtrain_rank_compute_seconds_total",
+        Counter,
+        "Seconds of compute in this rank's steps (step start until the all-reduce), over ringtrain_rank_timed_steps_total steps; CUDA events on GPUs.",
+        totals.iter().map(|r| (rank(r.rank), r.work.timing.compute_s)),
+    );
+    t.family(
+        "ringtrain_rank_wait_seconds_total",
+        Counter,
+        "Seconds this rank's steps spent inside the gradient all-reduce, over ringtrain_rank_timed_steps_total steps.",
+        totals.iter().map(|r| (rank(r.rank), r.work.timing.wait_s)),
+    );
+    t.family(
+        "ringtrain_rank_timed_steps_total",
+        Counter,
+        "Steps timed into ringtrain_rank_compute_seconds_total and ringtrain_rank_wait_seconds_total.",
+        totals
+            .iter()
+            .map(|r| (rank(r.rank), r.work.timing.steps as f64)),
+    );
+    t.family(
+        "ringtrain_rank_compute_seconds_per_step",
+        Gauge,
+        "Mean compute per step over the straggler window (--straggler-window-s).",
+        m.ranks
+            .iter()
+            .filter_map(|r| r.per_step.map(|p| (rank(r.rank), p.compute_s))),
+    );
+    t.family(
+        "ringtrain_rank_wait_seconds_per_step",
+        Gauge,
+        "Mean seconds per step inside the gradient all-reduce over the straggler window.",
+        m.ranks
+            .iter()
+            .filter_map(|r| r.per_step.map(|p| (rank(r.rank), p.wait_s))),
+    );
+    t.family(
+        "ringtrain_rank_slowdown_ratio",
+        Gauge,
+        "The rank's compute per step over the median of the other ranks'.",
+        m.ranks
+            .iter()
+            .filter_map(|r| r.standing.map(|s| (rank(r.rank), s.slowdown))),
+    );
+    t.family(
+        "ringtrain_rank_straggler",
+        Gauge,
+        "1 while the rank is named a straggler (slowdown above 1 + --straggler-margin), else 0.",
+        m.ranks.iter().map(|r| {
+            let named = r.standing.is_some_and(|s| s.straggler);
+            (rank(r.rank), if named { 1.0 } else { 0.0 })
+        }),
+    );
+    t.family(
+        "ringtrain_rank_in_collective",
+        Gauge,
+        "1 while the rank's training thread is inside the gradient all-reduce (last heartbeat).",
+        m.ranks
+            .iter()
+            .map(|r| (rank(r.rank), if r.in_collective { 1.0 } else { 0.0 })),
+    );
+    t.single(
+        "ringtrain_stragglers_named_total",
+        Counter,
+        "Times a rank was named a straggler by this coordinator.",
+        Some(m.stragglers_named as f64),
+    );
     t.0
 }
 
@@ -375,7 +442,16 @@ pub fn status_json(m: &Metrics) -> serde_json::Value {
             "rank": r.rank, "worker_id": r.worker_id, "host": r.host, "device": r.device,
             "step": r.step, "heartbeat_age_s": r.heartbeat_age_s,
             "images_per_s": r.images_per_s, "allreduce_s": r.allreduce_s, "restarts": r.restarts,
+            "in_collective": r.in_collective,
+            "compute_s_per_step": r.per_step.map(|p| p.compute_s),
+            "wait_s_per_step": r.per_step.map(|p| p.wait_s),
+            "slowdown": r.standing.map(|s| s.slowdown),
+            "straggler": r.standing.is_some_and(|s| s.straggler),
         })).collect::<Vec<_>>(),
+        "stragglers": m.ranks.iter()
+            .filter(|r| r.standing.is_some_and(|s| s.straggler))
+            .map(|r| r.rank).collect::<Vec<_>>(),
+        "stragglers_named": m.stragglers_named,
     })
 }
 
@@ -397,6 +473,9 @@ mod tests {
             images_per_s,
             allreduce_s: None,
             restarts: rank,
+            in_collective: false,
+            per_step: None,
+            standing: None,
         }
     }
 
@@ -408,6 +487,7 @@ mod tests {
                     images: images[r],
                     allreduce_s: 0.5,
                     allreduces: 100,
+                    timing: Default::default(),
                 },
                 restarts: restarts[r],
             })
@@ -437,7 +517,45 @@ mod tests {
             lr: Some(0.01),
             ranks: vec![rank(0, "w0", Some(2500.0)), rank(1, "w1", None)],
             rank_totals: totals([6400, 3200], [1, 0]),
+            stragglers_named: 0,
         }
+    }
+
+    #[test]
+    fn a_straggler_shows_in_its_gauges_and_the_status() {
+        use crate::state::straggler::{PerStep, Standing};
+        let mut m = metrics();
+        m.stragglers_named = 1;
+        m.ranks[1].per_step = Some(PerStep {
+            compute_s: 0.05,
+            wait_s: 0.001,
+            steps: 40,
+        });
+        m.ranks[1].standing = Some(Standing {
+            slowdown: 2.5,
+            others_median_s: 0.02,
+            straggler: true,
+        });
+        m.ranks[0].in_collective = true;
+        let s = parse(&render(&m));
+        assert_eq!(s[r#"ringtrain_rank_straggler{rank="1"}"#], 1.0);
+        assert_eq!(s[r#"ringtrain_rank_straggler{rank="0"}"#], 0.0);
+        assert_eq!(s[r#"ringtrain_rank_slowdown_ratio{rank="1"}"#], 2.5);
+        assert_eq!(
+            s[r#"ringtrain_rank_compute_seconds_per_step{rank="1"}"#],
+            0.05
+        );
+        assert!(
+            !s.contains_key(r#"ringtrain_rank_slowdown_ratio{rank="0"}"#),
+            "not measured"
+        );
+        assert_eq!(s[r#"ringtrain_rank_in_collective{rank="0"}"#], 1.0);
+        assert_eq!(s["ringtrain_stragglers_named_total"], 1.0);
+        let j = status_json(&m);
+        assert_eq!(j["stragglers"], serde_json::json!([1]));
+        assert_eq!(j["ranks"][1]["straggler"], true);
+        assert_eq!(j["ranks"][1]["slowdown"], 2.5);
+        assert_eq!(j["ranks"][0]["straggler"], false);
     }
 
     /// `(series, value)` of every sample, after checking each family's HELP and TYPE come once,

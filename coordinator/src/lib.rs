@@ -47,6 +47,7 @@ pub mod dashboard;
 pub mod exposition;
 pub mod guard;
 pub mod health;
+pub mod health_cmd;
 pub mod http;
 pub mod ids;
 pub mod launch;

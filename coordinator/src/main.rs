@@ -51,6 +51,9 @@ enum Command {
         /// A run folder, or http://HOST:PORT.
         target: String,
     },
+    /// The gRPC health check the kubelet's probe makes: exits 0 when the coordinator at --addr
+    /// answers SERVING for --service, 1 otherwise (for exec probes and scripts).
+    Health(ringtrain_coordinator::health_cmd::HealthArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,7 +61,10 @@ fn main() -> ExitCode {
     // `launch` is interactive: the table, a live progress line and the final line say what
     // matters, so its default log level is `warn` (RUST_LOG=info shows every state change).
     ringtrain_common::logging::init(
-        if matches!(cli.command, Command::Launch(_) | Command::LrFind(_)) {
+        if matches!(
+            cli.command,
+            Command::Launch(_) | Command::LrFind(_) | Command::Health(_)
+        ) {
             "warn"
         } else {
             "info"
@@ -82,6 +88,11 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             for line in ringtrain_coordinator::status_cmd::describe(&target)? {
                 output::line(line);
             }
+            Ok(true)
+        }
+        Command::Health(args) => {
+            let line = runtime()?.block_on(ringtrain_coordinator::health_cmd::check(&args))?;
+            output::line(line);
             Ok(true)
         }
         Command::ShowBatch(args) => show_batch_cmd::run(args),
@@ -197,23 +208,33 @@ async fn ctrl_c() {
 
 fn report(outcome: &RunOutcome) -> bool {
     match lr_find_line(outcome) {
-        Some(line) => output::line(line),
-        None => output::line(outcome.final_line()),
+        // A sweep that never found the edge has no answer: say so, and fail the command.
+        Some((line, suggested)) => {
+            output::line(line);
+            suggested
+        }
+        None => {
+            output::line(outcome.final_line());
+            outcome.succeeded()
+        }
     }
-    outcome.succeeded()
 }
 
-/// The final line of a finished `lr-find`: the suggestion, from the `lr_find.json` it wrote.
-fn lr_find_line(outcome: &RunOutcome) -> Option<String> {
+/// The final line of a finished `lr-find`, from the `lr_find.json` it wrote: the suggestion, or
+/// why there is none and what to run instead; and whether there is one.
+fn lr_find_line(outcome: &RunOutcome) -> Option<(String, bool)> {
     if !outcome.succeeded() {
         return None;
     }
     let text = std::fs::read_to_string(outcome.run_dir.join("lr_find.json")).ok()?;
     let r: ringtrain_common::lr_find::LrFindResult = serde_json::from_str(&text).ok()?;
-    Some(format!(
-        "suggested max_lr {:.2e} | plot {} | run folder {}",
-        r.suggested(),
-        outcome.run_dir.join("plots").join("lr_find.png").display(),
-        outcome.run_dir.display()
+    Some((
+        format!(
+            "{} | plot {} | run folder {}",
+            r.verdict(),
+            outcome.run_dir.join("plots").join("lr_find.png").display(),
+            outcome.run_dir.display()
+        ),
+        r.suggested().is_some(),
     ))
 }

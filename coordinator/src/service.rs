@@ -36,6 +36,7 @@ use crate::rendezvous::{Candidate, Membership, RendezvousError};
 use crate::shared::Shared;
 use crate::state::epoch::EpochReport;
 use crate::state::midepoch::MidReport;
+use crate::state::straggler::Timing;
 use crate::state::{self, Event, JoinArgs, Prepared, RunError, Secret, Snapshot, Work};
 
 /// The tonic service; cheap to clone.
@@ -70,6 +71,8 @@ fn to_status(e: RunError) -> Status {
         RunError::Failed { .. } => run_failed(msg),
         RunError::StaleRound { .. } => Status::aborted(msg),
         RunError::Stopping => Status::unavailable(msg),
+        // Not an error: come back, the run grows at its next epoch end or checkpoint step.
+        RunError::Queued { .. } => Status::resource_exhausted(msg),
         // Retryable: the id frees up once its holder is declared lost.
         RunError::IdentityHeld { .. } => Status::already_exists(msg),
         RunError::NotAuthenticated { .. } => Status::permission_denied(msg),
@@ -424,7 +427,13 @@ impl Coordinator for CoordinatorService {
             worker_id: WorkerId(r.worker_id),
             epoch: r.epoch,
             step: r.step,
-            work: Work::from_wire(r.images_trained, r.allreduce_seconds_total, r.allreduces),
+            work: Work::from_wire(r.images_trained, r.allreduce_seconds_total, r.allreduces)
+                .with_timing(Timing::from_wire(
+                    r.compute_seconds_total,
+                    r.wait_seconds_total,
+                    r.timed_steps,
+                )),
+            in_collective: r.in_collective,
         };
         match self
             .shared

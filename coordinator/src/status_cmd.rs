@@ -79,15 +79,32 @@ fn live(v: &serde_json::Value) -> Vec<String> {
         ),
     ];
     for r in v["ranks"].as_array().into_iter().flatten() {
+        let straggler = if r["straggler"].as_bool() == Some(true) {
+            format!(
+                ", STRAGGLER: {}x the others' compute",
+                r["slowdown"]
+                    .as_f64()
+                    .map_or("-".into(), |x| format!("{x:.2}"))
+            )
+        } else {
+            String::new()
+        };
         out.push(format!(
-            "  rank {} {} on {} ({}): step {}, {} images/s, all-reduce {}, last heartbeat {} s ago, restarts {}",
+            "  rank {} {} on {} ({}): step {}{}, {} images/s, all-reduce {}, per step: compute {} wait {}, last heartbeat {} s ago, restarts {}{straggler}",
             num(&r["rank"]),
             r["worker_id"].as_str().unwrap_or("?"),
             r["device"].as_str().unwrap_or("?"),
             r["host"].as_str().unwrap_or("?"),
             num(&r["step"]),
+            if r["in_collective"].as_bool() == Some(true) {
+                " (in the all-reduce)"
+            } else {
+                ""
+            },
             rate(&r["images_per_s"]),
             millis(&r["allreduce_s"]),
+            millis(&r["compute_s_per_step"]),
+            millis(&r["wait_s_per_step"]),
             secs(&r["heartbeat_age_s"]),
             num(&r["restarts"])
         ));
@@ -145,11 +162,27 @@ fn folder(dir: &Path) -> anyhow::Result<Vec<String>> {
     let sweep: Option<serde_json::Value> =
         read("lr_find.json").and_then(|t| serde_json::from_str(&t).ok());
     if let Some(r) = sweep {
+        // A sweep that never found the edge has `suggested: null` (folders from before issue 17
+        // have no such key: their suggestion is the minimum's).
+        let suggested = match r.get("suggested") {
+            Some(s) => s.as_f64(),
+            None => r["minimum"]["lr"].as_f64(),
+        };
+        let verdict = match suggested {
+            Some(x) => format!("suggested max_lr {x:.2e}"),
+            None => format!(
+                "no suggestion, the range was too short (lowest at lr {}; run again with \
+                 --end-lr {})",
+                r["no_edge"]["lowest_at_lr"]
+                    .as_f64()
+                    .map_or("-".into(), |x| format!("{x:.2e}")),
+                r["no_edge"]["try_end_lr"]
+                    .as_f64()
+                    .map_or("-".into(), |x| format!("{x:.0e}")),
+            ),
+        };
         out.push(format!(
-            "LR finder: suggested max_lr {} ({} steps; plot {})",
-            r["minimum"]["lr"]
-                .as_f64()
-                .map_or("-".into(), |x| format!("{x:.2e}")),
+            "LR finder: {verdict} ({} steps; plot {})",
             r["points"].as_array().map_or(0, Vec::len),
             dir.join("plots").join("lr_find.png").display()
         ));

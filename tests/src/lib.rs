@@ -70,6 +70,29 @@ pub fn shared_mnist_idx() -> PathBuf {
     )
 }
 
+/// Runs `scripts/setup-browser.sh` (idempotent; chromium and playwright-core); returns the
+/// folder holding playwright-core. Its stderr goes to `logs/setup-browser.txt`.
+pub fn setup_browser(logs: &Path) -> PathBuf {
+    let out = std::process::Command::new("bash")
+        .arg(workspace_root().join("scripts/setup-browser.sh"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("bash runs scripts/setup-browser.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    std::fs::write(logs.join("setup-browser.txt"), stderr.as_bytes())
+        .expect("the test's log folder is writable");
+    assert!(
+        out.status.success(),
+        "scripts/setup-browser.sh failed:\n{stderr}"
+    );
+    let tools = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    PathBuf::from(tools)
+}
+
 /// Folder for a test's logs, kept after the run for post-mortems: `<target>/test-logs/<name>`.
 pub fn log_dir(name: &str) -> PathBuf {
     let dir = target_dir().join("test-logs").join(name);

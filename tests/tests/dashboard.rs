@@ -16,32 +16,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ringtrain_tests::{
-    free_listen, log_dir, read_json, spawn_logged, synthetic_folder, wait_with_limit,
-    workspace_root,
+    free_listen, log_dir, read_json, setup_browser, spawn_logged, synthetic_folder,
+    wait_with_limit, workspace_root,
 };
 use serde_json::Value;
-
-/// Runs `scripts/setup-browser.sh` (idempotent); returns the folder holding playwright-core.
-fn setup_browser(logs: &Path) -> PathBuf {
-    let out = Command::new("bash")
-        .arg(workspace_root().join("scripts/setup-browser.sh"))
-        .stdin(Stdio::null())
-        .output()
-        .expect("bash runs scripts/setup-browser.sh");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    std::fs::write(logs.join("setup-browser.txt"), stderr.as_bytes())
-        .expect("the test's log folder is writable");
-    assert!(
-        out.status.success(),
-        "scripts/setup-browser.sh failed:\n{stderr}"
-    );
-    let tools = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string();
-    PathBuf::from(tools)
-}
 
 fn samples(record: &Value) -> &Vec<Value> {
     record["samples"]

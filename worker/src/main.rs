@@ -9,9 +9,13 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use ringtrain_worker::output::notice;
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let cli = ringtrain_worker::cli::Cli::parse();
     ringtrain_common::logging::init("info");
+    // Failpoints from FAILPOINTS (ringtrain-worker-failpoints, for tests); without the
+    // `failpoints` feature there is no such code.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     std::thread::spawn(|| loop {
         if let Some((deadline, code)) = ringtrain_worker::dist::exit_deadline() {
             if Instant::now() >= deadline {

@@ -141,7 +141,7 @@
       const tr = document.createElement('tr');
       tr.className = 'empty';
       const td = cell(tr, s.status === 'rendezvous' ? 'waiting for workers to join…' : 'no workers');
-      td.colSpan = 9;
+      td.colSpan = 12;
       body.appendChild(tr);
       return;
     }
@@ -156,6 +156,14 @@
       cell(tr, int(r.step), 'num');
       cell(tr, int(r.images_per_s), 'num');
       cell(tr, seconds(r.allreduce_s), 'num');
+      cell(tr, seconds(r.compute_s_per_step), 'num');
+      cell(tr, seconds(r.wait_s_per_step), 'num');
+      // The slowdown against the other ranks' median compute; a straggler's row is marked.
+      const slow = cell(tr, num(r.slowdown) ? `${r.slowdown.toFixed(2)}×` : DASH, 'num slowdown');
+      if (r.straggler) {
+        tr.classList.add('straggler');
+        slow.title = 'straggler: its compute per step exceeds the median of the other ranks by more than --straggler-margin';
+      }
       const hb = cell(tr, age(r.heartbeat_age_s), 'num');
       // The default watchdog: 3 missed heartbeats of 5 s.
       if (num(r.heartbeat_age_s) && r.heartbeat_age_s > 15 && !['finished', 'failed'].includes(s.status)) {

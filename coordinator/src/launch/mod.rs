@@ -234,6 +234,9 @@ pub async fn launch(
         .map_err(io_err("reading the listen address"))?
         .port();
     let url = format!("http://127.0.0.1:{port}");
+    if let Some(line) = room_to_grow(&run, &url, &token)? {
+        run.handle().notice(line);
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = opts.threads_per_worker.unwrap_or((cores / n.max(1)).max(1));
     let cpus = allowed_cpus();
@@ -372,4 +375,41 @@ mod tests {
         assert_eq!(describe_exit(ExitStatus::from_raw(1 << 8)), "code 1");
         assert_eq!(describe_exit(ExitStatus::from_raw(9)), "signal 9 (SIGKILL)");
     }
+}
+
+/// With `--max-workers` above `--workers`, how more workers join this launch: the coordinator's
+/// URL in `RUN_DIR/coordinator.url`, and (for a per-run token) the token in `RUN_DIR/auth-token`
+/// (mode 0600); the line that tells the person.
+fn room_to_grow(run: &Run, url: &str, token: &Token) -> Result<Option<String>, LaunchError> {
+    let c = run.config();
+    let room = c.max_workers().saturating_sub(c.workers);
+    if room == 0 {
+        return Ok(None);
+    }
+    let dir = run.run_dir();
+    let write = |name: &str, text: &str, mode: u32| -> Result<std::path::PathBuf, LaunchError> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let path = dir.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&path)
+            .map_err(io_err(format!("writing {}", path.display())))?;
+        f.write_all(text.as_bytes())
+            .map_err(io_err(format!("writing {}", path.display())))?;
+        Ok(path)
+    };
+    write("coordinator.url", &format!("{url}\n"), 0o644)?;
+    let token_file = match &c.auth_token_file {
+        Some(p) => p.clone(),
+        None => write("auth-token", token.expose(), 0o600)?,
+    };
+    Ok(Some(format!(
+        "room for {room} more worker(s), admitted at the next epoch end: RINGTRAIN_AUTH_TOKEN_FILE={} ringtrain-worker --coordinator {url} --data {}",
+        token_file.display(),
+        run.data_root()
+    )))
 }

@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::Liveness;
 use super::{
     Action, Actions, Admission, Cause, Failure, JoinArgs, RunError, RunState, Status,
     PROTOCOL_VERSION, ROOT_CAUSE_WINDOW,
 };
-use super::{Liveness, RankPerf};
 use ringtrain_common::devices::{choose, WorkerDevice};
 
 use crate::ids::WorkerId;
@@ -72,6 +72,10 @@ impl RunState {
             return Err(RunError::BadRequest(format!(
                 "worker {worker_id} sent no collective_addr"
             )));
+        }
+        // A newcomer while the round runs with room to grow waits for the next checkpoint.
+        if let Some(queued) = self.queue_join(&worker_id, now) {
+            return Err(queued);
         }
         // Before anything can change: a caller with a live worker's id but not its secret is
         // refused, so it can neither restart the round nor take the slot.
@@ -167,21 +171,13 @@ impl RunState {
     }
 
     fn round_closed(&mut self, m: Arc<Membership>, now: Instant) -> Vec<Action> {
-        let d = &self.prepared.dataset;
+        let prepared = self.prepared.clone();
+        let d = &prepared.dataset;
         let world_size = m.world_size();
-        self.ranks = vec![
-            Liveness {
-                last_seen: now,
-                step: 0,
-                perf: RankPerf::default(),
-                rate_base: None,
-                waiting: 0,
-                left: false,
-                gone: false,
-                informed: false
-            };
-            world_size as usize
-        ];
+        self.ranks = vec![Liveness::new(now); world_size as usize];
+        self.stepped = false;
+        self.last_progress = now;
+        self.round_start_step = self.resume.as_ref().map_or(0, |p| p.global_step);
         let devices: Vec<WorkerDevice> = m
             .members
             .iter()
@@ -202,6 +198,7 @@ impl RunState {
                 self.counters.rejoined(x.rank.index());
             }
         }
+        self.record_membership(&m);
         self.membership = Some(m);
         match choose(self.prepared.config.collective, &devices) {
             Ok((kind, why)) => {
@@ -210,16 +207,15 @@ impl RunState {
             }
             Err(e) => return self.fail(e.to_string(), Cause::Other, now),
         }
-        match plan_run(
-            &self.prepared.config,
-            d.train.len(),
-            d.valid.len(),
-            world_size,
-        ) {
+        match plan_run(&prepared.config, d.train.len(), d.valid.len(), world_size) {
             Ok(plan) => {
                 self.plan = Some(Arc::new(plan));
                 self.status = Status::Running;
                 self.epoch_started = now;
+                self.round_from = self
+                    .resume
+                    .as_ref()
+                    .map_or((0, 0), |p| (p.epoch, p.step_in_epoch));
                 tracing::info!(run_id = %self.prepared.run_id, round = self.round, world_size, before = "rendezvous", after = "running", "run state");
                 vec![
                     Action::Output(Output::RunInfo(Box::new(self.run_info()))),

@@ -74,8 +74,10 @@ pub enum Event {
         worker_id: WorkerId,
         epoch: u32,
         step: u64,
-        /// Its work since its process started (cumulative).
+        /// Its work since its process started (cumulative), with its step timings.
         work: Work,
+        /// Its training thread is inside the gradient all-reduce.
+        in_collective: bool,
     },
     /// A rank's pixel sums.
     PixelStats {
@@ -205,4 +207,13 @@ pub enum RunError {
     /// A call for a rank without the secret of the worker holding it.
     #[error("rank {rank} is worker {worker_id}; the call does not carry its worker secret")]
     NotAuthenticated { rank: Rank, worker_id: WorkerId },
+    /// A Join while a round runs with room to grow: the worker is admitted at the next epoch
+    /// end (or checkpoint step); it keeps asking until then.
+    #[error("the run is training with {world_size} of at most {max_workers} workers; {worker_id} is admitted at its next {at}: keep joining")]
+    Queued {
+        worker_id: WorkerId,
+        world_size: u32,
+        max_workers: u32,
+        at: &'static str,
+    },
 }

@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use super::straggler::{PerStep, Standing, Timing};
 use super::{RunState, Status};
 use crate::ids::WorkerId;
 
@@ -29,6 +30,8 @@ pub(super) struct Counters {
     pub rank_work: Vec<Work>,
     /// Times each rank slot was taken by a worker that re-joined after a round ended.
     pub rank_restarts: Vec<u64>,
+    /// Times a rank was named a straggler.
+    pub stragglers_named: u64,
     /// Every worker's latest report, which its next one is compared with.
     reported: BTreeMap<WorkerId, Work>,
 }
@@ -83,6 +86,8 @@ pub struct Work {
     pub allreduce_s: f64,
     /// Gradient all-reduces timed into `allreduce_s`.
     pub allreduces: u64,
+    /// Per-step compute and wait times (`straggler.rs`).
+    pub timing: Timing,
 }
 
 impl Work {
@@ -93,15 +98,25 @@ impl Work {
             images,
             allreduce_s: if s.is_finite() && s > 0.0 { s } else { 0.0 },
             allreduces,
+            timing: Timing::default(),
         }
+    }
+
+    /// With the heartbeat's step timings.
+    pub fn with_timing(self, timing: Timing) -> Self {
+        Self { timing, ..self }
     }
 
     /// What was done between the report `prev` and this one: the difference, or all of this
     /// one when any count went down (a new worker process, counting from 0 again).
     pub fn since(self, prev: Work) -> Work {
+        let (t, p) = (self.timing, prev.timing);
         let reset = self.images < prev.images
             || self.allreduces < prev.allreduces
-            || self.allreduce_s < prev.allreduce_s;
+            || self.allreduce_s < prev.allreduce_s
+            || t.steps < p.steps
+            || t.compute_s < p.compute_s
+            || t.wait_s < p.wait_s;
         if reset {
             return self;
         }
@@ -109,6 +124,11 @@ impl Work {
             images: self.images - prev.images,
             allreduce_s: self.allreduce_s - prev.allreduce_s,
             allreduces: self.allreduces - prev.allreduces,
+            timing: Timing {
+                compute_s: t.compute_s - p.compute_s,
+                wait_s: t.wait_s - p.wait_s,
+                steps: t.steps - p.steps,
+            },
         }
     }
 
@@ -116,6 +136,9 @@ impl Work {
         self.images += d.images;
         self.allreduce_s += d.allreduce_s;
         self.allreduces += d.allreduces;
+        self.timing.compute_s += d.timing.compute_s;
+        self.timing.wait_s += d.timing.wait_s;
+        self.timing.steps += d.timing.steps;
     }
 }
 
@@ -156,6 +179,12 @@ pub struct RankMetrics {
     pub allreduce_s: Option<f64>,
     /// Rounds its worker re-joined after a round ended (since this coordinator started).
     pub restarts: u32,
+    /// Its training thread is inside the gradient all-reduce (last heartbeat).
+    pub in_collective: bool,
+    /// Mean compute and wait per step over the straggler window.
+    pub per_step: Option<PerStep>,
+    /// Against the other ranks (`straggler.rs`).
+    pub standing: Option<Standing>,
 }
 
 /// One rank slot's totals since this coordinator started, over every worker that held it.
@@ -168,7 +197,7 @@ pub struct RankTotals {
 }
 
 /// `host` of `host:port` (`[v6]:port` keeps the brackets off).
-fn host_of(addr: &str) -> String {
+pub(super) fn host_of(addr: &str) -> String {
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     host.trim_start_matches('[')
         .trim_end_matches(']')
@@ -205,6 +234,8 @@ pub struct Metrics {
     pub ranks: Vec<RankMetrics>,
     /// Every rank slot any round had.
     pub rank_totals: Vec<RankTotals>,
+    /// Times a rank was named a straggler.
+    pub stragglers_named: u64,
 }
 
 impl RunState {
@@ -233,6 +264,9 @@ impl RunState {
                         .rounds_joined
                         .get(&m.candidate.worker_id)
                         .map_or(0, |n| n.saturating_sub(1)),
+                    in_collective: l.in_collective,
+                    per_step: l.window.per_step(),
+                    standing: l.standing,
                 }
             })
             .collect();
@@ -272,6 +306,7 @@ impl RunState {
             lr: row.map(|r| r.lr),
             ranks,
             rank_totals,
+            stragglers_named: c.stragglers_named,
         }
     }
 }
@@ -306,7 +341,8 @@ mod tests {
             Work {
                 images: 5,
                 allreduce_s: 0.5,
-                allreduces: 2
+                allreduces: 2,
+                timing: Timing::default(),
             }
         );
         assert_eq!(work(5, f64::NAN, 2).allreduce_s, 0.0);

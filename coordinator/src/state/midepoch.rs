@@ -139,22 +139,22 @@ impl RunState {
         let mut out = vec![Action::Output(
             self.checkpoint(at, model, optimizer, None, first),
         )];
-        if stop {
-            if preempted.is_empty() {
-                self.stopped = true;
-                out.extend(self.end_round(
-                    format!("the coordinator is stopping; stop checkpoint at step {step}"),
-                    now,
-                ));
-            } else {
-                out.extend(self.end_round(
-                    format!(
-                        "{} preempted (SIGTERM); stop checkpoint at step {step}",
-                        preempted.join(", ")
-                    ),
-                    now,
-                ));
-            }
+        if !stop {
+            out.extend(self.grow_if_waiting(now));
+        } else if preempted.is_empty() {
+            self.stopped = true;
+            out.extend(self.end_round(
+                format!("the coordinator is stopping; stop checkpoint at step {step}"),
+                now,
+            ));
+        } else {
+            out.extend(self.end_round(
+                format!(
+                    "{} preempted (SIGTERM); stop checkpoint at step {step}",
+                    preempted.join(", ")
+                ),
+                now,
+            ));
         }
         out.push(Action::Publish);
         Ok(out)

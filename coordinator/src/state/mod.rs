@@ -33,6 +33,10 @@
 mod admission;
 pub mod epoch;
 mod events;
+mod growth;
+#[cfg(test)]
+mod growth_tests;
+mod hang;
 pub mod identity;
 mod metrics;
 pub mod midepoch;
@@ -44,7 +48,13 @@ mod reports;
 mod round_tests;
 mod rounds;
 #[cfg(test)]
+mod stall_tests;
+mod stalls;
+pub mod straggler;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod throughput_tests;
 
 use ringtrain_common::devices::CollectiveKind;
 use std::collections::BTreeMap;
@@ -124,7 +134,7 @@ enum Cause {
 /// soon after such a report is the root cause and replaces the reason.
 pub const ROOT_CAUSE_WINDOW: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Liveness {
     last_seen: Instant,
     /// Global step from the rank's last heartbeat (progress display only).
@@ -137,6 +147,30 @@ struct Liveness {
     left: bool,
     gone: bool,
     informed: bool,
+    /// Its training thread was inside the gradient all-reduce at its last heartbeat.
+    in_collective: bool,
+    /// Its step timings over the straggler window.
+    window: straggler::Window,
+    /// Its standing against the other ranks, as of the last judgement.
+    standing: Option<straggler::Standing>,
+}
+
+impl Liveness {
+    fn new(now: Instant) -> Self {
+        Self {
+            last_seen: now,
+            step: 0,
+            perf: RankPerf::default(),
+            rate_base: None,
+            waiting: 0,
+            left: false,
+            gone: false,
+            informed: false,
+            in_collective: false,
+            window: straggler::Window::default(),
+            standing: None,
+        }
+    }
 }
 
 /// The run.
@@ -159,6 +193,11 @@ pub struct RunState {
     round_token: u64,
     restarts: u32,
     resume: Option<Arc<ResumePoint>>,
+    /// Where the running round started: the epoch and its steps already done then (from the
+    /// checkpoint it resumed), fixed for the round. Unlike `resume`, which every checkpoint
+    /// inside an epoch moves on, this says which of the epoch's steps the round itself trained
+    /// (and its ranks timed), for images/s.
+    round_from: (u32, u32),
     /// Steps done by the last completed epoch.
     global_step: u64,
     best: Option<(f64, String)>,
@@ -179,6 +218,19 @@ pub struct RunState {
     /// The previous `Tick`: a gap far longer than the ticker's period means this process was
     /// not running (SIGSTOP, a paused VM), which must not count against the workers.
     last_tick: Option<Instant>,
+    /// The running round's last progress (a step, a report, a barrier), and whether any rank
+    /// has stepped in it yet (the hang check starts then: loading data is not a hang).
+    last_progress: Instant,
+    stepped: bool,
+    /// The global step the running round started from.
+    round_start_step: u64,
+    /// Workers that asked to join the running round, and when they last asked (`growth.rs`).
+    queued: BTreeMap<WorkerId, Instant>,
+    /// The world size the open round grows to (closes at), when it was opened to grow.
+    grow_to: Option<u32>,
+    /// The membership history, and why the last round ended (for the next segment).
+    history: Vec<rounds::Segment>,
+    round_after: String,
 }
 
 type Actions = Result<Vec<Action>, RunError>;
@@ -199,6 +251,15 @@ impl RunState {
             last_call: Duration::from_secs_f64(c.last_call_s),
         };
         let round = resumed.as_ref().map_or(1, |r| r.round + 1);
+        let history = resumed
+            .as_ref()
+            .map_or_else(Vec::new, |r| r.progress.membership.clone());
+        let round_after = if resumed.is_some() {
+            "the coordinator resumed from a checkpoint"
+        } else {
+            "start"
+        }
+        .to_string();
         let (agg, best, restarts) = resumed
             .as_ref()
             .map_or_else(|| (EpochAggregator::default(), None, 0), rounds::restored);
@@ -211,6 +272,7 @@ impl RunState {
                 r.point.global_step - u64::from(r.point.step_in_epoch)
             }),
             checkpoint_step: resumed.as_ref().map_or(0, |r| r.point.global_step),
+            round_from: (0, 0),
             resume: resumed.map(|r| Arc::new(r.point)),
             best,
             agg,
@@ -223,6 +285,13 @@ impl RunState {
             rounds_joined: BTreeMap::new(),
             identities: identity::Identities::default(),
             last_tick: None,
+            last_progress: now,
+            stepped: false,
+            round_start_step: 0,
+            queued: BTreeMap::new(),
+            grow_to: None,
+            history,
+            round_after,
             rdzv: Rendezvous::with_round(settings, now, round),
             prepared,
             started: now,
@@ -335,6 +404,7 @@ impl RunState {
                 epoch,
                 step,
                 work,
+                in_collective,
             } => {
                 self.check_rank(&run_id, round_token, rank)?;
                 let expected = self.worker_id(rank);
@@ -349,11 +419,17 @@ impl RunState {
                 tracing::debug!(rank = rank.0, epoch, step, "heartbeat");
                 let interval = self.prepared.config.heartbeat_interval_s;
                 self.counters.work(rank.index(), &expected, work);
+                let window = Duration::from_secs_f64(self.prepared.config.straggler_window_s);
                 let l = &mut self.ranks[rank.index()];
                 self.counters
                     .heartbeat(now.saturating_duration_since(l.last_seen), interval);
                 l.last_seen = now;
+                let stepped = step > l.step;
                 l.step = l.step.max(step);
+                l.in_collective = in_collective;
+                if step >= self.round_start_step + straggler::WARMUP_STEPS {
+                    l.window.push(now, work.timing, window);
+                }
                 // Rates over at least half an interval: two beats that arrive bunched up
                 // would make a spike.
                 match l.rate_base {
@@ -367,7 +443,11 @@ impl RunState {
                     None => l.rate_base = Some((now, work)),
                 }
                 l.informed |= self.status.is_terminal();
-                Ok(vec![])
+                if stepped && self.status == Status::Running {
+                    self.stepped = true;
+                    self.last_progress = now;
+                }
+                Ok(self.judge_stragglers())
             }
             Event::PixelStats {
                 run_id,
@@ -433,12 +513,14 @@ impl RunState {
                 )
             }
             Event::WaitStart(rank) => {
+                self.last_progress = now;
                 if let Some(l) = self.ranks.get_mut(rank.index()) {
                     l.waiting += 1;
                 }
                 Ok(vec![])
             }
             Event::WaitEnd(rank) => {
+                self.last_progress = now;
                 let failed = self.status == Status::Failed;
                 if let Some(l) = self.ranks.get_mut(rank.index()) {
                     l.waiting = l.waiting.saturating_sub(1);
@@ -547,6 +629,9 @@ impl RunState {
         if self.status != Status::Running {
             return Ok(vec![]);
         }
+        if let Some(out) = self.hang_check(now) {
+            return Ok(out);
+        }
         let c = &self.prepared.config;
         let limit = Duration::from_secs_f64(c.heartbeat_interval_s * f64::from(c.heartbeat_missed));
         let silent = self.ranks.iter().enumerate().find(|(_, l)| {
@@ -587,6 +672,7 @@ impl RunState {
         for l in &mut self.ranks {
             l.last_seen = (l.last_seen + gap).min(now);
         }
+        self.last_progress = (self.last_progress + gap).min(now);
     }
 
     fn fail(&mut self, reason: String, cause: Cause, now: Instant) -> Vec<Action> {

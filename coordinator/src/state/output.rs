@@ -13,6 +13,7 @@ use ringtrain_common::lr_find::LrFindResult;
 use serde::Serialize;
 
 use super::epoch::EpochResult;
+use super::rounds::Segment;
 use crate::config::RunConfig;
 
 /// One thing to show or write, in emission order.
@@ -98,6 +99,9 @@ pub struct RunInfo {
     pub skipped: Vec<Skipped>,
     /// The effective configuration.
     pub config: RunConfig,
+    /// Every round so far: world size, workers by rank, where it started, and why the round
+    /// before it ended (elastic growth, a restart, a resume).
+    pub membership: Vec<Segment>,
 }
 
 /// `summary.json`.
@@ -128,4 +132,23 @@ pub struct Summary {
     /// Rounds ended by a lost worker (`max_restarts` bounds them).
     #[serde(default)]
     pub restarts: u32,
+    /// Each rank slot's step timings over the run (this coordinator's life), as its workers'
+    /// heartbeats reported them.
+    #[serde(default)]
+    pub step_timing: Vec<RankTiming>,
+    /// Times a rank was named a straggler.
+    #[serde(default)]
+    pub stragglers_named: u64,
+}
+
+/// One rank slot's step timings in `summary.json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RankTiming {
+    pub rank: u32,
+    /// Steps timed (0: not measured, e.g. a GPU without CUDA events).
+    pub timed_steps: u64,
+    /// Mean seconds per step from its start until the all-reduce.
+    pub compute_s_per_step: Option<f64>,
+    /// Mean seconds per step inside the all-reduce.
+    pub wait_s_per_step: Option<f64>,
 }

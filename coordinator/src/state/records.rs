@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use super::{RunState, Status};
-use crate::state::output::{NormInfo, RankInfo, RunInfo, Summary};
+use crate::state::output::{NormInfo, RankInfo, RankTiming, RunInfo, Summary};
 
 impl RunState {
     /// `run.json` as of now (rewritten when the round closes and when the norm stats are known).
@@ -56,6 +56,7 @@ impl RunState {
             collective: self.collective.as_ref().map(|c| c.0.to_string()),
             collective_reason: self.collective.as_ref().map(|c| c.1.clone()),
             config: p.config.clone(),
+            membership: self.history.clone(),
         }
     }
 
@@ -83,6 +84,23 @@ impl RunState {
             wall_seconds: now.saturating_duration_since(self.started).as_secs_f64(),
             run_dir: self.prepared.run_dir.display().to_string(),
             restarts: self.restarts,
+            step_timing: self
+                .counters
+                .rank_work
+                .iter()
+                .enumerate()
+                .map(|(rank, w)| {
+                    let t = w.timing;
+                    let per = |x: f64| (t.steps > 0).then(|| x / t.steps as f64);
+                    RankTiming {
+                        rank: rank as u32,
+                        timed_steps: t.steps,
+                        compute_s_per_step: per(t.compute_s),
+                        wait_s_per_step: per(t.wait_s),
+                    }
+                })
+                .collect(),
+            stragglers_named: self.counters.stragglers_named,
         }
     }
 

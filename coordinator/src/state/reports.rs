@@ -121,12 +121,12 @@ impl RunState {
         let seconds = now
             .saturating_duration_since(self.epoch_started)
             .as_secs_f64();
-        // Resumed inside this epoch: its first steps were trained (and timed) before.
-        let restored = self
-            .resume
-            .as_ref()
-            .filter(|p| p.epoch == done)
-            .map_or(0, |p| p.step_in_epoch as usize);
+        // This round resumed inside this epoch: its first steps were trained (and timed) by an
+        // earlier round. Not `self.resume`, which the checkpoints inside this epoch moved on.
+        let restored = match self.round_from {
+            (epoch, steps) if epoch == done => steps as usize,
+            _ => 0,
+        };
         match self.agg.complete(&reports, &plan, seconds, restored) {
             Ok(result) => {
                 self.epoch_started = now;
@@ -162,6 +162,9 @@ impl RunState {
                 let mut actions = vec![Action::Output(Output::Epoch(Box::new(result)))];
                 actions.extend(sweep);
                 actions.extend([Action::Output(checkpoint), Action::Publish]);
+                if self.agg.done() < plan.epochs {
+                    actions.extend(self.grow_if_waiting(now));
+                }
                 Ok(actions)
             }
             Err(e) => Ok(self.fail(e.to_string(), Cause::Other, now)),
@@ -205,8 +208,14 @@ impl RunState {
                 reason
             };
             if recoverable {
+                // A collective that failed while another rank held it up: name that rank.
+                let hang = self
+                    .diagnose_hang(Some(rank), now)
+                    .filter(|d| d.suspect.is_some_and(|s| s != rank.0))
+                    .map(|d| format!("; {}", d.line))
+                    .unwrap_or_default();
                 return Ok(self.restart_round(
-                    format!("rank {rank} ({worker_id}): {why}"),
+                    format!("rank {rank} ({worker_id}): {why}{hang}"),
                     Cause::Report(rank),
                     now,
                 ));

@@ -116,6 +116,7 @@ fn a_lost_rank_ends_the_round_and_the_next_resumes_from_the_checkpoint() {
         epoch: 1,
         step: 3,
         work: Default::default(),
+        in_collective: false,
     };
     assert_eq!(
         s.on_event(hb, t0).unwrap_err(),
@@ -245,6 +246,7 @@ fn ids_stay_held_across_rounds_until_their_holder_is_lost() {
         epoch: 0,
         step: 1,
         work: Default::default(),
+        in_collective: false,
     };
     // w-a heartbeats; w-b goes silent and is declared lost after 3 × 5 s.
     let t10 = t0 + Duration::from_secs(10);
@@ -305,6 +307,7 @@ fn rank_counters_add_up_across_rounds_and_new_worker_processes() {
         epoch: 0,
         step: 1,
         work: Work::from_wire(images, images as f64 / 1000.0, images / 10),
+        in_collective: false,
     };
     let at = |secs: u64| t0 + Duration::from_secs(secs);
     s.on_event(hb(T1, 0, "w-a", 100), at(5)).unwrap();

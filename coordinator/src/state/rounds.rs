@@ -56,6 +56,24 @@ pub struct Progress {
     /// Losses (mean over the ranks) of the steps done in an unfinished epoch.
     #[serde(default)]
     pub partial_losses: Vec<f32>,
+    /// Every round so far: who trained from where (`run.json`'s `membership`).
+    #[serde(default)]
+    pub membership: Vec<Segment>,
+}
+
+/// One round of the run's membership history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Segment {
+    pub round: u32,
+    pub world_size: u32,
+    /// Worker ids by rank.
+    pub workers: Vec<String>,
+    /// Where the round started: the epoch, steps into it, and the global step.
+    pub from_epoch: u32,
+    pub from_step_in_epoch: u32,
+    pub from_global_step: u64,
+    /// Why the round before it ended ("start", "grown to 2 workers", a restart's reason).
+    pub after: String,
 }
 
 /// Where a checkpoint sits in the run.
@@ -102,7 +120,8 @@ impl RunState {
         let c = &self.prepared.config;
         RendezvousSettings {
             min_workers: c.min_workers(),
-            max_workers: c.workers,
+            // A round opened to grow closes as soon as the old world and its newcomers are in.
+            max_workers: self.grow_to.unwrap_or(c.workers),
             join_timeout: Duration::from_secs_f64(c.join_timeout_s),
             last_call: Duration::from_secs_f64(c.last_call_s),
         }
@@ -162,6 +181,7 @@ impl RunState {
             },
         );
         tracing::warn!(run_id = %self.prepared.run_id, round = self.round, restarts = self.restarts, %reason, %from, "round ended; waiting for workers to re-join");
+        self.round_after = reason.to_string();
         // The members' liveness outlives the round: an id stays held for the heartbeat budget
         // after its holder was last heard from, so only it can re-join under that id meanwhile.
         if let Some(m) = &self.membership {
@@ -176,6 +196,7 @@ impl RunState {
             }
         }
         self.status = Status::Rendezvous;
+        self.stepped = false;
         // A stopping coordinator has nothing left to wait for once no round runs: the last
         // checkpoint is the stop point (the ranks' own stop checkpoint, when they were
         // preempted at the same time, as under Slurm's requeue).
@@ -238,6 +259,7 @@ impl RunState {
             restarts: self.restarts,
             dataset_fingerprint: p.dataset.fingerprint.clone(),
             partial_losses: epoch_losses,
+            membership: self.history.clone(),
         };
         let state = CheckpointState {
             format: FORMAT,

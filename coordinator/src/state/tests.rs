@@ -272,6 +272,7 @@ fn calls_before_the_round_or_for_unknown_ranks_are_refused() {
         epoch: 0,
         step: 0,
         work: Default::default(),
+        in_collective: false,
     };
     assert_eq!(
         s.on_event(hb(0, RUN, "w-a"), t0).unwrap_err(),
@@ -571,6 +572,7 @@ fn watchdog_fails_a_silent_rank_but_not_a_waiting_one() {
         epoch: 0,
         step: 0,
         work: Default::default(),
+        in_collective: false,
     };
     // The ticker runs every second (sparser ticks would read as a paused coordinator).
     let tick_until = |s: &mut RunState, from: u64, to: u64| {
@@ -737,6 +739,7 @@ fn a_final_leave_brings_the_work_after_the_last_heartbeat() {
             epoch: 0,
             step: 3,
             work: work(96),
+            in_collective: false,
         },
         t0,
     )

@@ -563,6 +563,10 @@ impl Client {
                 req.images_trained = done.images;
                 req.allreduce_seconds_total = done.allreduce_nanos as f64 / 1e9;
                 req.allreduces = done.allreduces;
+                req.compute_seconds_total = done.compute_nanos as f64 / 1e9;
+                req.wait_seconds_total = done.wait_nanos as f64 / 1e9;
+                req.timed_steps = done.timed_steps;
+                req.in_collective = progress.in_collective();
                 match tokio::time::timeout(interval, c.heartbeat(req.clone())).await {
                     Ok(Ok(reply)) => {
                         let reply = reply.into_inner();

@@ -20,8 +20,13 @@ pub(super) struct JoinDevice {
     pub(super) uuid: String,
 }
 
+/// How often a worker queued to join a running run asks again (the coordinator forgets a
+/// queued worker that has not asked for 10 s).
+const QUEUED_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Joins the next round, retrying while the coordinator is unreachable, a round is in progress
-/// (ALREADY_EXISTS: wait for the next one) or the round ended before it started.
+/// (ALREADY_EXISTS: wait for the next one; RESOURCE_EXHAUSTED: queued to grow a running run,
+/// wait as long as it takes) or the round ended before it started.
 pub(super) fn join(
     opts: &WorkerOptions,
     client: &Client,
@@ -56,6 +61,7 @@ pub(super) fn join(
         worker_secret: secret.to_vec(),
     };
     let mut backoff = client::Backoff::new(client.patience());
+    let mut queued = false;
     loop {
         if let Some(e) = client.stopped() {
             return Err(e);
@@ -66,6 +72,18 @@ pub(super) fn join(
         };
         if let Some(e) = client.stopped() {
             return Err(e);
+        }
+        // The run is training with room to grow: admitted at its next epoch end (or
+        // checkpoint step). The coordinator answered, so this is not the patience for an
+        // unreachable one: keep asking, every second, as long as it takes.
+        if status.code() == tonic::Code::ResourceExhausted {
+            if !queued {
+                tracing::info!(reason = %status.message(), "waiting to join the running run");
+                queued = true;
+            }
+            std::thread::sleep(QUEUED_RETRY);
+            backoff = client::Backoff::new(client.patience());
+            continue;
         }
         let retry = matches!(
             status.code(),

@@ -17,6 +17,7 @@ pub mod progress;
 mod replica;
 pub mod standalone;
 pub mod state;
+mod step_clock;
 
 use std::path::PathBuf;
 

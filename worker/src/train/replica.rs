@@ -13,7 +13,8 @@
 //!
 //! Tests: `tests/tests/train.rs` and `tests/tests/distributed.rs` (real binaries).
 
-use std::time::Instant;
+use std::cell::Cell;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use ringtrain_common::data::{LoadedDataset, PixelStats};
@@ -22,6 +23,7 @@ use ringtrain_common::schedule::SchedulePoint;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
+use super::step_clock::StepClock;
 use super::{state, Driver, EpochResult, MidCheckpoint, ReplicaSpec, TrainError};
 use crate::amp::{autocast, Precision};
 use crate::collective::{Collective, CollectiveError};
@@ -51,6 +53,8 @@ pub(super) struct Replica<'a> {
     skip: usize,
     /// Steps between host reads of the control element (1 on the CPU, where reads are free).
     sync_every: usize,
+    /// Times each step's compute and all-reduce, for the heartbeats (straggler detection).
+    clock: StepClock,
 }
 
 /// One epoch under way.
@@ -62,6 +66,9 @@ struct EpochRun {
     bar: ProgressBar,
     /// `lr-find`'s stop rule, when this is a sweep.
     sweep: Option<StopRule>,
+    /// Time spent in checkpoints inside the epoch: not training, so not in `train_seconds`
+    /// (a `Cell`, since a checkpoint sees the epoch only by shared reference).
+    checkpointing: Cell<Duration>,
 }
 
 /// What the loop does after a step.
@@ -124,6 +131,7 @@ impl<'a> Replica<'a> {
             step,
             skip,
             sync_every,
+            clock: StepClock::for_device(device),
         })
     }
 
@@ -177,6 +185,7 @@ impl<'a> Replica<'a> {
             losses: Tensor::zeros([spec.steps_per_epoch as i64], (Kind::Float, device)),
             bar: progress_bar(spec.steps_per_epoch, epoch, spec.progress),
             sweep: spec.lr_find_stop_div.map(StopRule::new),
+            checkpointing: Cell::new(Duration::ZERO),
         };
         // Resumed inside this epoch: its first `skip` steps are done, their losses known.
         if let Some(r) = spec.resume.as_ref().filter(|_| skip > 0) {
@@ -202,7 +211,13 @@ impl<'a> Replica<'a> {
                 loss: f64::from(*l),
             });
         }
-        let train_seconds = epoch_start.elapsed().as_secs_f64();
+        // Images/s is what this replica trained over the time it spent training: checkpoints
+        // inside the epoch (their barrier and state upload) are left out, as the epoch's own
+        // checkpoint after validation is, and so are the steps trained before a resume.
+        let train_seconds = epoch_start
+            .elapsed()
+            .saturating_sub(run.checkpointing.get())
+            .as_secs_f64();
         run.bar.finish_and_clear();
         average_buffers(&self.bufs, collective)?;
         let (valid_loss_sum, valid_correct, valid_count) = validate(
@@ -222,7 +237,7 @@ impl<'a> Replica<'a> {
             params_hash: replica_hash(&self.flat, &self.bufs),
             train_seconds,
             seconds: epoch_start.elapsed().as_secs_f64(),
-            images: done * spec.batch_size,
+            images: done.saturating_sub(skip) * spec.batch_size,
             state: self.saved_state()?,
         };
         driver.epoch_done(&result)
@@ -240,6 +255,7 @@ impl<'a> Replica<'a> {
         driver: &mut dyn Driver,
     ) -> Result<AfterStep, TrainError> {
         let spec = self.spec;
+        self.clock.step_start();
         let (x, y) = self.train_set.batch(&run.plan, s);
         let loss = autocast(spec.precision, spec.device, || {
             self.model.forward_t(&x, true).cross_entropy_for_logits(&y)
@@ -252,9 +268,28 @@ impl<'a> Replica<'a> {
             self.flat
                 .set_control(if driver.stop_requested() { 1.0 } else { 0.0 });
         }
+        // Fault injection for the hang-diagnosis test (the `failpoints` feature only; nothing
+        // in release builds): e.g. FAILPOINTS='before-allreduce=30*off->sleep(600000)'.
+        fail::fail_point!("before-allreduce");
+        self.clock.reduce_start();
+        let counters = spec.progress_counters.as_deref();
+        if let Some(p) = counters {
+            p.set_in_collective(true);
+        }
         let reduce_start = Instant::now();
-        collective.all_reduce_mean(&mut self.flat.comm)?;
+        let reduced = collective.all_reduce_mean(&mut self.flat.comm);
         let reduce_time = collective.host_timed().then(|| reduce_start.elapsed());
+        if let Some(p) = counters {
+            p.set_in_collective(false);
+        }
+        reduced?;
+        self.clock.reduce_end();
+        // Drained every step, also when nobody reads the times (standalone training).
+        self.clock.drain(|compute, wait| {
+            if let Some(p) = counters {
+                p.record_timing(compute, wait);
+            }
+        });
         self.adam.step(
             &mut self.flat.params,
             &self.flat.grads,
@@ -300,6 +335,22 @@ impl<'a> Replica<'a> {
 
     /// A checkpoint after the epoch's first `steps` steps.
     fn mid_checkpoint(
+        &mut self,
+        run: &EpochRun,
+        steps: usize,
+        stop: bool,
+        collective: &mut dyn Collective,
+        driver: &mut dyn Driver,
+    ) -> Result<(), TrainError> {
+        let started = Instant::now();
+        let taken = self.mid_checkpoint_at(run, steps, stop, collective, driver);
+        run.checkpointing
+            .set(run.checkpointing.get() + started.elapsed());
+        taken
+    }
+
+    /// [`Self::mid_checkpoint`]'s work: buffers averaged, state saved, the driver's barrier.
+    fn mid_checkpoint_at(
         &mut self,
         run: &EpochRun,
         steps: usize,
