@@ -19,7 +19,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::rounds::Segment;
+use super::output::Segment;
 use super::{Action, RunError, RunState, Status};
 use crate::ids::WorkerId;
 use crate::rendezvous::Membership;

@@ -229,7 +229,7 @@ pub struct RunState {
     /// The world size the open round grows to (closes at), when it was opened to grow.
     grow_to: Option<u32>,
     /// The membership history, and why the last round ended (for the next segment).
-    history: Vec<rounds::Segment>,
+    history: Vec<output::Segment>,
     round_after: String,
 }
 

@@ -10,10 +10,9 @@ use std::sync::Arc;
 use ringtrain_common::checkpoint::CheckpointState;
 use ringtrain_common::data::Skipped;
 use ringtrain_common::lr_find::LrFindResult;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::epoch::EpochResult;
-use super::rounds::Segment;
 use crate::config::RunConfig;
 
 /// One thing to show or write, in emission order.
@@ -139,6 +138,21 @@ pub struct Summary {
     /// Times a rank was named a straggler.
     #[serde(default)]
     pub stragglers_named: u64,
+}
+
+/// One round of the run's membership history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Segment {
+    pub round: u32,
+    pub world_size: u32,
+    /// Worker ids by rank.
+    pub workers: Vec<String>,
+    /// Where the round started: the epoch, steps into it, and the global step.
+    pub from_epoch: u32,
+    pub from_step_in_epoch: u32,
+    pub from_global_step: u64,
+    /// Why the round before it ended ("start", "grown to 2 workers", a restart's reason).
+    pub after: String,
 }
 
 /// One rank slot's step timings in `summary.json`.

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::epoch::EpochAggregator;
 use super::{Action, Cause, RunState, Status};
 use crate::rendezvous::{Rendezvous, RendezvousSettings};
-use crate::state::output::{CheckpointOut, Output};
+use crate::state::output::{CheckpointOut, Output, Segment};
 
 /// The state a round starts from (rank 0's at the end of an epoch, or a checkpoint on disk).
 #[derive(Debug, Clone, PartialEq)]
@@ -59,21 +59,6 @@ pub struct Progress {
     /// Every round so far: who trained from where (`run.json`'s `membership`).
     #[serde(default)]
     pub membership: Vec<Segment>,
-}
-
-/// One round of the run's membership history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Segment {
-    pub round: u32,
-    pub world_size: u32,
-    /// Worker ids by rank.
-    pub workers: Vec<String>,
-    /// Where the round started: the epoch, steps into it, and the global step.
-    pub from_epoch: u32,
-    pub from_step_in_epoch: u32,
-    pub from_global_step: u64,
-    /// Why the round before it ended ("start", "grown to 2 workers", a restart's reason).
-    pub after: String,
 }
 
 /// Where a checkpoint sits in the run.
