@@ -104,7 +104,11 @@ fn check_story(run_dir: &Path, late: &str) -> f64 {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let epochs: Vec<u64> = rows.iter().map(|r| r["epoch"].as_u64().unwrap()).collect();
-    assert_eq!(epochs, [0, 1, 2, 3, 4, 5], "each epoch exactly once: {epochs:?}");
+    assert_eq!(
+        epochs,
+        [0, 1, 2, 3, 4, 5],
+        "each epoch exactly once: {epochs:?}"
+    );
     let info = read_json(&run_dir.join("run.json"));
     let m = info["membership"]
         .as_array()
@@ -187,7 +191,14 @@ fn serve_admits_a_second_worker_at_the_next_epoch_end() {
     let run_dir = tmp.path().join("run");
     let cache = tmp.path().join("cache");
     // Every checkpoint kept: the replay starts from the growth point's.
-    let mut args = vec!["--workers", "1", "--max-workers", "2", "--checkpoint-keep", "10"];
+    let mut args = vec![
+        "--workers",
+        "1",
+        "--max-workers",
+        "2",
+        "--checkpoint-keep",
+        "10",
+    ];
     args.extend(SERVE_RECIPE);
     let mut c = Coordinator::serve(mnist(), &run_dir, &logs, &args);
     let spec = |id| WorkerSpec {
