@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::round_tests::mid;
 use super::tests::{join_args, prepared_with, rejoin_args, report};
 use super::*;
 
@@ -106,4 +107,33 @@ fn a_newcomer_that_stopped_asking_does_not_end_the_round() {
         .unwrap();
     assert!(notices(&acts).is_empty(), "{:?}", notices(&acts));
     assert_eq!(s.snapshot().status, Status::Running);
+}
+
+#[test]
+fn with_checkpoints_inside_epochs_the_round_grows_at_the_next_one() {
+    let t0 = Instant::now();
+    let mut s = RunState::new(growable(), t0);
+    s.on_event(Event::Join(join_args("w-a")), t0).unwrap();
+    s.on_event(report(0, 0, "h"), t0).unwrap();
+    assert_eq!(s.snapshot().status, Status::Running, "nobody waits yet");
+    let e = s.on_event(Event::Join(join_args("w-b")), t0).unwrap_err();
+    assert!(matches!(e, RunError::Queued { .. }), "{e:?}");
+    // A checkpoint one step into epoch 1 (rank 0 of 1): the round grows from there.
+    let acts = s.on_event(mid(0, 1, 3, "h"), t0).unwrap();
+    assert_eq!(
+        notices(&acts),
+        ["round 1 ended: growing the world from 1 to 2 workers (w-b joining); round 2 resumes from checkpoint e0001-s0000000003 (epoch 1, step 1)"],
+    );
+    s.on_event(Event::Join(rejoin_args("w-a")), t0).unwrap();
+    s.on_event(Event::Join(join_args("w-b")), t0).unwrap();
+    let h = s.run_info().membership;
+    assert_eq!(
+        (
+            h[1].world_size,
+            h[1].from_epoch,
+            h[1].from_step_in_epoch,
+            h[1].from_global_step
+        ),
+        (2, 1, 1, 3)
+    );
 }

@@ -24,7 +24,7 @@ fn checkpoints(actions: &[Action]) -> Vec<(u32, u32, u64)> {
         .collect()
 }
 
-fn mid(rank: u32, step_in_epoch: u32, global_step: u64, hash: &str) -> Event {
+pub(super) fn mid(rank: u32, step_in_epoch: u32, global_step: u64, hash: &str) -> Event {
     let (m, o, model_digest, optimizer_digest) = state_bytes();
     Event::Checkpoint {
         run_id: RUN.into(),
