@@ -150,12 +150,27 @@ fn dashboard_shows_workers_charts_and_live_progress_in_chromium() {
             .iter()
             .map(|c| c.as_str().unwrap())
             .collect();
-        assert_eq!(cells.len(), 9, "{cells:?}");
+        assert_eq!(cells.len(), 12, "{cells:?}");
         assert_eq!(cells[2], "127.0.0.1", "host column: {cells:?}");
         assert_eq!(cells[3], "cpu", "device column: {cells:?}");
-        assert!(cells[7].ends_with(" ago"), "heartbeat column: {cells:?}");
-        assert_eq!(cells[8], "0", "restarts column: {cells:?}");
+        assert!(cells[10].ends_with(" ago"), "heartbeat column: {cells:?}");
+        assert_eq!(cells[11], "0", "restarts column: {cells:?}");
     }
+    // Each rank's compute and wait per step and its slowdown against the other, once judged.
+    let judged = running.iter().any(|s| {
+        let rows = s["workers"].as_array().unwrap();
+        rows.len() == 2
+            && rows.iter().all(|w| {
+                let c = &w["cells"];
+                c[7].as_str().unwrap().ends_with(" ms")
+                    && c[8].as_str().unwrap().ends_with(" ms")
+                    && c[9].as_str().unwrap().ends_with('×')
+            })
+    });
+    assert!(
+        judged,
+        "no sample shows both ranks' compute/step, wait/step and slowdown: {running:?}"
+    );
     // Each rank's own throughput and all-reduce time, from its heartbeats, once measured.
     let measured = running.iter().any(|s| {
         let rows = s["workers"].as_array().unwrap();
