@@ -11,7 +11,6 @@
 //! browser's record (`browser.json`) stay in the run folder,
 //! `target/test-logs/dashboard/run/`, with the logs beside it.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
