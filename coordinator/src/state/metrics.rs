@@ -63,6 +63,21 @@ impl Counters {
     /// `worker`, in slot `rank`, reported `work`: adds what it did since its previous report
     /// (all of `work` for a worker not heard from yet, or a new process).
     pub fn work(&mut self, rank: usize, worker: &WorkerId, work: Work) {
+        // A report without step timings (a final Leave carries none) from the same process
+        // leaves them as they were, rather than looking like a process that started again.
+        let work = match self.reported.get(worker) {
+            Some(prev)
+                if work.timing == Timing::default()
+                    && work.images >= prev.images
+                    && work.allreduces >= prev.allreduces =>
+            {
+                Work {
+                    timing: prev.timing,
+                    ..work
+                }
+            }
+            _ => work,
+        };
         let prev = match self.reported.get_mut(worker) {
             Some(prev) => std::mem::replace(prev, work),
             None => {
@@ -377,6 +392,25 @@ mod tests {
         c.rejoined(2);
         assert_eq!(c.rank_restarts, vec![1, 0, 1]);
         assert_eq!(c.rank_work.len(), 3);
+    }
+
+    #[test]
+    fn a_report_without_timings_is_not_a_new_process() {
+        let a = WorkerId("w-a".into());
+        let mut c = Counters::default();
+        let timed = |images, steps| {
+            work(images, 1.0, images / 10).with_timing(Timing::from_wire(0.5, 0.1, steps))
+        };
+        c.work(0, &a, timed(100, 10));
+        c.work(0, &a, timed(200, 20));
+        // The final Leave: more images, no timings.
+        c.work(0, &a, work(260, 1.0, 26));
+        assert_eq!(c.rank_work[0].images, 260, "counted once");
+        assert_eq!(c.rank_work[0].timing.steps, 20);
+        // A new process (counts went down) with no timings yet counts from 0.
+        c.work(0, &a, work(10, 0.0, 1));
+        assert_eq!(c.rank_work[0].images, 270);
+        assert_eq!(c.rank_work[0].timing.steps, 20);
     }
 
     #[test]
