@@ -28,7 +28,7 @@ const url = process.env.DASHBOARD_URL;
 const out = process.env.DASHBOARD_OUT;
 const workers = Number(process.env.DASHBOARD_WORKERS || '1');
 const timeoutMs = 1000 * Number(process.env.DASHBOARD_TIMEOUT_S || '150');
-const executablePath = process.env.RINGTRAIN_CHROMIUM || '/usr/bin/chromium';
+const browserFlags = require('./chromium.cjs');
 
 const record = {
   url,
@@ -66,19 +66,9 @@ function sample() {
 async function main() {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'ringtrain-chromium-'));
   const context = await chromium.launchPersistentContext(profile, {
-    executablePath,
+    executablePath: browserFlags.executablePath,
     headless: true,
-    // As /work/.library/env/machines/rust.md: no sandbox as root, and no background traffic
-    // (this machine's network is closed; the page must not need it anyway).
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
+    args: browserFlags.args,
     viewport: { width: 1280, height: 900 },
     deviceScaleFactor: 1,
   });

@@ -21,25 +21,16 @@ const { chromium } = require('playwright-core');
 const url = process.env.DASHBOARD_URL;
 const out = process.env.DASHBOARD_OUT;
 const timeoutMs = 1000 * Number(process.env.DASHBOARD_TIMEOUT_S || '60');
-const executablePath = process.env.RINGTRAIN_CHROMIUM || '/usr/bin/chromium';
+const browserFlags = require('./chromium.cjs');
 const record = { url, rows: null, console_errors: [], error: null };
 
 (async () => {
   let browser;
   try {
-    // As tests/browser/dashboard.cjs: no sandbox as root, and no background traffic.
     browser = await chromium.launch({
-      executablePath,
+      executablePath: browserFlags.executablePath,
       headless: true,
-      args: [
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
+      args: browserFlags.args,
     });
     const page = await browser.newPage({ viewport: { width: 1400, height: 900 }, deviceScaleFactor: 1 });
     page.on('console', (m) => { if (m.type() === 'error') record.console_errors.push(m.text()); });

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::round_tests::mid;
-use super::tests::{join_args, prepared_with, rejoin_args, report};
+use super::tests::{join_args, notices, prepared_with, rejoin_args, report};
 use super::*;
 
 /// The usual test run, but starting with 1 worker and allowed to grow to 2.
@@ -16,16 +16,6 @@ fn growable() -> Arc<Prepared> {
     p.config.min_workers = None;
     p.config.max_workers = Some(2);
     Arc::new(p)
-}
-
-fn notices(actions: &[Action]) -> Vec<String> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Output(Output::Notice(l)) => Some(l.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 #[test]

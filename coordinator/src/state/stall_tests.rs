@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use super::straggler::Timing;
-use super::tests::{prepared_with, running_with, RUN, T1};
+use super::tests::{notices, prepared_with, running_with, RUN, T1};
 use super::*;
 
 /// Rank `rank`'s heartbeat: `steps` steps done, each with `compute_ms` of compute.
@@ -22,16 +22,6 @@ fn beat(rank: u32, steps: u64, compute_ms: f64, in_collective: bool) -> Event {
         )),
         in_collective,
     }
-}
-
-fn notices(actions: &[Action]) -> Vec<String> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Output(Output::Notice(l)) => Some(l.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 fn at(t0: Instant, s: f64) -> Instant {

@@ -106,6 +106,17 @@ pub(super) fn state_bytes() -> (Vec<u8>, Vec<u8>, String, String) {
     (m, o, md, od)
 }
 
+/// The lines for people among `actions` (round ends, stragglers).
+pub(super) fn notices(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Output(Output::Notice(l)) => Some(l.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 pub(super) fn published(actions: &[Action]) -> bool {
     actions.iter().any(|a| matches!(a, Action::Publish))
 }
