@@ -80,6 +80,8 @@ pub enum Purpose {
     Shuffle = 1,
     /// Crop offsets of `rand_pad`.
     Crop = 2,
+    /// Horizontal flips (`--augment flip`).
+    Flip = 3,
 }
 
 #[cfg(test)]

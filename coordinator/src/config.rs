@@ -24,7 +24,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use ringtrain_common::data::ScanOptions;
+use ringtrain_common::data::{
+    geometry::MAX_IMAGE_SIZE, Augment, Channels, ImageOptions, ScanOptions,
+};
 use ringtrain_common::devices::CollectiveChoice;
 use ringtrain_common::lr_find::{LrFindError, LrRange};
 pub use ringtrain_common::recipe::{Model, Recipe, RecipeError};
@@ -38,7 +40,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RunConfig {
-    /// Dataset root: `DATA/<train_dir>/<class>/*.png`, `DATA/<valid_dir>/<class>/*.png`.
+    /// Dataset root: `DATA/<train_dir>/<class>/<images>`, `DATA/<valid_dir>/<class>/<images>`
+    /// (`.png`, `.jpg`, `.jpeg`, `.webp`).
     pub data: PathBuf,
     /// Training split folder name.
     pub train_dir: String,
@@ -46,6 +49,13 @@ pub struct RunConfig {
     pub valid_dir: String,
     /// Leave out (and report) bad files instead of failing.
     pub skip_bad: bool,
+    /// Resize every image to `image_size`×`image_size` (shorter side, then centre crop); none:
+    /// the images' own size, which must be square and common to all of them.
+    pub image_size: Option<u32>,
+    /// Colour channels: `auto` (1 when every image is grayscale, else 3), `1` or `3`.
+    pub channels: Channels,
+    /// Training augmentation: `pad[=P]`, `flip`, `none`, comma-separated (`pad`: rand_pad 3).
+    pub augment: Augment,
     /// gRPC listen address of `ringtrain serve` (`launch` always uses 127.0.0.1:0).
     pub listen: String,
     /// World size wanted: the round closes as soon as this many workers joined.
@@ -143,6 +153,9 @@ impl Default for RunConfig {
             train_dir: scan.train_dir,
             valid_dir: scan.valid_dir,
             skip_bad: scan.skip_bad,
+            image_size: None,
+            channels: Channels::Auto,
+            augment: Augment::default(),
             listen: "127.0.0.1:29400".into(),
             workers: 1,
             min_workers: None,
@@ -186,6 +199,9 @@ pub enum ConfigError {
     /// No dataset root was given.
     #[error("data is required: the dataset root (--data DIR)")]
     NoData,
+    /// `image_size` is out of range.
+    #[error("image-size must be in 1..={MAX_IMAGE_SIZE}, got {0}")]
+    BadImageSize(u32),
     /// `workers` is zero.
     #[error("workers must be at least 1")]
     NoWorkers,
@@ -260,10 +276,23 @@ impl RunConfig {
         }
     }
 
+    /// `--channels` and `--image-size` as the dataset loader takes them.
+    pub fn image_options(&self) -> ImageOptions {
+        ImageOptions {
+            channels: self.channels,
+            size: self.image_size,
+        }
+    }
+
     /// Checks every rule that needs no dataset; returns the first violation in field order.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.data.as_os_str().is_empty() {
             return Err(ConfigError::NoData);
+        }
+        if let Some(n) = self.image_size {
+            if !(1..=MAX_IMAGE_SIZE).contains(&n) {
+                return Err(ConfigError::BadImageSize(n));
+            }
         }
         if self.workers == 0 {
             return Err(ConfigError::NoWorkers);
@@ -347,6 +376,9 @@ impl RunConfig {
         self.train_dir = s.train_dir;
         self.valid_dir = s.valid_dir;
         self.skip_bad = s.skip_bad;
+        self.image_size = s.image_size;
+        self.channels = s.channels;
+        self.augment = s.augment;
         self.recipe = s.recipe;
         self.checkpoint_every_steps = s.checkpoint_every_steps;
         self.run_id = s.run_id;

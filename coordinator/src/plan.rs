@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use ringtrain_common::data::{DatasetIndex, ImageEntry, Skipped};
+use ringtrain_common::data::{DatasetIndex, Geometry, ImageEntry, Skipped};
 pub use ringtrain_common::plan::{EpochSchedule, PlanError, RunPlan, RunSchedule};
 
 use crate::config::RunConfig;
@@ -29,8 +29,10 @@ pub struct DatasetView {
     pub valid: Vec<(String, u32)>,
     /// `DatasetIndex::layout_fingerprint`: what every worker must send in Join.
     pub fingerprint: String,
-    /// Files left out by `skip_bad` during the scan.
+    /// Files left out by `skip_bad` during the scan and the header probe.
     pub skipped: Vec<Skipped>,
+    /// Channels and size every image is decoded to.
+    pub geometry: Geometry,
 }
 
 fn relative(root: &Path, entries: &[ImageEntry]) -> Vec<(String, u32)> {
@@ -49,15 +51,19 @@ fn relative(root: &Path, entries: &[ImageEntry]) -> Vec<(String, u32)> {
 }
 
 impl DatasetView {
-    /// The view of a scanned index.
-    pub fn new(index: &DatasetIndex) -> Self {
+    /// The view of a scanned (and probed) index: `geometry` from
+    /// [`ringtrain_common::data::resolve_geometry`], `fingerprint` the index's
+    /// `layout_fingerprint` before the probe took bad files out (what the workers' own scans
+    /// compute).
+    pub fn new(index: &DatasetIndex, geometry: Geometry, fingerprint: String) -> Self {
         Self {
             root: index.root.display().to_string(),
             classes: index.classes.clone(),
             train: relative(&index.root, &index.train),
             valid: relative(&index.root, &index.valid),
-            fingerprint: index.layout_fingerprint(),
+            fingerprint,
             skipped: index.skipped.clone(),
+            geometry,
         }
     }
 }
@@ -122,7 +128,11 @@ mod tests {
             }
         }
         let idx = ringtrain_common::data::scan_dataset(dir.path(), &Default::default()).unwrap();
-        let v = DatasetView::new(&idx);
+        let v = DatasetView::new(
+            &idx,
+            ringtrain_common::data::Geometry::MNIST,
+            idx.layout_fingerprint(),
+        );
         assert_eq!(
             v.train,
             vec![

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use ringtrain_common::auth::Token;
 use ringtrain_common::checkpoint::{CheckpointError, CheckpointStore};
-use ringtrain_common::data::{scan_dataset, DataError};
+use ringtrain_common::data::{resolve_geometry, scan_dataset, DataError};
 use ringtrain_common::pb::coordinator_server::CoordinatorServer;
 use ringtrain_common::report::{ReportError, RunFiles};
 use tokio::net::TcpListener;
@@ -165,8 +165,16 @@ impl Run {
         tracing::info!(run_id = %run_id, config = %effective, "effective configuration");
         // Absolute, so workers started from another folder find the same files.
         let data = std::path::absolute(&config.data).unwrap_or_else(|_| config.data.clone());
-        let index = scan_dataset(&data, &config.scan_options())?;
-        let dataset = DatasetView::new(&index);
+        let mut index = scan_dataset(&data, &config.scan_options())?;
+        // Workers prove they see these files with their own scan, before any header is read.
+        let fingerprint = index.layout_fingerprint();
+        let geometry = resolve_geometry(
+            &mut index,
+            &config.image_options(),
+            config.skip_bad,
+            &config.train_dir,
+        )?;
+        let dataset = DatasetView::new(&index, geometry, fingerprint);
         for world_size in config.min_workers()..=config.workers {
             plan_run(
                 &config,
@@ -186,6 +194,9 @@ impl Run {
             classes = dataset.classes.len(),
             train = dataset.train.len(),
             valid = dataset.valid.len(),
+            images = %dataset.geometry,
+            resize = dataset.geometry.resize,
+            augment = %config.augment,
             fingerprint = %dataset.fingerprint,
             "dataset scanned"
         );

@@ -294,7 +294,10 @@ fn join_reply(
             batch_per_worker: plan.batch_per_worker,
             steps_per_epoch: plan.steps_per_epoch,
             seed: c.recipe.seed,
-            image_size: 28,
+            image_size: d.geometry.size,
+            channels: d.geometry.channels,
+            resize: d.geometry.resize,
+            augment: c.augment.to_string(),
             valid_batch_size: c.recipe.valid_batch_size,
             classes: d.classes.clone(),
             adam_beta2: c.recipe.beta2,
@@ -461,11 +464,15 @@ impl Coordinator for CoordinatorService {
         let r = request.into_inner();
         let rank = Rank(r.rank);
         self.authenticate("pixel stats", &peer, r.round_token, rank, &r.worker_secret)?;
-        let stats = PixelStats {
-            sum: r.sum,
-            sum_sq: r.sum_sq,
-            count: r.count,
-        };
+        let stats = r
+            .channels
+            .iter()
+            .map(|c| PixelStats {
+                sum: c.sum,
+                sum_sq: c.sum_sq,
+                count: c.count,
+            })
+            .collect();
         let ev = Event::PixelStats {
             run_id: r.run_id,
             round_token: r.round_token,
@@ -478,9 +485,9 @@ impl Coordinator for CoordinatorService {
             .await?
         {
             Barrier::Done(Snapshot { norm: Some(n), .. }) => Ok(Response::new(pb::NormStats {
-                mean: vec![n.mean() as f32],
-                std: vec![n.std() as f32],
-                count: n.count,
+                mean: n.iter().map(|c| c.mean() as f32).collect(),
+                std: n.iter().map(|c| c.std() as f32).collect(),
+                count: n.first().map_or(0, |c| c.count),
             })),
             Barrier::Done(_) => Err(Status::internal(
                 "the pixel barrier ended without statistics",

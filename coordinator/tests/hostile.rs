@@ -145,15 +145,13 @@ async fn forged_reports_are_refused_and_never_become_checkpoints() {
         rank: r.rank,
         round_token: r.round_token,
         worker_secret: r.worker_secret.clone(),
-        sum,
-        sum_sq,
-        count,
+        channels: vec![pb::ChannelSums { sum, sum_sq, count }],
     };
     // Sums that wrap a u64 when merged, more pixels than the shard has, impossible moments.
     let n = shard.train.len() as u64 * 784;
     for (sum, sum_sq, count, why) in [
         (u64::MAX, u64::MAX, n, "cannot come from"),
-        (0, 0, n + 784, "not a whole number of 28×28 images"),
+        (0, 0, n + 784, "not a whole number of images of 784 pixels"),
         (255 * n, 0, n, "cannot come from"),
     ] {
         let e = c

@@ -189,9 +189,11 @@ async fn barriers_wait_for_every_rank() {
         run_id: "test-run".into(),
         round_token: t,
         rank,
-        sum: if white { 255 * 784 } else { 0 },
-        sum_sq: if white { 255 * 255 * 784 } else { 0 },
-        count: 784,
+        channels: vec![pb::ChannelSums {
+            sum: if white { 255 * 784 } else { 0 },
+            sum_sq: if white { 255 * 255 * 784 } else { 0 },
+            count: 784,
+        }],
         worker_secret: secrets[rank as usize].clone(),
     };
     let first = tokio::spawn({
@@ -380,9 +382,11 @@ async fn leave_with_failure_fails_the_run() {
         run_id: "test-run".into(),
         round_token: t,
         rank: 0,
-        sum: 0,
-        sum_sq: 0,
-        count: 784,
+        channels: vec![pb::ChannelSums {
+            sum: 0,
+            sum_sq: 0,
+            count: 784,
+        }],
         worker_secret: a.worker_secret.clone(),
     };
     let e = svc.report_pixel_stats(Request::new(px)).await.unwrap_err();

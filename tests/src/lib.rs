@@ -3,8 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod badimages;
 pub mod netlab;
 mod process;
+pub mod synth;
 pub use process::{kill9, pids_with, read_json, spawn_logged, wait_with_limit};
 
 /// The workspace root (the folder holding the top-level `Cargo.toml`).

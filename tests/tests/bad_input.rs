@@ -112,7 +112,7 @@ fn non_image_file() {
         tmp.path(),
         &bad,
         "bad-non-image",
-        "is not a .png image",
+        "is not an image file (.png, .jpg, .jpeg or .webp)",
     );
 }
 
@@ -187,4 +187,64 @@ fn missing_dataset_folder() {
         "does not exist",
         "bad-missing-root",
     );
+}
+
+/// Every awkward file of `ringtrain_tests::badimages` in one class folder, at `--image-size
+/// 28`: the corrupt ones (truncated JPEG, garbage, empty file) fail the run naming the file or
+/// are skipped and counted; the valid ones (alpha, 16-bit, palette, gray and CMYK JPEG, WebP,
+/// other sizes) are decoded and trained on, and make the dataset RGB.
+#[test]
+fn corrupt_images_fail_or_are_skipped_and_awkward_valid_ones_train() {
+    use ringtrain_tests::badimages::{all, Expect};
+    let (tmp, data) = dataset();
+    let class = data.join("training/c1");
+    let (mut bad, mut good) = (Vec::new(), 0);
+    for f in all() {
+        let path = f.write_in(&class).unwrap();
+        match f.expect {
+            Expect::Corrupt => bad.push(path),
+            Expect::Decoded(_) => good += 1,
+        }
+    }
+    let sized = ["--image-size", "28"];
+    let out = train(&data, tmp.path(), &sized, "bad-fixtures-strict");
+    assert!(!out.success(), "a corrupt image must fail the run");
+    assert!(
+        bad.iter().any(|p| out
+            .stderr
+            .contains(&format!("cannot decode {}", p.display()))),
+        "names a corrupt file:\n{}",
+        out.stderr
+    );
+    let out = train(
+        &data,
+        tmp.path(),
+        &["--image-size", "28", "--skip-bad"],
+        "bad-fixtures-skip",
+    );
+    assert!(out.success(), "{}", out.stderr);
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("run").join(name)).unwrap())
+            .unwrap()
+    };
+    let summary = read("summary.json");
+    assert_eq!(summary["skipped"], bad.len());
+    assert_eq!(summary["train_images"], 18 + good);
+    let record = read("run.json");
+    assert_eq!(
+        record["images"],
+        serde_json::json!({"channels": 3, "size": 28, "resize": true, "augment": "pad=3"})
+    );
+    assert_eq!(record["normalize"]["mean"].as_array().unwrap().len(), 3);
+    for p in &bad {
+        assert!(
+            record["skipped"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["path"] == p.display().to_string()),
+            "run.json lists {}",
+            p.display()
+        );
+    }
 }

@@ -27,6 +27,9 @@ fn state(model: &str, classes: Vec<String>, mean: f32, std: f32) -> CheckpointSt
         model: model.into(),
         classes,
         image_size: 28,
+        channels: 1,
+        resize: false,
+        augment: "pad=3".into(),
         // Inference only needs mean and std; a standalone run.json records no pixel sums.
         norm: NormState {
             mean: vec![mean],
@@ -193,18 +196,17 @@ fn bad_checkpoints_and_images_fail_naming_the_file() {
     write_png(&good, 28, 28, &[0; 784]).unwrap();
     let good_s = good.to_str().unwrap();
 
-    let big = tmp.path().join("big.png");
-    write_png(&big, 32, 32, &[0; 1024]).unwrap();
+    // Another size is resized like the run's images, so only a corrupt image stops it.
+    let corrupt = tmp.path().join("corrupt.jpg");
+    std::fs::write(&corrupt, b"\xff\xd8\xff\xe0 not really a JPEG").unwrap();
     let out = predict(
-        &["--checkpoint", ckpt_s, good_s, big.to_str().unwrap()],
-        "predict-wrong-size",
+        &["--checkpoint", ckpt_s, good_s, corrupt.to_str().unwrap()],
+        "predict-corrupt",
     );
     assert!(!out.success());
     assert!(
-        out.stderr.contains(&format!(
-            "{} is 32x32 pixels, expected 28x28",
-            big.display()
-        )),
+        out.stderr
+            .contains(&format!("cannot decode {}", corrupt.display())),
         "{}",
         out.stderr
     );

@@ -18,6 +18,7 @@ fn main() {
     tch::set_num_threads(threads);
     let n = 128 * (steps + 5);
     let split = DecodedSplit {
+        channels: 1,
         height: 28,
         width: 28,
         pixels: (0..n * 784).map(|i| (i % 251) as u8).collect(),
@@ -26,14 +27,15 @@ fn main() {
     let ts = TrainSet::new(
         &split,
         Normalize {
-            mean: 0.13,
-            std: 0.31,
+            mean: vec![0.13],
+            std: vec![0.31],
         },
+        ringtrain_common::data::Augment::default(),
         Device::Cpu,
     );
     let plan = ts.plan_epoch(1, 0, 0, 128);
     let vs = VarStore::new(Device::Cpu);
-    let model = Model::new(&vs.root(), Arch::Resnet, 10);
+    let model = Model::new(&vs.root(), Arch::Resnet, 1, 10, 28);
     let mut flat = FlatParams::new(&vs, || {
         model
             .forward_t(

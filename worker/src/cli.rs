@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use ringtrain_common::data::memory::Bytes;
 use ringtrain_common::recipe::args::{DatasetArgs, RecipeArgs};
 use ringtrain_common::recipe::{Recipe, DEFAULT_SEED};
 
@@ -107,6 +108,10 @@ pub struct JoinArgs {
     /// e.g. one in a Kubernetes manifest).
     #[arg(long)]
     pub print_config: bool,
+    /// Refuse a shard whose decoded images would not fit in this much memory, e.g. 8GiB
+    /// [default: the cgroup's limit or MemAvailable, whichever is smaller].
+    #[arg(long, value_name = "SIZE", env = "RINGTRAIN_MEMORY_LIMIT")]
+    pub memory_limit: Option<Bytes>,
 }
 
 impl JoinArgs {
@@ -149,6 +154,7 @@ impl JoinArgs {
                 skip_bad: false,
             },
             progress: false,
+            memory_limit: j.memory_limit,
             protocol_version: j.protocol_version,
             security: crate::dist::Security {
                 token: ringtrain_common::auth::Token::load(
@@ -198,7 +204,8 @@ pub enum Command {
         #[arg(long, default_value = "testing")]
         valid_dir: String,
     },
-    /// Classify PNG images with a checkpoint, like the lesson's `learn.predict`.
+    /// Classify images (PNG, JPEG, WebP) with a checkpoint, like the lesson's `learn.predict`:
+    /// each is converted and resized like the run's images.
     Predict {
         /// Checkpoint folder, a link such as RUN_DIR/best, or a run folder (its best checkpoint).
         #[arg(long)]
@@ -206,7 +213,7 @@ pub enum Command {
         /// One JSON object per image instead of one line of text.
         #[arg(long)]
         json: bool,
-        /// PNG images to classify.
+        /// Images to classify.
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
@@ -221,6 +228,12 @@ pub enum Command {
         /// Number of classes.
         #[arg(long, default_value_t = 10)]
         classes: i64,
+        /// Input channels (1 grayscale, 3 RGB).
+        #[arg(long, default_value_t = 1)]
+        channels: i64,
+        /// Input size (NxN); above 28 the head ends in global average pooling.
+        #[arg(long, default_value_t = 28)]
+        image_size: i64,
     },
 }
 
@@ -251,7 +264,8 @@ pub struct ShowBatchArgs {
 #[derive(Debug, Args)]
 #[command(mut_arg("data", |a| a.required(true)))]
 pub struct TrainArgs {
-    /// `--data` (required), `--skip-bad`, `--train-dir`, `--valid-dir`.
+    /// `--data` (required), `--skip-bad`, `--train-dir`, `--valid-dir`, `--image-size`,
+    /// `--channels`, `--augment`.
     #[command(flatten)]
     pub dataset: DatasetArgs,
     /// `--model`, `--epochs`, `--max-lr`, `--batch-size`, ..., `--precision`: the recipe, as
@@ -267,9 +281,13 @@ pub struct TrainArgs {
     /// Decoded-image cache folder [default: $RINGTRAIN_CACHE_DIR or ~/.cache/ringtrain/decoded].
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
-    /// Decode the PNGs every time; write no cache.
+    /// Decode the images every time; write no cache.
     #[arg(long, env = "RINGTRAIN_NO_CACHE")]
     pub no_cache: bool,
+    /// Refuse a dataset whose decoded images would not fit in this much memory, e.g. 8GiB
+    /// [default: the cgroup's limit or MemAvailable, whichever is smaller].
+    #[arg(long, value_name = "SIZE", env = "RINGTRAIN_MEMORY_LIMIT")]
+    pub memory_limit: Option<Bytes>,
     /// No progress bars (the table and logs still print).
     #[arg(long, env = "RINGTRAIN_NO_PROGRESS")]
     pub no_progress: bool,
@@ -291,6 +309,10 @@ impl TrainArgs {
         let recipe = self.recipe.overlay(Recipe::default()).resolved();
         let mut cfg = TrainConfig::lesson(data, recipe.model);
         cfg.scan = self.dataset.scan_options();
+        cfg.image_size = self.dataset.image_size;
+        cfg.channels = self.dataset.channels.unwrap_or_default();
+        cfg.augment = self.dataset.augment();
+        cfg.memory_limit = self.memory_limit;
         cfg.run_dir = self.run_dir.unwrap_or_else(|| {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

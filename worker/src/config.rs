@@ -1,7 +1,7 @@
 //! The standalone training configuration: the shared training recipe plus what only a standalone
 //! process needs (paths, threads, device), validated once.
 //!
-//! Owns `TrainConfig` and the worker's own rules (image size, threads); the recipe, its
+//! Owns `TrainConfig` and the worker's own rules (image size range, threads); the recipe, its
 //! defaults and its rules are `ringtrain_common::recipe` (the coordinator's `RunConfig` embeds
 //! the same `Recipe`), and steps per epoch come from `ringtrain_common::plan` (world size 1).
 //!
@@ -9,7 +9,9 @@
 
 use std::path::PathBuf;
 
-use ringtrain_common::data::ScanOptions;
+use ringtrain_common::data::geometry::MAX_IMAGE_SIZE;
+use ringtrain_common::data::memory::Bytes;
+use ringtrain_common::data::{Augment, Channels, ImageOptions, ScanOptions};
 use ringtrain_common::plan::PlanError;
 use ringtrain_common::recipe::{Recipe, RecipeError};
 use serde::{Deserialize, Serialize};
@@ -20,12 +22,23 @@ use crate::model::Arch;
 /// Everything `ringtrain-worker train` needs. Defaults are the lesson's ResNet-ish recipe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
-    /// Dataset root in the `mnist_png` layout.
+    /// Dataset root in the `mnist_png` layout (PNG, JPEG or WebP files).
     pub data: PathBuf,
     /// Folder layout and `skip_bad`.
     pub scan: ScanOptions,
-    /// Square image size; the lesson's networks reduce 28×28 to 1×1.
-    pub image_size: u32,
+    /// Resize every image to N×N (`--image-size`); none: the images' own square size.
+    #[serde(default)]
+    pub image_size: Option<u32>,
+    /// Colour channels (`--channels auto|1|3`).
+    #[serde(default)]
+    pub channels: Channels,
+    /// Training augmentation (`--augment`).
+    #[serde(default)]
+    pub augment: Augment,
+    /// Refuse to decode more than fits in this (`--memory-limit`; also the cgroup limit and
+    /// `MemAvailable`, whichever is smallest).
+    #[serde(default)]
+    pub memory_limit: Option<Bytes>,
     /// Network and hyper-parameters, as flat keys (`model`, `epochs`, `batch_size`, ...).
     #[serde(flatten)]
     pub recipe: Recipe,
@@ -48,8 +61,8 @@ pub enum ConfigError {
     /// A rule of the training recipe (shared with the coordinator) does not hold.
     #[error(transparent)]
     Recipe(#[from] RecipeError),
-    /// The networks need 28×28 inputs.
-    #[error("image-size must be 28 for the lesson-7 networks, got {0}")]
+    /// `image_size` is out of range.
+    #[error("image-size must be in 1..={MAX_IMAGE_SIZE}, got {0}")]
     ImageSize(u32),
     /// `threads` must be at least 1.
     #[error("threads must be at least 1")]
@@ -67,7 +80,10 @@ impl TrainConfig {
         Self {
             data,
             scan: ScanOptions::default(),
-            image_size: 28,
+            image_size: None,
+            channels: Channels::Auto,
+            augment: Augment::default(),
+            memory_limit: None,
             recipe: Recipe::lesson(arch).resolved(),
             threads: None,
             run_dir: PathBuf::from("runs/latest"),
@@ -77,11 +93,21 @@ impl TrainConfig {
         }
     }
 
+    /// `--channels` and `--image-size` as the loader takes them.
+    pub fn image_options(&self) -> ImageOptions {
+        ImageOptions {
+            channels: self.channels,
+            size: self.image_size,
+        }
+    }
+
     /// Checks every rule that does not need the dataset; returns the first violation.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.recipe.validate()?;
-        if self.image_size != 28 {
-            return Err(ConfigError::ImageSize(self.image_size));
+        if let Some(n) = self.image_size {
+            if !(1..=MAX_IMAGE_SIZE).contains(&n) {
+                return Err(ConfigError::ImageSize(n));
+            }
         }
         if self.threads == Some(0) {
             return Err(ConfigError::ZeroThreads);
@@ -132,7 +158,14 @@ mod tests {
                 Box::new(|c| c.recipe.epochs = Some(0)),
                 RecipeError::NoEpochs.into(),
             ),
-            (Box::new(|c| c.image_size = 32), ConfigError::ImageSize(32)),
+            (
+                Box::new(|c| c.image_size = Some(0)),
+                ConfigError::ImageSize(0),
+            ),
+            (
+                Box::new(|c| c.image_size = Some(5000)),
+                ConfigError::ImageSize(5000),
+            ),
             (Box::new(|c| c.threads = Some(0)), ConfigError::ZeroThreads),
             (
                 Box::new(|c| c.recipe.eps = 0.0),

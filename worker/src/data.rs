@@ -1,48 +1,73 @@
 //! Decoded images as tensors, augmentation and batching.
 //!
-//! Owns: turning a [`LoadedDataset`] into device tensors once, fastai's `rand_pad` on whole
-//! batches, and normalisation. Not scanning or decoding (`ringtrain_common::data`).
+//! Owns: turning a [`LoadedDataset`] into device tensors once, fastai's `rand_pad` and
+//! horizontal flips on whole batches, and per-channel normalisation. Not scanning or decoding
+//! (`ringtrain_common::data`).
 //!
 //! ```text
-//! training images  u8 [N, 28, 28] ──zero-pad 3──▶ u8 [N, 34, 34]   (once, kept on the device)
-//! batch b          index_select(perm[b]) ▶ gather rows ▶ gather cols ▶ u8 [B, 28, 28]
-//!                  ▶ f32 · 1/(255·std) − mean/std ▶ [B, 1, 28, 28]
+//! training images  u8 [N, C, S, S] ──zero-pad P──▶ u8 [N, C, S+2P, S+2P]  (once, on the device)
+//! batch b          index_select(perm[b]) ▶ gather rows ▶ gather cols ▶ u8 [B, C, S, S]
+//!                  ▶ flip where flips[b] (with `flip`) ▶ f32 · 1/(255·std_c) − mean_c/std_c
 //! ```
-//! Crop offsets (0..=6 per axis, per image) and the shuffle come from `common::rng` streams keyed
-//! by (seed, epoch, rank), uploaded once per epoch, so a step needs no host data and the order is a pure
-//! function of (seed, epoch, rank): resuming at any step reproduces it.
+//! Crop offsets (0..=2P per axis, per image), flips and the shuffle come from `common::rng`
+//! streams keyed by (seed, epoch, rank), uploaded once per epoch, so a step needs no host data
+//! and the order is a pure function of (seed, epoch, rank): resuming at any step reproduces it.
+//! The lesson's MNIST (C = 1, P = 3, no flips) draws exactly the streams it always drew.
 //!
 //! Tests: `tests` at the bottom.
 
-use ringtrain_common::data::{DecodedSplit, LoadedDataset, PixelStats};
+use ringtrain_common::data::{Augment, DecodedSplit, LoadedDataset, PixelStats};
 use ringtrain_common::rng::{Purpose, Stream};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-/// fastai `rand_pad(padding=3, size=28)`.
-pub const PAD: i64 = 3;
+/// fastai `rand_pad(padding=3, size=28)`: the default padding.
+pub const PAD: i64 = ringtrain_common::data::augment::DEFAULT_PAD as i64;
 
-/// Normalisation constants (single channel), recorded with the run for inference.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// Normalisation constants, one per channel, recorded with the run for inference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Normalize {
-    pub mean: f64,
-    pub std: f64,
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
 }
 
 impl Normalize {
-    /// From the training pixels' statistics.
-    pub fn from_stats(s: &PixelStats) -> Self {
+    /// From the training pixels' per-channel statistics.
+    pub fn from_stats(s: &[PixelStats]) -> Self {
         Self {
-            mean: s.mean(),
-            std: s.std(),
+            mean: s.iter().map(PixelStats::mean).collect(),
+            std: s.iter().map(PixelStats::std).collect(),
         }
     }
 
-    /// u8 pixels → normalised f32, in place on a fresh float tensor.
+    /// Number of channels.
+    pub fn channels(&self) -> usize {
+        self.mean.len()
+    }
+
+    /// u8 pixels `[.., C, H, W]` → normalised f32, in place on a fresh float tensor. One
+    /// channel uses scalar arithmetic (the lesson's MNIST arithmetic, bit for bit).
     pub fn apply(&self, pixels_u8: &Tensor) -> Tensor {
         let mut x = pixels_u8.to_kind(Kind::Float);
-        let _ = x.g_mul_scalar_(1.0 / (255.0 * self.std));
-        let _ = x.g_add_scalar_(-self.mean / self.std);
+        if let ([mean], [std]) = (self.mean.as_slice(), self.std.as_slice()) {
+            let _ = x.g_mul_scalar_(1.0 / (255.0 * std));
+            let _ = x.g_add_scalar_(-mean / std);
+            return x;
+        }
+        let c = self.mean.len() as i64;
+        let per = |f: &dyn Fn(f64, f64) -> f64| -> Tensor {
+            let v: Vec<f32> = self
+                .mean
+                .iter()
+                .zip(&self.std)
+                .map(|(&m, &s)| f(m, s) as f32)
+                .collect();
+            Tensor::from_slice(&v)
+                .view([c, 1, 1])
+                .to_device(pixels_u8.device())
+        };
+        let _ = x.g_mul_(&per(&|_, s| 1.0 / (255.0 * s)));
+        let _ = x.g_add_(&per(&|m, s| -m / s));
         x
     }
 }
@@ -51,6 +76,7 @@ fn images_tensor(split: &DecodedSplit, device: Device) -> Tensor {
     Tensor::from_slice(&split.pixels)
         .view([
             split.len() as i64,
+            i64::from(split.channels.max(1)),
             i64::from(split.height),
             i64::from(split.width),
         ])
@@ -68,33 +94,46 @@ pub struct TrainSet {
     padded: Tensor,
     labels: Tensor,
     len: usize,
+    channels: i64,
     height: i64,
     width: i64,
+    pad: i64,
+    flip: bool,
     arange_h: Tensor,
     arange_w: Tensor,
     pub norm: Normalize,
 }
 
-/// Shuffle and crop offsets of one epoch, on the device.
+/// Shuffle, crop offsets and flips of one epoch, on the device.
 #[derive(Debug)]
 pub struct EpochPlan {
     perm: Tensor,
     offsets: Tensor,
+    /// `[N, 1, 1, 1]` booleans when flipping.
+    flips: Option<Tensor>,
     pub steps: usize,
     pub batch_size: usize,
 }
 
 impl TrainSet {
-    pub fn new(split: &DecodedSplit, norm: Normalize, device: Device) -> Self {
+    pub fn new(split: &DecodedSplit, norm: Normalize, augment: Augment, device: Device) -> Self {
+        let pad = i64::from(augment.pad);
         let images = images_tensor(split, device);
-        let padded = images.constant_pad_nd([PAD, PAD, PAD, PAD]);
+        let padded = if pad > 0 {
+            images.constant_pad_nd([pad, pad, pad, pad])
+        } else {
+            images
+        };
         let (h, w) = (i64::from(split.height), i64::from(split.width));
         Self {
             padded,
             labels: labels_tensor(split, device),
             len: split.len(),
+            channels: i64::from(split.channels.max(1)),
             height: h,
             width: w,
+            pad,
+            flip: augment.flip,
             arange_h: Tensor::arange(h, (Kind::Int64, device)),
             arange_w: Tensor::arange(w, (Kind::Int64, device)),
             norm,
@@ -111,8 +150,8 @@ impl TrainSet {
         self.len == 0
     }
 
-    /// Shuffle and crops of `epoch` on `rank`; drops the last partial batch like fastai's train
-    /// loader.
+    /// Shuffle, crops and flips of `epoch` on `rank`; drops the last partial batch like
+    /// fastai's train loader.
     pub fn plan_epoch(&self, seed: u64, epoch: u64, rank: u64, batch_size: usize) -> EpochPlan {
         let device = self.padded.device();
         let perm: Vec<i64> = Stream::new(seed, &[Purpose::Shuffle as u64, epoch, rank])
@@ -121,38 +160,48 @@ impl TrainSet {
             .map(|i| i as i64)
             .collect();
         let mut crop = Stream::new(seed, &[Purpose::Crop as u64, epoch, rank]);
-        let span = (2 * PAD + 1) as u64;
+        let span = (2 * self.pad + 1) as u64;
         let offsets: Vec<i64> = (0..2 * self.len).map(|_| crop.below(span) as i64).collect();
+        let flips = self.flip.then(|| {
+            let mut s = Stream::new(seed, &[Purpose::Flip as u64, epoch, rank]);
+            let f: Vec<bool> = (0..self.len).map(|_| s.below(2) == 1).collect();
+            Tensor::from_slice(&f)
+                .view([self.len as i64, 1, 1, 1])
+                .to_device(device)
+        });
         EpochPlan {
             perm: Tensor::from_slice(&perm).to_device(device),
             offsets: Tensor::from_slice(&offsets)
                 .view([self.len as i64, 2])
                 .to_device(device),
+            flips,
             steps: self.len / batch_size,
             batch_size,
         }
     }
 
-    /// Batch `step` of `plan`: augmented, normalised images `[B, 1, H, W]` and labels `[B]`.
+    /// Batch `step` of `plan`: augmented, normalised images `[B, C, H, W]` and labels `[B]`.
     pub fn batch(&self, plan: &EpochPlan, step: usize) -> (Tensor, Tensor) {
         let b = plan.batch_size as i64;
+        let c = self.channels;
         let start = step as i64 * b;
         let idx = plan.perm.narrow(0, start, b);
         let off = plan.offsets.narrow(0, start, b);
         let imgs = self.padded.index_select(0, &idx);
-        let pw = self.width + 2 * PAD;
+        let pw = self.width + 2 * self.pad;
         let rows = (off.narrow(1, 0, 1) + &self.arange_h.unsqueeze(0))
-            .unsqueeze(2)
-            .expand([b, self.height, pw], false);
-        let imgs = imgs.gather(1, &rows, false);
+            .view([b, 1, self.height, 1])
+            .expand([b, c, self.height, pw], false);
+        let imgs = imgs.gather(2, &rows, false);
         let cols = (off.narrow(1, 1, 1) + &self.arange_w.unsqueeze(0))
-            .unsqueeze(1)
-            .expand([b, self.height, self.width], false);
-        let imgs = imgs.gather(2, &cols, false);
-        (
-            self.norm.apply(&imgs).unsqueeze(1),
-            self.labels.index_select(0, &idx),
-        )
+            .view([b, 1, 1, self.width])
+            .expand([b, c, self.height, self.width], false);
+        let mut imgs = imgs.gather(3, &cols, false);
+        if let Some(flips) = &plan.flips {
+            let mask = flips.index_select(0, &idx);
+            imgs = imgs.flip([3]).where_self(&mask, &imgs);
+        }
+        (self.norm.apply(&imgs), self.labels.index_select(0, &idx))
     }
 }
 
@@ -164,9 +213,9 @@ pub struct ValidSet {
 }
 
 impl ValidSet {
-    pub fn new(split: &DecodedSplit, norm: Normalize, device: Device) -> Self {
+    pub fn new(split: &DecodedSplit, norm: &Normalize, device: Device) -> Self {
         Self {
-            images: norm.apply(&images_tensor(split, device)).unsqueeze(1),
+            images: norm.apply(&images_tensor(split, device)),
             labels: labels_tensor(split, device),
         }
     }
@@ -184,7 +233,7 @@ impl ValidSet {
 
 /// Normalisation from the training split of a loaded dataset.
 pub fn normalize_for(ds: &LoadedDataset) -> Normalize {
-    Normalize::from_stats(&PixelStats::of(&ds.train.pixels))
+    Normalize::from_stats(&PixelStats::per_channel(&ds.train))
 }
 
 #[cfg(test)]
@@ -200,6 +249,7 @@ mod tests {
             pixels.extend(img);
         }
         DecodedSplit {
+            channels: 1,
             height: 28,
             width: 28,
             pixels,
@@ -211,10 +261,10 @@ mod tests {
     fn batches_are_padded_crops_of_the_right_images() {
         let s = split(10);
         let norm = Normalize {
-            mean: 0.0,
-            std: 1.0 / 255.0,
+            mean: vec![0.0],
+            std: vec![1.0 / 255.0],
         };
-        let ts = TrainSet::new(&s, norm, Device::Cpu);
+        let ts = TrainSet::new(&s, norm, Augment::default(), Device::Cpu);
         let plan = ts.plan_epoch(5, 0, 0, 4);
         assert_eq!(
             plan.steps, 2,
@@ -244,9 +294,10 @@ mod tests {
         let ts = TrainSet::new(
             &s,
             Normalize {
-                mean: 0.1,
-                std: 0.3,
+                mean: vec![0.1],
+                std: vec![0.3],
             },
+            Augment::default(),
             Device::Cpu,
         );
         let (a, _) = ts.batch(&ts.plan_epoch(1, 3, 0, 8), 2);
@@ -266,8 +317,8 @@ mod tests {
     #[test]
     fn normalize_matches_formula() {
         let n = Normalize {
-            mean: 0.5,
-            std: 0.25,
+            mean: vec![0.5],
+            std: vec![0.25],
         };
         let x = n.apply(&Tensor::from_slice(&[0u8, 255, 51]));
         let v: Vec<f32> = Vec::<f32>::try_from(&x).unwrap();
@@ -276,5 +327,85 @@ mod tests {
                 && (v[1] - 2.0).abs() < 1e-6
                 && (v[2] - (0.2 - 0.5) / 0.25).abs() < 1e-5
         );
+    }
+
+    /// Three-channel images: channel c of image i is filled with 3·i + c.
+    fn rgb_split(n: usize, size: u32) -> DecodedSplit {
+        let plane = (size * size) as usize;
+        let mut pixels = Vec::new();
+        for i in 0..n {
+            for c in 0..3 {
+                let mut p = vec![(3 * i + c) as u8; plane];
+                // A marker in the top-left corner of channel 0, to see flips.
+                if c == 0 {
+                    p[0] = 250;
+                }
+                pixels.extend(p);
+            }
+        }
+        DecodedSplit {
+            channels: 3,
+            height: size,
+            width: size,
+            pixels,
+            labels: (0..n as u32).collect(),
+        }
+    }
+
+    #[test]
+    fn rgb_batches_keep_channels_apart_and_flip_half() {
+        let s = rgb_split(64, 8);
+        let unit = Normalize {
+            mean: vec![0.0; 3],
+            std: vec![1.0 / 255.0; 3],
+        };
+        let ts = TrainSet::new(&s, unit, Augment { pad: 0, flip: true }, Device::Cpu);
+        let plan = ts.plan_epoch(9, 0, 0, 64);
+        let (x, y) = ts.batch(&plan, 0);
+        assert_eq!(x.size(), vec![64, 3, 8, 8]);
+        let mut flipped = 0;
+        for k in 0..64 {
+            let i = y.int64_value(&[k]);
+            for c in 0..3 {
+                let v = x.get(k).get(c).get(4).get(4).double_value(&[]);
+                assert_eq!(v, (3 * i + c) as f64, "image {i} channel {c}");
+            }
+            let left = x.get(k).get(0).get(0).get(0).double_value(&[]);
+            let right = x.get(k).get(0).get(0).get(7).double_value(&[]);
+            match (left == 250.0, right == 250.0) {
+                (true, false) => {}
+                (false, true) => flipped += 1,
+                other => panic!("marker lost: {other:?}"),
+            }
+        }
+        assert!((16..=48).contains(&flipped), "{flipped} of 64 flipped");
+        // Without flips nothing moves.
+        let ts = TrainSet::new(
+            &s,
+            Normalize {
+                mean: vec![0.0; 3],
+                std: vec![1.0 / 255.0; 3],
+            },
+            Augment {
+                pad: 0,
+                flip: false,
+            },
+            Device::Cpu,
+        );
+        let (x, _) = ts.batch(&ts.plan_epoch(9, 0, 0, 64), 0);
+        assert_eq!(x.get(0).get(0).get(0).get(0).double_value(&[]), 250.0);
+    }
+
+    #[test]
+    fn per_channel_normalisation() {
+        let n = Normalize {
+            mean: vec![0.5, 0.0, 1.0],
+            std: vec![0.25, 1.0, 0.5],
+        };
+        let x = Tensor::from_slice(&[255u8, 255, 255]).view([1, 3, 1, 1]);
+        let v: Vec<f32> = Vec::<f32>::try_from(&n.apply(&x).view([-1])).unwrap();
+        assert_eq!(v, vec![2.0, 1.0, 0.0]);
+        let stats = PixelStats::per_channel(&rgb_split(2, 2));
+        assert_eq!(Normalize::from_stats(&stats).channels(), 3);
     }
 }

@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use ringtrain_common::data::{load_dataset, LoadOptions, ScanOptions};
+use ringtrain_common::data::{
+    load_index, scan_dataset, Geometry, ImageOptions, LoadOptions, ScanOptions,
+};
 use serde::Deserialize;
 use tch::nn::VarStore;
 use tch::Device;
@@ -17,46 +19,86 @@ struct RunJson {
     model: Arch,
     classes: Vec<String>,
     normalize: RecordedNorm,
+    /// Absent from runs before issue 18: MNIST's 1×28×28.
+    images: Option<RecordedImages>,
 }
 
-/// Standalone runs record f64 scalars; the coordinator records the f32 per-channel lists it sent
-/// to the workers. Parsing those as f32 first reproduces the workers' values bit for bit.
+#[derive(Debug, Deserialize)]
+struct RecordedImages {
+    channels: u32,
+    size: u32,
+    resize: bool,
+}
+
+/// Standalone runs record f64 scalars (one channel) or f64 lists marked `"float": "f64"`; the
+/// coordinator records the f32 per-channel lists it sent to the workers. Parsing those as f32
+/// first reproduces the workers' values bit for bit.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum RecordedNorm {
-    Scalar { mean: f64, std: f64 },
-    PerChannel { mean: Vec<f32>, std: Vec<f32> },
+    Scalar {
+        mean: f64,
+        std: f64,
+    },
+    Exact {
+        mean: Vec<f64>,
+        std: Vec<f64>,
+        #[allow(dead_code)] // only its presence selects this variant
+        float: String,
+    },
+    PerChannel {
+        mean: Vec<f32>,
+        std: Vec<f32>,
+    },
 }
 
 impl RecordedNorm {
     fn get(&self) -> anyhow::Result<Normalize> {
         match self {
             RecordedNorm::Scalar { mean, std } => Ok(Normalize {
-                mean: *mean,
-                std: *std,
+                mean: vec![*mean],
+                std: vec![*std],
             }),
+            RecordedNorm::Exact { mean, std, .. } => checked(mean.clone(), std.clone()),
             RecordedNorm::PerChannel { mean, std } => channel_norm(mean, std),
         }
     }
 }
 
-/// The normalisation of recorded per-channel statistics (f32, as the coordinator sends them to
-/// the workers and as checkpoints store them): the images are grayscale, so the first channel.
-pub fn channel_norm(mean: &[f32], std: &[f32]) -> anyhow::Result<Normalize> {
-    match (mean.first(), std.first()) {
-        (Some(&m), Some(&s)) => Ok(Normalize {
-            mean: f64::from(m),
-            std: f64::from(s),
-        }),
-        _ => anyhow::bail!("empty normalisation statistics"),
-    }
+fn checked(mean: Vec<f64>, std: Vec<f64>) -> anyhow::Result<Normalize> {
+    anyhow::ensure!(
+        !mean.is_empty() && mean.len() == std.len(),
+        "normalisation statistics: {} means and {} standard deviations",
+        mean.len(),
+        std.len()
+    );
+    Ok(Normalize { mean, std })
 }
 
-/// Builds `arch` for `classes` outputs on the CPU and loads `weights`, a safetensors file under
-/// the model's state_dict names (`final.safetensors`, a checkpoint's `model.safetensors`).
-pub fn load_model(arch: Arch, classes: usize, weights: &Path) -> anyhow::Result<(VarStore, Model)> {
+/// The normalisation of recorded per-channel statistics (f32, as the coordinator sends them to
+/// the workers and as checkpoints store them).
+pub fn channel_norm(mean: &[f32], std: &[f32]) -> anyhow::Result<Normalize> {
+    let wide = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+    checked(wide(mean), wide(std))
+}
+
+/// Builds `arch` for `classes` outputs and images of geometry `g` on the CPU and loads
+/// `weights`, a safetensors file under the model's state_dict names (`final.safetensors`, a
+/// checkpoint's `model.safetensors`).
+pub fn load_model(
+    arch: Arch,
+    classes: usize,
+    g: Geometry,
+    weights: &Path,
+) -> anyhow::Result<(VarStore, Model)> {
     let mut vs = VarStore::new(Device::Cpu);
-    let model = Model::new(&vs.root(), arch, classes as i64);
+    let model = Model::new(
+        &vs.root(),
+        arch,
+        i64::from(g.channels),
+        classes as i64,
+        i64::from(g.size),
+    );
     vs.load(weights)
         .map_err(|e| anyhow::anyhow!("cannot load {}: {e}", weights.display()))?;
     Ok((vs, model))
@@ -81,13 +123,26 @@ pub fn evaluate(
         valid_dir: valid_dir.to_string(),
         ..ScanOptions::default()
     };
-    let ds = load_dataset(
-        data,
+    let geometry = record
+        .images
+        .as_ref()
+        .map_or(Geometry::MNIST, |i| Geometry {
+            channels: i.channels,
+            size: i.size,
+            resize: i.resize,
+        });
+    // The run's own geometry, not one probed again: the images are decoded as in training.
+    let mut index = scan_dataset(data, &scan)?;
+    index.train.clear();
+    let ds = load_index(
+        &index,
+        geometry,
         &LoadOptions {
             scan,
-            image_size: (28, 28),
+            image: ImageOptions::default(),
             cache_dir: None,
             progress: false,
+            memory: None,
         },
     )?;
     anyhow::ensure!(
@@ -96,12 +151,19 @@ pub fn evaluate(
         data.display(),
         record.classes
     );
-    let (_vs, model) = load_model(record.model, record.classes.len(), weights)?;
+    let (_vs, model) = load_model(record.model, record.classes.len(), geometry, weights)?;
     let norm = record
         .normalize
         .get()
         .map_err(|e| anyhow::anyhow!("{}: {e}", record_path.display()))?;
-    let valid = ValidSet::new(&ds.valid, norm, Device::Cpu);
+    anyhow::ensure!(
+        norm.channels() == geometry.channels as usize,
+        "{}: normalisation for {} channel(s), images with {}",
+        record_path.display(),
+        norm.channels(),
+        geometry.channels
+    );
+    let valid = ValidSet::new(&ds.valid, &norm, Device::Cpu);
     let (loss, correct, count) =
         crate::train::validate(&model, &valid, VALID_BATCH, crate::amp::Precision::Fp32);
     Ok((

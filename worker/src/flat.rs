@@ -214,7 +214,7 @@ mod tests {
     fn setup() -> (VarStore, Model, FlatParams) {
         tch::manual_seed(1);
         let vs = VarStore::new(Device::Cpu);
-        let model = Model::new(&vs.root(), Arch::Resnet, 10);
+        let model = Model::new(&vs.root(), Arch::Resnet, 1, 10, 28);
         let flat = FlatParams::new(&vs, || {
             let x = Tensor::ones([2, 1, 28, 28], (Kind::Float, Device::Cpu));
             model.forward_t(&x, false).sum(Kind::Float).backward();

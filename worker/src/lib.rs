@@ -89,10 +89,25 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Summary { model, classes } => {
+        Command::Summary {
+            model,
+            classes,
+            channels,
+            image_size,
+        } => {
+            anyhow::ensure!(
+                matches!(channels, 1 | 3),
+                "--channels must be 1 or 3, got {channels}"
+            );
+            anyhow::ensure!(
+                (1..=i64::from(ringtrain_common::data::geometry::MAX_IMAGE_SIZE))
+                    .contains(&image_size),
+                "--image-size must be in 1..={}, got {image_size}",
+                ringtrain_common::data::geometry::MAX_IMAGE_SIZE
+            );
             let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-            let m = model::Model::new(&vs.root(), model, classes);
-            let rows = model::summary::rows(&m, 28, 28);
+            let m = model::Model::new(&vs.root(), model, channels, classes, image_size);
+            let rows = model::summary::rows(&m, image_size, image_size);
             let text = model::summary::render(&m, &rows);
             output::line(text.strip_suffix('\n').unwrap_or(&text));
         }
@@ -100,6 +115,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let shown = show_batch::show_batch(&show_batch::ShowBatchOptions {
                 data: cli::required_data(&a.dataset)?,
                 scan: a.dataset.scan_options(),
+                image: a.dataset.image_options(),
+                augment: a.dataset.augment(),
                 cache_dir: a.cache_dir.or_else(config::default_cache_dir),
                 progress: std::io::stderr().is_terminal(),
                 seed: a.seed,
@@ -108,11 +125,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 out: a.out,
             })?;
             output::line(format!(
-                "{}: {} augmented training images (mean {:.4}, std {:.4}); labels: {}",
+                "{}: {} augmented training images (mean {}, std {}); labels: {}",
                 shown.out.display(),
                 shown.images,
-                shown.norm.mean,
-                shown.norm.std,
+                fmt4(&shown.norm.mean),
+                fmt4(&shown.norm.std),
                 shown.labels.join(" ")
             ));
         }
@@ -121,16 +138,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let cache_dir = cache_dir.or_else(config::default_cache_dir);
             let opts = ringtrain_common::data::LoadOptions {
                 scan: dataset.scan_options(),
-                image_size: (28, 28),
+                image: dataset.image_options(),
                 cache_dir: cache_dir.clone(),
                 progress: std::io::stderr().is_terminal(),
+                memory: None,
             };
             let ds = ringtrain_common::data::load_dataset(&data, &opts)?;
             output::line(format!(
-                "{}: {} training and {} validation images in {} classes, {} skipped; {} {}",
+                "{}: {} training and {} validation images ({}) in {} classes, {} skipped; {} {}",
                 data.display(),
                 ds.train.len(),
                 ds.valid.len(),
+                ds.geometry,
                 ds.classes.len(),
                 ds.skipped.len(),
                 if ds.from_cache {
@@ -158,4 +177,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `0.1307` for one channel, `[0.4912, 0.4822, 0.4465]` for more.
+fn fmt4(v: &[f64]) -> String {
+    let parts: Vec<String> = v.iter().map(|x| format!("{x:.4}")).collect();
+    match parts.as_slice() {
+        [one] => one.clone(),
+        _ => format!("[{}]", parts.join(", ")),
+    }
 }

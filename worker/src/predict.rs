@@ -1,4 +1,4 @@
-//! `ringtrain-worker predict`: the lesson's inference. Classifies PNG images with a verified
+//! `ringtrain-worker predict`: the lesson's inference. Classifies images (PNG, JPEG, WebP) with a verified
 //! checkpoint's model, using the normalisation, classes and network the checkpoint records.
 //!
 //! ```text
@@ -13,12 +13,13 @@
 //! * `--checkpoint` is a checkpoint folder, a link such as `RUN_DIR/best`, or a run folder (its
 //!   `best`, else its newest good checkpoint). A checkpoint that fails verification is refused
 //!   with the folder and the file at fault.
-//! * Images are decoded like the training data (PIL `L` conversion), must have the checkpoint's
-//!   image size, and are normalised as in training: `(pixel / 255 - mean) / std`.
+//! * Images are decoded like the training data into the checkpoint's channels (PIL `L` or
+//!   `RGB` conversion) and size: an image of another size is resized (shorter side) and
+//!   centre-cropped like validation images, whether or not the run resized; then normalised
+//!   per channel as in training: `(pixel / 255 - mean_c) / std_c`.
 //! * The model runs in eval mode (BatchNorm running statistics), so an image's prediction does
 //!   not depend on the other images given.
-//! * Any unreadable, corrupt or wrong-size image fails the command naming the file, before any
-//!   output.
+//! * Any unreadable or corrupt image fails the command naming the file, before any output.
 //!
 //! Tests: `tests` at the bottom (output formats); `tests/tests/predict.rs` runs the real binary
 //! on a trained checkpoint.
@@ -27,8 +28,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use ringtrain_common::checkpoint::{self, MODEL_FILE, STATE_FILE};
-use ringtrain_common::data::decode::decode_png;
-use ringtrain_common::data::DataError;
+use ringtrain_common::data::{decode_image, DataError, Geometry};
 use tch::{Kind, Tensor};
 
 use crate::eval::{channel_norm, load_model};
@@ -59,10 +59,10 @@ pub struct Predictions {
     pub images: Vec<Prediction>,
 }
 
-/// Decodes one image to the model's input size, naming the file on any problem.
-fn read_image(path: &Path, size: u32) -> Result<Vec<u8>, DataError> {
+/// Decodes one image to the model's input geometry, naming the file on any problem.
+fn read_image(path: &Path, g: Geometry) -> Result<Vec<u8>, DataError> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, &e))?;
-    decode_png(&bytes, path, (size, size))
+    decode_image(&bytes, path, g)
 }
 
 /// Classifies `images` with the checkpoint at `checkpoint` (see the module contract).
@@ -75,6 +75,21 @@ pub fn predict(checkpoint: &Path, images: &[PathBuf]) -> anyhow::Result<Predicti
     let norm = channel_norm(&state.norm.mean, &state.norm.std)
         .map_err(|e| anyhow::anyhow!("{}: {e}", state_path.display()))?;
     let size = state.image_size;
+    let geometry = Geometry {
+        channels: state.channels,
+        size,
+        resize: true,
+    };
+    geometry
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", state_path.display()))?;
+    anyhow::ensure!(
+        norm.channels() == state.channels as usize,
+        "{}: normalisation for {} channel(s), images with {}",
+        state_path.display(),
+        norm.channels(),
+        state.channels
+    );
     let classes = state.classes.clone();
     anyhow::ensure!(
         !classes.is_empty(),
@@ -82,17 +97,17 @@ pub fn predict(checkpoint: &Path, images: &[PathBuf]) -> anyhow::Result<Predicti
         state_path.display()
     );
 
-    let mut pixels = Vec::with_capacity(images.len() * (size * size) as usize);
+    let per_image = geometry.image_bytes() as usize;
+    let mut pixels = Vec::with_capacity(images.len() * per_image);
     for path in images {
-        pixels.extend(read_image(path, size)?);
+        pixels.extend(read_image(path, geometry)?);
     }
-    let (_vs, model) = load_model(arch, classes.len(), &loaded.dir.join(MODEL_FILE))?;
+    let (_vs, model) = load_model(arch, classes.len(), geometry, &loaded.dir.join(MODEL_FILE))?;
     let side = i64::from(size);
+    let c = i64::from(geometry.channels);
     let mut probabilities: Vec<f32> = Vec::with_capacity(images.len() * classes.len());
-    for chunk in pixels.chunks(BATCH * (size * size) as usize) {
-        let x = norm
-            .apply(&Tensor::from_slice(chunk).view([-1, side, side]))
-            .unsqueeze(1);
+    for chunk in pixels.chunks(BATCH * per_image) {
+        let x = norm.apply(&Tensor::from_slice(chunk).view([-1, c, side, side]));
         let n = x.size()[0];
         let p = tch::no_grad(|| model.forward_t(&x, false)).softmax(-1, Kind::Float);
         anyhow::ensure!(
@@ -215,18 +230,26 @@ mod tests {
     }
 
     #[test]
-    fn unreadable_and_wrong_size_images_name_the_file() {
+    fn unreadable_images_name_the_file_and_other_sizes_are_resized() {
         let dir = tempfile::tempdir().unwrap();
+        let g = Geometry {
+            channels: 1,
+            size: 28,
+            resize: true,
+        };
         let missing = dir.path().join("missing.png");
         assert!(matches!(
-            read_image(&missing, 28),
+            read_image(&missing, g),
             Err(DataError::Io { ref path, .. }) if *path == missing
         ));
         let big = dir.path().join("big.png");
-        ringtrain_common::fetch::write_png(&big, 30, 30, &[0; 900]).unwrap();
+        ringtrain_common::fetch::write_png(&big, 30, 30, &[7; 900]).unwrap();
+        assert_eq!(read_image(&big, g).unwrap(), vec![7; 784]);
+        let bad = dir.path().join("bad.jpg");
+        std::fs::write(&bad, b"\xff\xd8\xffnot a jpeg").unwrap();
         assert!(matches!(
-            read_image(&big, 28),
-            Err(DataError::WrongSize { ref path, got_w: 30, .. }) if *path == big
+            read_image(&bad, g),
+            Err(DataError::CorruptImage { ref path, .. }) if *path == bad
         ));
     }
 }

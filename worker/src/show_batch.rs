@@ -3,16 +3,19 @@
 //!
 //! The batch comes from the training pipeline itself ([`TrainSet::plan_epoch`] and
 //! [`TrainSet::batch`] with the run's seed, epoch 0, rank 0: the first batch a standalone run
-//! trains on, `rand_pad(3)` included), normalised with the training set's statistics; only the
-//! normalisation is undone for display (`x · std + mean`, × 255, clamped), so a pixel of the
-//! grid is the model's input up to that affine map.
+//! trains on, the run's `--augment` included), normalised with the training set's per-channel
+//! statistics; only the normalisation is undone for display (`x · std + mean`, × 255, clamped),
+//! so a pixel of the grid is the model's input up to that affine map. RGB runs show colour
+//! tiles at the run's `--image-size`.
 //!
 //! Tests: `tests` at the bottom (the round trip and the grid); `tests/tests/show_batch.rs`
 //! runs the command on a dataset.
 
 use std::path::{Path, PathBuf};
 
-use ringtrain_common::data::{load_dataset, DataError, LoadOptions, PixelStats, ScanOptions};
+use ringtrain_common::data::{
+    load_dataset, Augment, DataError, ImageOptions, LoadOptions, PixelStats, ScanOptions,
+};
 use ringtrain_common::plot::{grid_png, PlotError, Tile};
 use tch::{Device, Kind, Tensor};
 
@@ -23,13 +26,17 @@ use crate::data::{Normalize, TrainSet};
 pub struct ShowBatchOptions {
     pub data: PathBuf,
     pub scan: ScanOptions,
+    /// `--channels` and `--image-size`.
+    pub image: ImageOptions,
+    /// `--augment`.
+    pub augment: Augment,
     pub cache_dir: Option<PathBuf>,
     pub progress: bool,
     /// Seed of shuffling and augmentation (a run with this seed trains on this batch first).
     pub seed: u64,
     /// The grid is `rows × rows` images.
     pub rows: usize,
-    /// Pixel scale of each 28×28 image in the grid.
+    /// Pixel scale of each image in the grid.
     pub scale: u32,
     pub out: PathBuf,
 }
@@ -65,10 +72,22 @@ pub struct ShownBatch {
     pub norm: Normalize,
 }
 
-/// Undoes `norm` on a normalised batch `[B, 1, H, W]`: u8 pixels `[B, H, W]`, row-major.
-pub fn denormalize(x: &Tensor, norm: Normalize) -> Result<Vec<u8>, tch::TchError> {
-    let px = (x.squeeze_dim(1) * norm.std + norm.mean) * 255.0;
-    let px = px.round().clamp(0.0, 255.0).to_kind(Kind::Uint8);
+/// Undoes `norm` on a normalised batch `[B, C, H, W]`: u8 pixels `[B, H, W, C]` (interleaved),
+/// row-major.
+pub fn denormalize(x: &Tensor, norm: &Normalize) -> Result<Vec<u8>, tch::TchError> {
+    let c = norm.channels() as i64;
+    let per = |v: &[f64]| {
+        let v: Vec<f64> = v.to_vec();
+        Tensor::from_slice(&v)
+            .view([1, c, 1, 1])
+            .to_device(x.device())
+    };
+    let px = (x.to_kind(Kind::Double) * per(&norm.std) + per(&norm.mean)) * 255.0;
+    let px = px
+        .round()
+        .clamp(0.0, 255.0)
+        .to_kind(Kind::Uint8)
+        .permute([0, 2, 3, 1]);
     Vec::<u8>::try_from(&px.to_device(Device::Cpu).contiguous().view([-1]))
 }
 
@@ -81,9 +100,10 @@ pub fn show_batch(opts: &ShowBatchOptions) -> Result<ShownBatch, ShowBatchError>
         &opts.data,
         &LoadOptions {
             scan: opts.scan.clone(),
-            image_size: (28, 28),
+            image: opts.image,
             cache_dir: opts.cache_dir.clone(),
             progress: opts.progress,
+            memory: None,
         },
     )?;
     let n = opts.rows * opts.rows;
@@ -94,11 +114,12 @@ pub fn show_batch(opts: &ShowBatchOptions) -> Result<ShownBatch, ShowBatchError>
             rows: opts.rows,
         });
     }
-    let norm = Normalize::from_stats(&PixelStats::of(&ds.train.pixels));
-    let train = TrainSet::new(&ds.train, norm, Device::Cpu);
+    let norm = Normalize::from_stats(&PixelStats::per_channel(&ds.train));
+    let train = TrainSet::new(&ds.train, norm.clone(), opts.augment, Device::Cpu);
     let plan = train.plan_epoch(opts.seed, 0, 0, n);
     let (x, y) = train.batch(&plan, 0);
-    let pixels = denormalize(&x, norm)?;
+    let pixels = denormalize(&x, &norm)?;
+    let channels = ds.train.channels;
     let labels: Vec<i64> = Vec::<i64>::try_from(&y.to_device(Device::Cpu))?;
     let (h, w) = (ds.train.height, ds.train.width);
     let names: Vec<String> = labels
@@ -111,11 +132,12 @@ pub fn show_batch(opts: &ShowBatchOptions) -> Result<ShownBatch, ShowBatchError>
         })
         .collect();
     let tiles: Vec<Tile> = pixels
-        .chunks((h * w) as usize)
+        .chunks((h * w * channels) as usize)
         .zip(&names)
         .map(|(p, name)| Tile {
             width: w,
             height: h,
+            channels,
             pixels: p.to_vec(),
             caption: name.clone(),
         })
@@ -155,12 +177,23 @@ mod tests {
         let raw: Vec<u8> = (0..=255u8).step_by(5).collect();
         let n = raw.len() as i64;
         let norm = Normalize {
-            mean: 0.1307,
-            std: 0.3081,
+            mean: vec![0.1307],
+            std: vec![0.3081],
         };
-        let x = norm.apply(&Tensor::from_slice(&raw).view([n, 1, 1]));
-        let back = denormalize(&x.view([n, 1, 1, 1]), norm).unwrap();
+        let x = norm.apply(&Tensor::from_slice(&raw).view([n, 1, 1, 1]));
+        let back = denormalize(&x, &norm).unwrap();
         assert_eq!(back, raw);
+        // RGB: planar in, interleaved out.
+        let norm = Normalize {
+            mean: vec![0.5, 0.4, 0.3],
+            std: vec![0.2, 0.25, 0.3],
+        };
+        let px = [10u8, 20, 30, 40, 50, 60];
+        let x = norm.apply(&Tensor::from_slice(&px).view([1, 3, 1, 2]));
+        assert_eq!(
+            denormalize(&x, &norm).unwrap(),
+            vec![10, 30, 50, 20, 40, 60]
+        );
     }
 
     #[test]
@@ -168,6 +201,8 @@ mod tests {
         let opts = ShowBatchOptions {
             data: "/nonexistent".into(),
             scan: ScanOptions::default(),
+            image: ImageOptions::default(),
+            augment: Augment::default(),
             cache_dir: None,
             progress: false,
             seed: 42,

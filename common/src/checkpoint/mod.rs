@@ -97,6 +97,10 @@ pub struct NormState {
     pub sum_sq: u64,
 }
 
+fn one() -> u32 {
+    1
+}
+
 /// `state.json`: where training stands, and everything needed to resume it or to use the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointState {
@@ -107,8 +111,18 @@ pub struct CheckpointState {
     pub model: String,
     /// Class names, index = model output.
     pub classes: Vec<String>,
-    /// Images are `image_size` × `image_size` grayscale.
+    /// Images are `channels` × `image_size` × `image_size`.
     pub image_size: u32,
+    /// Colour channels (1 or 3); absent from checkpoints written before issue 18: 1.
+    #[serde(default = "one")]
+    pub channels: u32,
+    /// Images of other sizes were resized (shorter side) and centre-cropped to `image_size`;
+    /// `predict` does the same to its inputs.
+    #[serde(default)]
+    pub resize: bool,
+    /// Training augmentation (`--augment`), for the record.
+    #[serde(default)]
+    pub augment: String,
     pub norm: NormState,
     /// Epochs of the whole run.
     pub epochs: u32,

@@ -13,6 +13,9 @@ fn state(epoch: u32, global_step: u64) -> CheckpointState {
         model: "resnet".into(),
         classes: (0..10).map(|c| c.to_string()).collect(),
         image_size: 28,
+        channels: 1,
+        resize: false,
+        augment: "pad=3".into(),
         norm: NormState {
             mean: vec![0.1307],
             std: vec![0.3081],

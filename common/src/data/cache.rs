@@ -20,7 +20,8 @@ use sha2::{Digest, Sha256};
 use super::{DataError, DecodedSplit, Skipped};
 
 const MAGIC: &[u8; 8] = b"RTDCACHE";
-const VERSION: u32 = 1;
+/// 2: planar channels (`channels` in the header), images of any format and size.
+const VERSION: u32 = 2;
 
 /// Everything a cache file holds.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +42,7 @@ pub struct CacheContents {
 struct Header {
     key: String,
     classes: Vec<String>,
+    channels: u32,
     width: u32,
     height: u32,
     n_train: u64,
@@ -60,6 +62,7 @@ pub fn write_cache(path: &Path, c: &CacheContents) -> Result<(), DataError> {
     let header = Header {
         key: c.key.clone(),
         classes: c.classes.clone(),
+        channels: c.train.channels,
         width: c.train.width,
         height: c.train.height,
         n_train: c.train.len() as u64,
@@ -101,17 +104,19 @@ impl<'a> Cursor<'a> {
     fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
     }
-    fn split(&mut self, n: u64, w: u32, h: u32) -> Option<DecodedSplit> {
+    fn split(&mut self, n: u64, c: u32, w: u32, h: u32) -> Option<DecodedSplit> {
         let n = usize::try_from(n).ok()?;
-        let pixels = self
-            .take(n.checked_mul((w as usize).checked_mul(h as usize)?)?)?
-            .to_vec();
+        let image = (c as usize)
+            .checked_mul(w as usize)?
+            .checked_mul(h as usize)?;
+        let pixels = self.take(n.checked_mul(image)?)?.to_vec();
         let labels = self
             .take(n.checked_mul(4)?)?
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         Some(DecodedSplit {
+            channels: c,
             height: h,
             width: w,
             pixels,
@@ -148,10 +153,10 @@ pub fn read_cache(path: &Path, key: &str) -> Result<CacheContents, DataError> {
         return Err(bad("written for another dataset or options"));
     }
     let train = cur
-        .split(header.n_train, header.width, header.height)
+        .split(header.n_train, header.channels, header.width, header.height)
         .ok_or_else(|| bad("short data"))?;
     let valid = cur
-        .split(header.n_valid, header.width, header.height)
+        .split(header.n_valid, header.channels, header.width, header.height)
         .ok_or_else(|| bad("short data"))?;
     if cur.pos != body.len() {
         return Err(bad("trailing bytes"));
@@ -171,9 +176,10 @@ mod tests {
 
     fn contents() -> CacheContents {
         let split = |n: usize| DecodedSplit {
+            channels: 3,
             height: 2,
             width: 3,
-            pixels: (0..n * 6).map(|i| i as u8).collect(),
+            pixels: (0..n * 18).map(|i| i as u8).collect(),
             labels: (0..n as u32).collect(),
         };
         CacheContents {
@@ -183,7 +189,7 @@ mod tests {
             valid: split(2),
             skipped: vec![Skipped {
                 path: "/x.txt".into(),
-                reason: DataError::NotPng {
+                reason: DataError::NotImage {
                     path: "/x.txt".into(),
                 },
             }],

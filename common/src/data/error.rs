@@ -24,7 +24,7 @@ pub enum DataError {
         classes: usize,
     },
     /// A split folder (`training/`, `testing/`) is missing.
-    #[error("split folder {path} is missing (expected ROOT/<split>/<class>/*.png)")]
+    #[error("split folder {path} is missing (expected ROOT/<split>/<class>/<image files>)")]
     MissingSplit { path: PathBuf },
     /// A split folder has no class subfolders.
     #[error("split folder {dir} has no class subfolders")]
@@ -39,16 +39,18 @@ pub enum DataError {
     #[error("{path} is not inside a class folder, so it has no label")]
     Unlabelled { path: PathBuf },
     /// A folder inside a class folder (nested classes are not supported).
-    #[error("{path} is a folder inside a class folder; expected only .png files")]
+    #[error("{path} is a folder inside a class folder; expected only image files")]
     NestedFolder { path: PathBuf },
-    /// A file that is not a PNG by its name.
-    #[error("{path} is not a .png image")]
-    NotPng { path: PathBuf },
-    /// A PNG that cannot be decoded (corrupt, truncated, not really a PNG).
+    /// A file that is not an image by its name (`.png`, `.jpg`, `.jpeg`, `.webp`).
+    #[error("{path} is not an image file (.png, .jpg, .jpeg or .webp)")]
+    NotImage { path: PathBuf },
+    /// An image that cannot be decoded (corrupt, truncated, not the format its name says, or a
+    /// kind of image ringtrain does not read).
     #[error("cannot decode {path}: {reason}")]
     CorruptImage { path: PathBuf, reason: String },
-    /// An image whose size differs from the dataset's image size.
-    #[error("{path} is {got_w}x{got_h} pixels, expected {want_w}x{want_h}")]
+    /// Without `--image-size`, an image whose size differs from the dataset's (the most common
+    /// size); with `--image-size N` every image is resized instead.
+    #[error("{path} is {got_w}x{got_h} pixels, expected {want_w}x{want_h} (the dataset's size; --image-size N resizes every image instead)")]
     WrongSize {
         path: PathBuf,
         got_w: u32,
@@ -65,6 +67,21 @@ pub enum DataError {
     /// Too many images for the label or index types.
     #[error("dataset too large: {what}")]
     TooLarge { what: String },
+    /// Without `--image-size`, the dataset's most common image size is not square.
+    #[error("the images are {width}x{height} pixels (e.g. {example}), not square; pass --image-size N to resize them to NxN")]
+    NotSquare {
+        example: PathBuf,
+        width: u32,
+        height: u32,
+    },
+    /// The decoded images of a shard would not fit in the memory this process may use.
+    #[error("{what}: needs about {need} but this worker may use {limit} ({source_of_limit}); use more workers (each holds only its shard) or a smaller --image-size")]
+    OutOfMemory {
+        what: String,
+        need: super::memory::Bytes,
+        limit: super::memory::Bytes,
+        source_of_limit: String,
+    },
 }
 
 impl DataError {
@@ -80,7 +97,9 @@ impl DataError {
     pub fn is_per_file(&self) -> bool {
         matches!(
             self,
-            DataError::NotPng { .. } | DataError::CorruptImage { .. } | DataError::WrongSize { .. }
+            DataError::NotImage { .. }
+                | DataError::CorruptImage { .. }
+                | DataError::WrongSize { .. }
         )
     }
 }

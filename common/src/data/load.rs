@@ -1,4 +1,5 @@
-//! Loading a whole dataset: scan, then decoded pixels from the cache or from the PNGs.
+//! Loading a whole dataset: scan, resolve the geometry from the headers, check the memory
+//! estimate, then decoded pixels from the cache or from the image files.
 //!
 //! Tests: the worker's and the `tests/` crate's data tests exercise this end to end.
 
@@ -8,9 +9,11 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use super::cache::{read_cache, write_cache, CacheContents};
+use super::memory::{self, Limit};
 use super::scan::to_hex;
 use super::{
-    decode_split, scan_dataset, DataError, DatasetIndex, DecodedSplit, ScanOptions, Skipped,
+    decode_split, resolve_geometry, scan_dataset, DataError, DatasetIndex, DecodedSplit, Geometry,
+    ImageOptions, ScanOptions, Skipped,
 };
 
 /// How to load a dataset.
@@ -18,12 +21,28 @@ use super::{
 pub struct LoadOptions {
     /// Folder layout and `skip_bad`.
     pub scan: ScanOptions,
-    /// Expected image size `(width, height)`; other sizes are [`DataError::WrongSize`].
-    pub image_size: (u32, u32),
+    /// `--channels` and `--image-size`, resolved by [`load_dataset`] from the images' headers
+    /// ([`load_index`] takes the resolved [`Geometry`] instead).
+    pub image: ImageOptions,
     /// Where decoded pixels are cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
     /// Show a progress bar on stderr while decoding (with feature `progress`; ignored without).
     pub progress: bool,
+    /// Refuse before decoding when the estimate exceeds the limit; `None`: no check.
+    pub memory: Option<MemoryCheck>,
+}
+
+/// The memory check before decoding ([`memory`](super::memory)'s formula).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryCheck {
+    /// What this process may use; `None`: unknown, nothing is refused.
+    pub limit: Option<Limit>,
+    /// The training augmentation's padding (`rand_pad`).
+    pub pad: u32,
+    /// The tensors are built in host memory (CPU training).
+    pub tensors_on_host: bool,
+    /// Names the images in the refusal, e.g. "rank 1's shard".
+    pub what: String,
 }
 
 /// A loaded dataset: class names, decoded pixels of both splits and what was skipped.
@@ -39,6 +58,8 @@ pub struct LoadedDataset {
     pub skipped: Vec<Skipped>,
     /// Fingerprint of the file list (see [`super::DatasetIndex::fingerprint`]).
     pub fingerprint: String,
+    /// Channels and size of every image.
+    pub geometry: Geometry,
     /// True when pixels came from the cache.
     pub from_cache: bool,
 }
@@ -85,24 +106,58 @@ impl DecodeBar {
     }
 }
 
-/// Scans `root` and returns decoded pixels, from the cache when it matches the files on disk.
+/// Scans `root`, resolves the geometry from the images' headers (see
+/// [`resolve_geometry`]) and returns decoded pixels, from the cache when it matches the files on
+/// disk.
 pub fn load_dataset(root: &Path, opts: &LoadOptions) -> Result<LoadedDataset, DataError> {
-    let index = scan_dataset(root, &opts.scan)?;
-    load_index(&index, opts)
+    let mut index = scan_dataset(root, &opts.scan)?;
+    let geometry = resolve_geometry(
+        &mut index,
+        &opts.image,
+        opts.scan.skip_bad,
+        &opts.scan.train_dir,
+    )?;
+    load_index(&index, geometry, opts)
 }
 
-/// Decodes the files of `index` (all of them, or a shard built by the caller), from the cache
-/// when it matches the files on disk.
-pub fn load_index(index: &DatasetIndex, opts: &LoadOptions) -> Result<LoadedDataset, DataError> {
+/// Decodes the files of `index` (all of them, or a shard built by the caller) into `geometry`,
+/// from the cache when it matches the files on disk.
+pub fn load_index(
+    index: &DatasetIndex,
+    geometry: Geometry,
+    opts: &LoadOptions,
+) -> Result<LoadedDataset, DataError> {
     let started = Instant::now();
+    geometry
+        .validate()
+        .map_err(|what| DataError::TooLarge { what })?;
+    if let Some(m) = &opts.memory {
+        let est = memory::estimate(
+            index.train.len() as u64,
+            index.valid.len() as u64,
+            geometry,
+            m.pad,
+            m.tensors_on_host,
+        );
+        let what = format!(
+            "{} ({} + {} images at {geometry})",
+            m.what,
+            index.train.len(),
+            index.valid.len()
+        );
+        memory::check(&what, est, m.limit.as_ref())?;
+        tracing::info!(decoded = %est.decoded, peak = %est.peak,
+            limit = %m.limit.as_ref().map_or("unknown".into(), |l| format!("{} ({})", l.bytes, l.source)),
+            "memory estimate for the decoded images");
+    }
     let root = index.root.as_path();
     let fingerprint = index.fingerprint();
     let key = {
         let mut h = Sha256::new();
         h.update(fingerprint.as_bytes());
         h.update(format!(
-            "|{}x{}|skip_bad={}",
-            opts.image_size.0, opts.image_size.1, opts.scan.skip_bad
+            "|{}x{}x{}|resize={}|skip_bad={}",
+            geometry.channels, geometry.size, geometry.size, geometry.resize, opts.scan.skip_bad
         ));
         to_hex(&h.finalize())
     };
@@ -122,6 +177,7 @@ pub fn load_index(index: &DatasetIndex, opts: &LoadOptions) -> Result<LoadedData
                         valid: c.valid,
                         skipped: c.skipped,
                         fingerprint,
+                        geometry,
                         from_cache: true,
                     });
                 }
@@ -132,22 +188,12 @@ pub fn load_index(index: &DatasetIndex, opts: &LoadOptions) -> Result<LoadedData
     let mut skipped = index.skipped.clone();
     let bar = DecodeBar::new(index.train.len() as u64, "decode train", opts.progress);
     let tick = || bar.tick();
-    let (train, s) = decode_split(
-        &index.train,
-        opts.image_size,
-        opts.scan.skip_bad,
-        Some(&tick),
-    )?;
+    let (train, s) = decode_split(&index.train, geometry, opts.scan.skip_bad, Some(&tick))?;
     bar.finish();
     skipped.extend(s);
     let bar = DecodeBar::new(index.valid.len() as u64, "decode valid", opts.progress);
     let tick = || bar.tick();
-    let (valid, s) = decode_split(
-        &index.valid,
-        opts.image_size,
-        opts.scan.skip_bad,
-        Some(&tick),
-    )?;
+    let (valid, s) = decode_split(&index.valid, geometry, opts.scan.skip_bad, Some(&tick))?;
     bar.finish();
     skipped.extend(s);
     for class in 0..index.classes.len() as u32 {
@@ -185,6 +231,7 @@ pub fn load_index(index: &DatasetIndex, opts: &LoadOptions) -> Result<LoadedData
         valid: contents.valid,
         skipped: contents.skipped,
         fingerprint,
+        geometry,
         from_cache: false,
     })
 }

@@ -1,34 +1,44 @@
 //! Image-folder datasets in the fast.ai `mnist_png` layout, without libtorch.
 //!
 //! ```text
-//! ROOT/training/<class>/*.png      classes = sorted subfolder names of the training split
-//! ROOT/testing/<class>/*.png       every testing class must exist in training
+//! ROOT/training/<class>/*.{png,jpg,jpeg,webp}   classes = sorted subfolder names of training
+//! ROOT/testing/<class>/*.{png,jpg,jpeg,webp}    every testing class must exist in training
 //! ```
 //!
-//! Owns scanning (`scan`), decoding PNGs to one contiguous `u8` buffer per split (`decode`), the
-//! decoded-image cache (`cache`) and pixel statistics (`stats`). Not tensors, augmentation or
-//! batching: those live in the worker.
+//! Owns scanning (`scan`), reading headers to resolve channels and size (`probe`, `geometry`),
+//! decoding and resizing to one contiguous `u8` buffer per split (`decode`), the memory
+//! estimate (`memory`), the decoded-image cache (`cache`) and per-channel pixel statistics
+//! (`stats`). Not tensors, augmentation or batching: those live in the worker.
 //!
 //! # Contract
 //! * Structural problems are always errors: a missing split folder, a split with no class
 //!   folders, an empty class folder, a testing class unknown to training, a file that is not
 //!   inside a class folder. Skipping them would change the label space.
-//! * Per-file problems (corrupt or truncated PNG, wrong image size, a non-PNG file) are errors
-//!   naming the path, unless the caller asked for `skip_bad`: then the file is left out and
-//!   reported in [`Skipped`], so nothing is dropped silently.
+//! * Per-file problems (a corrupt or truncated image, a kind of image that cannot be read, a
+//!   size other than the dataset's when no `--image-size` is given, a file that is not an image
+//!   by its name) are errors naming the path, unless the caller asked for `skip_bad`: then the
+//!   file is left out and reported in [`Skipped`], so nothing is dropped silently.
 //! * Hidden entries (names starting with `.`) are ignored everywhere.
-//! * Images are converted to one grayscale channel like PIL's `convert('L')`.
+//! * Images are converted to the run's [`Geometry`]: one channel like PIL's `convert('L')` or
+//!   three like `convert('RGB')` (alpha dropped), and N×N (see `geometry`).
 
+pub mod augment;
 pub mod cache;
 pub mod decode;
 pub mod error;
+pub mod geometry;
 pub mod load;
+pub mod memory;
+pub mod probe;
 pub mod scan;
 pub mod stats;
 
-pub use decode::{decode_split, DecodedSplit};
+pub use augment::Augment;
+pub use decode::{decode_image, decode_split, DecodedSplit};
 pub use error::DataError;
-pub use load::{load_dataset, load_index, LoadOptions, LoadedDataset};
+pub use geometry::{Channels, Geometry, ImageOptions};
+pub use load::{load_dataset, load_index, LoadOptions, LoadedDataset, MemoryCheck};
+pub use probe::resolve_geometry;
 pub use scan::{scan_dataset, DatasetIndex, ImageEntry, ScanOptions};
 pub use stats::PixelStats;
 

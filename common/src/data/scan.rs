@@ -220,10 +220,13 @@ fn class_dirs(split_dir: &Path) -> Result<Vec<(String, PathBuf)>, DataError> {
     Ok(classes)
 }
 
-fn is_png_name(name: &str) -> bool {
+/// File name extensions of the images ringtrain reads (case-insensitive).
+pub const IMAGE_EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "webp"];
+
+fn is_image_name(name: &str) -> bool {
     Path::new(name)
         .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("png"))
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
 /// The image files of one class folder.
@@ -237,8 +240,8 @@ fn class_files(
     for (name, path, meta) in list_dir(dir)? {
         let problem = if meta.is_dir() {
             Some(DataError::NestedFolder { path: path.clone() })
-        } else if !meta.is_file() || !is_png_name(&name) {
-            Some(DataError::NotPng { path: path.clone() })
+        } else if !meta.is_file() || !is_image_name(&name) {
+            Some(DataError::NotImage { path: path.clone() })
         } else {
             None
         };
@@ -472,7 +475,7 @@ mod tests {
         let bad = dir.path().join("training/1/notes.txt");
         touch(&bad);
         let err = scan_dataset(dir.path(), &ScanOptions::default()).unwrap_err();
-        assert_eq!(err, DataError::NotPng { path: bad.clone() });
+        assert_eq!(err, DataError::NotImage { path: bad.clone() });
         let opts = ScanOptions {
             skip_bad: true,
             ..ScanOptions::default()
@@ -483,7 +486,7 @@ mod tests {
             idx.skipped,
             vec![Skipped {
                 path: bad.clone(),
-                reason: DataError::NotPng { path: bad }
+                reason: DataError::NotImage { path: bad }
             }]
         );
     }

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::DecodedSplit;
+
 /// Sums over `u8` pixels of one channel; mergeable across shards without rounding error.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PixelStats {
@@ -23,6 +25,28 @@ impl PixelStats {
         for &p in pixels {
             hist[p as usize] += 1;
         }
+        Self::of_histogram(&hist)
+    }
+
+    /// One entry per channel of a split's planar images (one for grayscale, three for RGB).
+    pub fn per_channel(split: &DecodedSplit) -> Vec<Self> {
+        let c = split.channels.max(1) as usize;
+        if c == 1 {
+            return vec![Self::of(&split.pixels)];
+        }
+        let plane = (split.height * split.width) as usize;
+        let mut hist = vec![[0u64; 256]; c];
+        for image in split.pixels.chunks_exact(c * plane) {
+            for (ch, values) in image.chunks_exact(plane).enumerate() {
+                for &p in values {
+                    hist[ch][p as usize] += 1;
+                }
+            }
+        }
+        hist.iter().map(Self::of_histogram).collect()
+    }
+
+    fn of_histogram(hist: &[u64; 256]) -> Self {
         let mut s = Self::default();
         for (v, &n) in hist.iter().enumerate() {
             let v = v as u64;
@@ -31,6 +55,14 @@ impl PixelStats {
             s.count += n;
         }
         s
+    }
+
+    /// Channel-wise [`PixelStats::checked_merge`] of two per-channel lists of equal length.
+    pub fn checked_merge_all(a: &[Self], b: &[Self]) -> Option<Vec<Self>> {
+        if a.len() != b.len() {
+            return None;
+        }
+        a.iter().zip(b).map(|(x, y)| x.checked_merge(*y)).collect()
     }
 
     /// The statistics of the union of two pixel sets.
@@ -140,5 +172,35 @@ mod tests {
         assert_eq!(m, PixelStats::of(&[0, 255, 255, 255]));
         assert!((m.mean() - 0.75).abs() < 1e-12);
         assert_eq!(PixelStats::of(&[7, 7]).std(), 1.0);
+    }
+
+    #[test]
+    fn per_channel_splits_planes() {
+        let split = DecodedSplit {
+            channels: 3,
+            height: 1,
+            width: 2,
+            // Two images, planar: R R G G B B.
+            pixels: vec![0, 10, 20, 20, 255, 255, 2, 4, 20, 20, 0, 0],
+            labels: vec![0, 1],
+        };
+        let s = PixelStats::per_channel(&split);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[0], PixelStats::of(&[0, 10, 2, 4]));
+        assert_eq!(s[1], PixelStats::of(&[20; 4]));
+        assert_eq!(s[2], PixelStats::of(&[255, 255, 0, 0]));
+        let gray = DecodedSplit {
+            channels: 1,
+            ..split.clone()
+        };
+        assert_eq!(
+            PixelStats::per_channel(&gray),
+            vec![PixelStats::of(&gray.pixels)]
+        );
+        assert_eq!(PixelStats::checked_merge_all(&s, &s[..2]), None);
+        assert_eq!(
+            PixelStats::checked_merge_all(&s, &s).unwrap()[2],
+            s[2].merge(s[2])
+        );
     }
 }

@@ -252,6 +252,18 @@ impl Canvas {
         }
     }
 
+    /// Like [`Canvas::blit_gray`] for interleaved RGB pixels.
+    pub(super) fn blit_rgb(&mut self, x: i64, y: i64, w: u32, pixels: &[u8], scale: u32) {
+        let sc = i64::from(scale.max(1));
+        if w == 0 {
+            return;
+        }
+        for (i, p) in pixels.chunks_exact(3).enumerate() {
+            let (px, py) = ((i % w as usize) as i64, (i / w as usize) as i64);
+            self.fill_rect(x + px * sc, y + py * sc, sc, sc, Rgb(p[0], p[1], p[2]));
+        }
+    }
+
     /// The image as PNG bytes (8-bit RGB).
     pub(super) fn png(&self) -> Result<Vec<u8>, PlotError> {
         let mut out = Vec::new();

@@ -1,4 +1,4 @@
-//! Image grids: [`grid_png`] lays grayscale tiles out in columns, each scaled up by an integer
+//! Image grids: [`grid_png`] lays grayscale or RGB tiles out in columns, each scaled up by an integer
 //! factor (nearest neighbour) with its caption under it and an optional title on top; for
 //! looking at data (`show_batch`) and at mistakes (`plot_top_losses`).
 //!
@@ -113,7 +113,11 @@ pub fn grid_png(
         return Err(PlotError::ZeroScale);
     }
     for (index, t) in tiles.iter().enumerate() {
-        if t.pixels.len() as u64 != u64::from(t.width) * u64::from(t.height) {
+        let rgb_or_gray = matches!(t.channels, 1 | 3);
+        if !rgb_or_gray
+            || t.pixels.len() as u64
+                != u64::from(t.width) * u64::from(t.height) * u64::from(t.channels)
+        {
             return Err(PlotError::TileSize {
                 index,
                 width: t.width,
@@ -143,7 +147,11 @@ pub fn grid_png(
     for (i, t) in tiles.iter().enumerate() {
         let (x, y) = layout.cell(i);
         let tile_x = x + (layout.cell_w - u64::from(t.width) * scale64) / 2;
-        c.blit_gray(tile_x as i64, y as i64, t.width, &t.pixels, scale);
+        if t.channels == 3 {
+            c.blit_rgb(tile_x as i64, y as i64, t.width, &t.pixels, scale);
+        } else {
+            c.blit_gray(tile_x as i64, y as i64, t.width, &t.pixels, scale);
+        }
         let mut line_y = y + layout.cell_h + CAPTION_GAP;
         for line in t.caption.lines() {
             let lx = x + (layout.cell_w - u64::from(text_width(line, 1))) / 2;
@@ -160,6 +168,7 @@ mod tests {
 
     fn tile(w: u32, h: u32, caption: &str) -> Tile {
         Tile {
+            channels: 1,
             width: w,
             height: h,
             pixels: vec![0; (w * h) as usize],

@@ -62,12 +62,14 @@ pub struct Chart {
     pub markers: Vec<Marker>,
 }
 
-/// One grayscale image for a grid, with a caption drawn under it.
+/// One grayscale or RGB image for a grid, with a caption drawn under it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tile {
     pub width: u32,
     pub height: u32,
-    /// Row-major, `width × height` bytes, 0 black ..= 255 white.
+    /// 1: grayscale; 3: RGB, interleaved.
+    pub channels: u32,
+    /// Row-major, `width × height × channels` bytes, 0 black ..= 255 white.
     pub pixels: Vec<u8>,
     /// Drawn under the tile; `\n` starts another line.
     pub caption: String,
@@ -79,8 +81,9 @@ pub enum PlotError {
     /// The PNG encoder refused the image (it writes to memory, so this means a bug here).
     #[error("PNG encoding failed: {0}")]
     Encode(#[from] png::EncodingError),
-    /// A tile's pixel buffer does not hold `width × height` bytes.
-    #[error("tile {index} is {width}x{height} but has {len} pixels")]
+    /// A tile's pixel buffer does not hold `width × height × channels` bytes, or its channels
+    /// are neither 1 nor 3.
+    #[error("tile {index} is {width}x{height} but has {len} bytes (or not 1 or 3 channels)")]
     TileSize {
         index: usize,
         width: u32,

@@ -24,7 +24,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{Model, Recipe};
-use crate::data::ScanOptions;
+use crate::data::{Augment, Channels, ImageOptions, ScanOptions};
 use crate::devices::Precision;
 
 fn is_false(b: &bool) -> bool {
@@ -128,11 +128,12 @@ impl RecipeArgs {
 /// The dataset flags: where the image folders are and how to read them.
 #[derive(Debug, Clone, Default, PartialEq, Args, Serialize)]
 pub struct DatasetArgs {
-    /// Dataset root: DIR/<train-dir>/<class>/*.png and DIR/<valid-dir>/<class>/*.png.
+    /// Dataset root: DIR/<train-dir>/<class>/<images> and DIR/<valid-dir>/<class>/<images>
+    /// (.png, .jpg, .jpeg, .webp).
     #[arg(long, value_name = "DIR", env = "RINGTRAIN_DATA")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<PathBuf>,
-    /// Skip (and count) corrupt, wrong-size and non-PNG files instead of failing.
+    /// Skip (and count) corrupt, unreadable, wrong-size and non-image files instead of failing.
     #[arg(long, env = "RINGTRAIN_SKIP_BAD")]
     #[serde(skip_serializing_if = "is_false")]
     pub skip_bad: bool,
@@ -144,6 +145,20 @@ pub struct DatasetArgs {
     #[arg(long, env = "RINGTRAIN_VALID_DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub valid_dir: Option<String>,
+    /// Resize every image to NxN: shorter side to N, then centre crop; NxN images are not
+    /// resampled [default: the images' own size, which must be square].
+    #[arg(long, value_name = "N", env = "RINGTRAIN_IMAGE_SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<u32>,
+    /// Colour channels: auto (1 when every image is grayscale, else 3), 1 or 3 [default: auto].
+    #[arg(long, value_name = "auto|1|3", env = "RINGTRAIN_CHANNELS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Channels>,
+    /// Training augmentation, comma-separated: pad[=P] (rand_pad, P=3), flip (horizontal),
+    /// none [default: pad].
+    #[arg(long, value_name = "LIST", env = "RINGTRAIN_AUGMENT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub augment: Option<Augment>,
 }
 
 impl DatasetArgs {
@@ -157,6 +172,19 @@ impl DatasetArgs {
         }
     }
 
+    /// `--channels` and `--image-size` (auto and the images' own size when not given).
+    pub fn image_options(&self) -> ImageOptions {
+        ImageOptions {
+            channels: self.channels.unwrap_or_default(),
+            size: self.image_size,
+        }
+    }
+
+    /// `--augment`, or the lesson's `rand_pad(3)`.
+    pub fn augment(&self) -> Augment {
+        self.augment.unwrap_or_default()
+    }
+
     /// The same flags as command-line words (`ringtrain show-batch` hands them to the worker).
     pub fn to_args(&self) -> Vec<std::ffi::OsString> {
         let mut out: Vec<std::ffi::OsString> = Vec::new();
@@ -166,9 +194,15 @@ impl DatasetArgs {
         if self.skip_bad {
             out.push("--skip-bad".into());
         }
+        let image_size = self.image_size.map(|n| n.to_string());
+        let channels = self.channels.map(|c| c.to_string());
+        let augment = self.augment.map(|a| a.to_string());
         for (flag, v) in [
             ("--train-dir", &self.train_dir),
             ("--valid-dir", &self.valid_dir),
+            ("--image-size", &image_size),
+            ("--channels", &channels),
+            ("--augment", &augment),
         ] {
             if let Some(v) = v {
                 out.extend([flag.into(), v.into()]);
@@ -289,6 +323,47 @@ mod tests {
             ),
             ("tr", "testing", true)
         );
+        let d = parse(&[
+            "--image-size",
+            "64",
+            "--channels",
+            "3",
+            "--augment",
+            "pad,flip",
+        ])
+        .unwrap()
+        .dataset;
+        assert_eq!(
+            d.image_options(),
+            ImageOptions {
+                channels: Channels::Rgb,
+                size: Some(64)
+            }
+        );
+        assert_eq!(d.augment().to_string(), "pad=3,flip");
+        assert_eq!(
+            serde_json::to_value(&d).unwrap(),
+            serde_json::json!({"image_size": 64, "channels": "3", "augment": "pad=3,flip"})
+        );
+        let words: Vec<String> = d
+            .to_args()
+            .iter()
+            .map(|w| w.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            words,
+            [
+                "--image-size",
+                "64",
+                "--channels",
+                "3",
+                "--augment",
+                "pad=3,flip"
+            ]
+        );
+        assert!(parse(&["--channels", "2"]).is_err());
+        assert!(parse(&["--augment", "rotate"]).is_err());
+        assert_eq!(parse(&[]).unwrap().dataset.augment(), Augment::default());
     }
 
     #[test]

@@ -92,6 +92,9 @@ pub(super) struct WorkerArgs {
     pub(super) device: Option<&'static str>,
     /// The run's token, passed in the environment (never on the command line).
     pub(super) token: Token,
+    /// Each worker's share of this machine's memory (`--memory-limit`): the workers decode
+    /// their shards at the same time. `None`: unknown, each worker finds its own limit.
+    pub(super) memory_share: Option<u64>,
 }
 
 /// The CPUs this process may run on (`sched_getaffinity`), in order.
@@ -146,6 +149,11 @@ pub(super) fn spawn_worker(w: &WorkerArgs, index: usize, n: usize) -> Result<Pro
     .args(["--collective-listen", "127.0.0.1:0"])
     .args(&w.data)
     .args(w.device.iter().flat_map(|d| ["--device", d]))
+    .args(
+        w.memory_share
+            .iter()
+            .flat_map(|b| ["--memory-limit".to_string(), b.to_string()]),
+    )
     .env("RINGTRAIN_AUTH_TOKEN", w.token.expose())
     .stdin(Stdio::null())
     .stdout(out)

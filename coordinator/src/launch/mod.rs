@@ -253,6 +253,13 @@ pub async fn launch(
         &c.valid_dir,
     ]
     .map(String::from);
+    // Workers on this machine decode their shards at once: each may use an equal share of
+    // the smallest of $RINGTRAIN_MEMORY_LIMIT, this cgroup's limit and MemAvailable.
+    let total = std::env::var("RINGTRAIN_MEMORY_LIMIT")
+        .ok()
+        .and_then(|v| v.parse::<ringtrain_common::data::memory::Bytes>().ok());
+    let memory_share =
+        ringtrain_common::data::memory::process_limit(total).map(|l| l.bytes.0 / n.max(1) as u64);
     let args = WorkerArgs {
         bin,
         url,
@@ -263,6 +270,7 @@ pub async fn launch(
         placements,
         device,
         token,
+        memory_share,
     };
     let handle = run.handle();
     let max_restarts = run.config().max_restarts;

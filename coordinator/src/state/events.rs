@@ -26,7 +26,8 @@ pub struct Snapshot {
     pub failure: Option<Arc<Failure>>,
     pub membership: Option<Arc<Membership>>,
     pub plan: Option<Arc<RunPlan>>,
-    pub norm: Option<PixelStats>,
+    /// Per channel.
+    pub norm: Option<Vec<PixelStats>>,
     pub epochs_done: u32,
     /// The current round and its token (requests of other rounds are stale).
     pub round: u32,
@@ -84,7 +85,8 @@ pub enum Event {
         run_id: String,
         round_token: u64,
         rank: Rank,
-        stats: PixelStats,
+        /// One per channel of the run.
+        stats: Vec<PixelStats>,
     },
     /// A rank's epoch report.
     Epoch {

@@ -49,12 +49,23 @@ pub struct CheckpointOut {
     pub keep: usize,
 }
 
-/// Normalisation statistics on the [0, 1] scale, as every rank applies them.
+/// Normalisation statistics on the [0, 1] scale, one per channel, as every rank applies them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NormInfo {
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+    /// Pixels per channel.
     pub count: u64,
+}
+
+/// What every image is decoded to, and the training augmentation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ImagesInfo {
+    pub channels: u32,
+    pub size: u32,
+    /// Images of other sizes were resized (`--image-size`).
+    pub resize: bool,
+    pub augment: String,
 }
 
 /// One rank in `run.json`.
@@ -88,6 +99,8 @@ pub struct RunInfo {
     /// `run.json` so `ringtrain-worker eval` reads both.
     #[serde(rename = "normalize")]
     pub norm: Option<NormInfo>,
+    /// Channels and size of the decoded images, and the augmentation.
+    pub images: ImagesInfo,
     pub ranks: Vec<RankInfo>,
     /// The round's all-reduce (`ring` or `nccl`) and why (`None` before the round closed).
     pub collective: Option<String>,

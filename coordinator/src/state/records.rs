@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use super::{RunState, Status};
-use crate::state::output::{NormInfo, RankInfo, RankTiming, RunInfo, Summary};
+use crate::state::output::{ImagesInfo, NormInfo, RankInfo, RankTiming, RunInfo, Summary};
 
 impl RunState {
     /// `run.json` as of now (rewritten when the round closes and when the norm stats are known).
@@ -39,11 +39,17 @@ impl RunState {
             batch_per_worker: plan.map_or(0, |p| p.batch_per_worker),
             steps_per_epoch: plan.map_or(0, |p| p.steps_per_epoch),
             total_steps: plan.map_or(0, |p| p.total_steps()),
-            norm: self.norm.map(|n| NormInfo {
-                mean: vec![n.mean() as f32],
-                std: vec![n.std() as f32],
-                count: n.count,
+            norm: self.norm.as_ref().map(|n| NormInfo {
+                mean: n.iter().map(|c| c.mean() as f32).collect(),
+                std: n.iter().map(|c| c.std() as f32).collect(),
+                count: n.first().map_or(0, |c| c.count),
             }),
+            images: ImagesInfo {
+                channels: d.geometry.channels,
+                size: d.geometry.size,
+                resize: d.geometry.resize,
+                augment: self.prepared.config.augment.to_string(),
+            },
             ranks,
             dropped_train: plan.map_or_else(Vec::new, |p| {
                 p.shards

@@ -27,7 +27,7 @@ impl RunState {
         run_id: &str,
         round_token: u64,
         rank: Rank,
-        stats: PixelStats,
+        stats: Vec<PixelStats>,
         now: Instant,
     ) -> Actions {
         let plan = self.running_rank(run_id, round_token, rank)?.clone();
@@ -36,7 +36,23 @@ impl RunState {
         if self.norm.is_some() {
             return Ok(vec![]);
         }
-        check_pixel_stats(rank, &stats, plan.shard_of(rank).0.len())?;
+        let g = self.prepared.dataset.geometry;
+        if stats.len() != g.channels as usize {
+            return Err(RunError::BadRequest(format!(
+                "rank {rank} pixel statistics: {} channels, the run's images have {}",
+                stats.len(),
+                g.channels
+            )));
+        }
+        let plane = u64::from(g.size) * u64::from(g.size);
+        for s in &stats {
+            check_pixel_stats(rank, s, plan.shard_of(rank).0.len(), plane)?;
+        }
+        if stats.windows(2).any(|w| w[0].count != w[1].count) {
+            return Err(RunError::BadRequest(format!(
+                "rank {rank} pixel statistics: the channels count different numbers of pixels"
+            )));
+        }
         self.pixel.entry(rank).or_insert(stats);
         if self.pixel.len() < world_size as usize {
             return Ok(vec![]);
@@ -45,11 +61,15 @@ impl RunState {
         let merged = self
             .pixel
             .values()
-            .try_fold(PixelStats::default(), |a, &b| a.checked_merge(b))
+            .try_fold(vec![PixelStats::default(); g.channels as usize], |a, b| {
+                PixelStats::checked_merge_all(&a, b)
+            })
             .ok_or_else(|| RunError::BadRequest("pixel statistics overflow when merged".into()))?;
-        self.norm = Some(merged);
+        let mean: Vec<f64> = merged.iter().map(PixelStats::mean).collect();
+        let std: Vec<f64> = merged.iter().map(PixelStats::std).collect();
         self.epoch_started = now;
-        tracing::info!(run_id = %self.prepared.run_id, mean = merged.mean(), std = merged.std(), pixels = merged.count, "normalisation statistics merged");
+        tracing::info!(run_id = %self.prepared.run_id, ?mean, ?std, pixels = merged[0].count, "normalisation statistics merged");
+        self.norm = Some(merged);
         Ok(vec![
             Action::Output(Output::RunInfo(Box::new(self.run_info()))),
             Action::Publish,
@@ -278,13 +298,19 @@ impl RunState {
     }
 }
 
-/// Refuses pixel sums that cannot come from `shard_images` images of 28×28 `u8` pixels.
-fn check_pixel_stats(rank: Rank, s: &PixelStats, shard_images: usize) -> Result<(), RunError> {
+/// Refuses one channel's pixel sums that cannot come from `shard_images` images of `plane`
+/// (the run's size²) `u8` pixels.
+fn check_pixel_stats(
+    rank: Rank,
+    s: &PixelStats,
+    shard_images: usize,
+    plane: u64,
+) -> Result<(), RunError> {
     // Bad files left out by skip_bad make a shard smaller, never larger.
-    let max = shard_images as u64 * PIXELS_PER_IMAGE;
-    let why = if s.count == 0 || s.count > max || s.count % PIXELS_PER_IMAGE != 0 {
+    let max = shard_images as u64 * plane;
+    let why = if s.count == 0 || s.count > max || s.count % plane != 0 {
         format!(
-            "count {} is not a whole number of 28×28 images up to its {shard_images}",
+            "count {} is not a whole number of images of {plane} pixels up to its {shard_images}",
             s.count
         )
     } else if !s.plausible() {
@@ -299,9 +325,6 @@ fn check_pixel_stats(rank: Rank, s: &PixelStats, shard_images: usize) -> Result<
         "rank {rank} pixel statistics: {why}"
     )))
 }
-
-/// Pixels of one image (the run's images are 28×28, one channel).
-const PIXELS_PER_IMAGE: u64 = 28 * 28;
 
 /// Refuses validation counts and timings no real epoch produces.
 fn check_epoch_numbers(r: &EpochReport, shard_valid: usize) -> Result<(), RunError> {

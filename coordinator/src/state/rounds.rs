@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ringtrain_common::checkpoint::{checkpoint_name, CheckpointState, NormState, FORMAT};
+use ringtrain_common::data::PixelStats;
 use serde::{Deserialize, Serialize};
 
 use super::epoch::EpochAggregator;
@@ -237,7 +238,9 @@ impl RunState {
             checkpoint: name.clone(),
         }));
         let p = &self.prepared;
-        let norm = self.norm.unwrap_or_default();
+        let norm = self.norm.clone().unwrap_or_default();
+        let total = |f: fn(&PixelStats) -> u64| norm.iter().map(f).sum::<u64>();
+        let g = p.dataset.geometry;
         let progress = Progress {
             agg: self.agg.clone(),
             best: self.best.clone(),
@@ -251,13 +254,16 @@ impl RunState {
             run_id: p.run_id.clone(),
             model: p.config.recipe.model.as_str().into(),
             classes: p.dataset.classes.clone(),
-            image_size: 28,
+            image_size: g.size,
+            channels: g.channels,
+            resize: g.resize,
+            augment: p.config.augment.to_string(),
             norm: NormState {
-                mean: vec![norm.mean() as f32],
-                std: vec![norm.std() as f32],
-                count: norm.count,
-                sum: norm.sum,
-                sum_sq: norm.sum_sq,
+                mean: norm.iter().map(|c| c.mean() as f32).collect(),
+                std: norm.iter().map(|c| c.std() as f32).collect(),
+                count: total(|c| c.count),
+                sum: total(|c| c.sum),
+                sum_sq: total(|c| c.sum_sq),
             },
             epochs: p.config.epochs(),
             epoch,

@@ -42,6 +42,7 @@ pub(super) fn prepared_with(max_restarts: u32) -> Arc<Prepared> {
         valid: files("testing", 4),
         fingerprint: "fp".into(),
         skipped: vec![],
+        geometry: ringtrain_common::data::Geometry::MNIST,
     };
     Arc::new(Prepared {
         config: config.resolved(0),
@@ -324,11 +325,11 @@ fn pixel_barrier_merges_once_everyone_reported() {
         run_id: RUN.into(),
         round_token: T1,
         rank: Rank(rank),
-        stats: PixelStats {
+        stats: vec![PixelStats {
             sum: 255 * 784 * white,
             sum_sq: 255 * 255 * 784 * white,
             count: 4 * 784,
-        },
+        }],
     };
     assert!(s.on_event(px(1, 1), t0).unwrap().is_empty());
     assert!(s.snapshot().norm.is_none());
@@ -336,11 +337,11 @@ fn pixel_barrier_merges_once_everyone_reported() {
     assert!(published(&acts));
     assert_eq!(
         s.snapshot().norm,
-        Some(PixelStats {
+        Some(vec![PixelStats {
             sum: 255 * 784 * 3,
             sum_sq: 255 * 255 * 784 * 3,
             count: 8 * 784
-        })
+        }])
     );
     // A retry after the barrier is harmless.
     assert!(s.on_event(px(0, 2), t0).unwrap().is_empty());
@@ -354,7 +355,7 @@ fn pixel_sums_that_no_shard_can_produce_are_refused() {
         run_id: RUN.into(),
         round_token: T1,
         rank: Rank(0),
-        stats: PixelStats { sum, sum_sq, count },
+        stats: vec![PixelStats { sum, sum_sq, count }],
     };
     for (sum, sum_sq, count, why) in [
         (0, 0, 0, "count 0"),
@@ -370,6 +371,15 @@ fn pixel_sums_that_no_shard_can_produce_are_refused() {
             "{err}"
         );
     }
+    // A 1-channel run: RGB sums are refused, whatever they say.
+    let rgb = Event::PixelStats {
+        run_id: RUN.into(),
+        round_token: T1,
+        rank: Rank(0),
+        stats: vec![PixelStats::of(&[1; 784]); 3],
+    };
+    let err = s.on_event(rgb, t0).unwrap_err();
+    assert!(err.to_string().contains("3 channels"), "{err}");
     assert!(s.snapshot().norm.is_none(), "nothing was merged");
 }
 

@@ -26,7 +26,15 @@ pub fn dataset(root: &Path, classes: usize, per_class: usize) {
             let dir = root.join(split).join(format!("c{c}"));
             std::fs::create_dir_all(&dir).unwrap();
             for i in 0..per_class {
-                std::fs::write(dir.join(format!("{i:03}.png")), b"png").unwrap();
+                // Real 28×28 grayscale PNGs: the coordinator reads every image's header.
+                let pixels = vec![(c * 40 + i) as u8; 784];
+                ringtrain_common::fetch::write_png(
+                    &dir.join(format!("{i:03}.png")),
+                    28,
+                    28,
+                    &pixels,
+                )
+                .unwrap();
             }
         }
     }
@@ -188,9 +196,7 @@ pub async fn fake_worker(
     let px = pb::PixelStatsReport {
         run_id: run_id.clone(),
         rank,
-        sum,
-        sum_sq,
-        count,
+        channels: vec![pb::ChannelSums { sum, sum_sq, count }],
         round_token: token,
         worker_secret: secret.clone(),
     };

@@ -86,25 +86,35 @@ fn check(v: &pb::Verdict) -> Result<(), TrainError> {
 }
 
 impl Driver for Distributed<'_> {
-    fn normalization(&mut self, local: PixelStats) -> Result<Normalize, TrainError> {
+    fn normalization(&mut self, local: Vec<PixelStats>) -> Result<Normalize, TrainError> {
+        let channels = local.len();
         let merged = self.client.pixel_stats(pb::PixelStatsReport {
             run_id: self.run_id.clone(),
             rank: self.rank,
             round_token: self.round_token,
-            sum: local.sum,
-            sum_sq: local.sum_sq,
-            count: local.count,
+            channels: local
+                .iter()
+                .map(|c| pb::ChannelSums {
+                    sum: c.sum,
+                    sum_sq: c.sum_sq,
+                    count: c.count,
+                })
+                .collect(),
             worker_secret: self.secret.clone(),
         })?;
-        match (merged.mean.first(), merged.std.first()) {
-            (Some(&mean), Some(&std)) if std > 0.0 => Ok(Normalize {
-                mean: f64::from(mean),
-                std: f64::from(std),
-            }),
-            _ => Err(TrainError::Coordinator(format!(
-                "bad normalisation statistics {merged:?}"
-            ))),
+        let sane = merged.mean.len() == channels
+            && merged.std.len() == channels
+            && merged.std.iter().all(|&s| s > 0.0 && s.is_finite())
+            && merged.mean.iter().all(|m| m.is_finite());
+        if !sane {
+            return Err(TrainError::Coordinator(format!(
+                "bad normalisation statistics for {channels} channel(s): {merged:?}"
+            )));
         }
+        Ok(Normalize {
+            mean: merged.mean.iter().map(|&m| f64::from(m)).collect(),
+            std: merged.std.iter().map(|&s| f64::from(s)).collect(),
+        })
     }
 
     fn epoch_plan(&mut self, epoch: u32) -> Result<Vec<SchedulePoint>, TrainError> {

@@ -65,6 +65,9 @@ pub struct WorkerOptions {
     pub stop_grace: Duration,
     pub scan: ScanOptions,
     pub progress: bool,
+    /// `--memory-limit`: the shard's decoded images must fit (with the cgroup's limit and
+    /// `MemAvailable`).
+    pub memory_limit: Option<ringtrain_common::data::memory::Bytes>,
     /// Overrides the announced protocol version (tests only).
     pub protocol_version: Option<u32>,
     /// The run's token and TLS settings.

@@ -12,7 +12,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ringtrain_common::data::{load_index, DatasetIndex, LoadOptions, ScanOptions};
+use ringtrain_common::data::{
+    load_index, memory, Augment, DatasetIndex, Geometry, ImageOptions, LoadOptions, MemoryCheck,
+    ScanOptions,
+};
 use ringtrain_common::devices::CollectiveKind;
 use ringtrain_common::pb;
 use tch::Device;
@@ -64,18 +67,35 @@ pub(super) fn train_round(
         &refs(&shard.train),
         &refs(&shard.valid),
     )?;
-    let size = spec.image_size;
+    let geometry = Geometry {
+        // 0: a coordinator from before issue 18, whose runs were grayscale.
+        channels: spec.channels.max(1),
+        size: spec.image_size,
+        resize: spec.resize,
+    };
+    let augment: Augment = if spec.augment.is_empty() {
+        Augment::default()
+    } else {
+        spec.augment.parse().map_err(TrainError::Coordinator)?
+    };
     let scan = ScanOptions {
         skip_bad: spec.skip_bad,
         ..opts.scan.clone()
     };
     let ds = load_index(
         &index,
+        geometry,
         &LoadOptions {
             scan,
-            image_size: (size, size),
+            image: ImageOptions::default(),
             cache_dir: opts.cache_dir.clone(),
             progress: opts.progress,
+            memory: Some(MemoryCheck {
+                limit: memory::process_limit(opts.memory_limit),
+                pad: augment.pad,
+                tensors_on_host: !r.device.is_cuda(),
+                what: format!("rank {}'s shard", reply.rank),
+            }),
         },
     )?;
     if !ds.skipped.is_empty() {
@@ -123,7 +143,8 @@ pub(super) fn train_round(
             eps: spec.adam_eps,
             weight_decay: spec.weight_decay,
         },
-        image_size: size,
+        geometry,
+        augment,
         device: r.device,
         precision,
         progress: false,

@@ -1,6 +1,9 @@
 //! `learn.summary()` for the lesson-7 models: layer, output shape, parameters, trainable.
 //!
-//! Shapes come from a real forward pass of one 28×28 image in eval mode, layer by layer.
+//! Shapes come from a real forward pass of one `[1, in_channels, h, w]` image (the channels are
+//! the model's) in eval mode, layer by layer. When the model pools (images above 32×32) an
+//! `AdaptiveAvgPool2d` row comes before the `Flatten` row, as in fastai's summary of a model
+//! ending in `AdaptiveAvgPool2d(1)`; otherwise the table is the lesson's.
 //! Tests: `tests` at the bottom.
 
 use tch::nn::ModuleT;
@@ -12,7 +15,8 @@ use super::{Block, Model};
 /// One row of the summary table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
-    /// Layer type as PyTorch names it (`Conv2d`, `ReLU`, `BatchNorm2d`, `MergeLayer`, `Flatten`).
+    /// Layer type as PyTorch names it (`Conv2d`, `ReLU`, `BatchNorm2d`, `MergeLayer`,
+    /// `AdaptiveAvgPool2d`, `Flatten`).
     pub layer: &'static str,
     /// Output shape without the batch dimension.
     pub shape: Vec<i64>,
@@ -58,11 +62,11 @@ fn conv_rows(c: &ConvLayer, x: &Tensor, rows: &mut Vec<Row>) -> Tensor {
     }
 }
 
-/// The summary rows of `model` for a `[1, 1, h, w]` input.
+/// The summary rows of `model` for a `[1, model.in_channels, h, w]` input.
 pub fn rows(model: &Model, h: i64, w: i64) -> Vec<Row> {
     tch::no_grad(|| {
         let mut rows = Vec::new();
-        let mut x = Tensor::zeros([1, 1, h, w], (Kind::Float, Device::Cpu));
+        let mut x = Tensor::zeros([1, model.in_channels, h, w], (Kind::Float, Device::Cpu));
         for b in &model.blocks {
             x = match b {
                 Block::Conv(c) => conv_rows(c, &x, &mut rows),
@@ -78,6 +82,10 @@ pub fn rows(model: &Model, h: i64, w: i64) -> Vec<Row> {
                     y
                 }
             };
+        }
+        if model.pool {
+            x = x.adaptive_avg_pool2d([1, 1]);
+            push(&mut rows, "AdaptiveAvgPool2d", &x, 0);
         }
         let y = x.flatten(1, -1);
         push(&mut rows, "Flatten", &y, 0);
@@ -134,7 +142,7 @@ mod tests {
     #[test]
     fn resnet_summary_matches_the_lesson() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let m = Model::new(&vs.root(), Arch::Resnet, 10);
+        let m = Model::new(&vs.root(), Arch::Resnet, 1, 10, 28);
         let rows = rows(&m, 28, 28);
         assert_eq!(
             rows[0],
@@ -157,8 +165,52 @@ mod tests {
         assert_eq!(rows.iter().filter(|r| r.layer == "MergeLayer").count(), 4);
         assert_eq!(rows.last().unwrap().shape, vec![10]);
         assert_eq!(rows.iter().map(|r| r.params).sum::<i64>(), 41_132);
+        assert!(rows.iter().all(|r| r.layer != "AdaptiveAvgPool2d"));
         let text = render(&m, &rows);
         assert!(text.contains("Total params: 41,132"), "{text}");
+    }
+
+    #[test]
+    fn rgb_64_summary_pools_before_the_flatten() {
+        for (arch, params) in [
+            (Arch::Basic, 12_270),
+            (Arch::Resnet, 41_276),
+            (Arch::Dense, 53_084),
+        ] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let m = Model::new(&vs.root(), arch, 3, 10, 64);
+            let rows = rows(&m, 64, 64);
+            let first = &rows[0];
+            assert_eq!(
+                (first.layer, &first.shape[..]),
+                ("Conv2d", &[8, 32, 32][..])
+            );
+            let n = rows.len();
+            assert_eq!(
+                rows[n - 2],
+                Row {
+                    layer: "AdaptiveAvgPool2d",
+                    shape: vec![10, 1, 1],
+                    params: 0,
+                    trainable: false
+                },
+                "{arch}"
+            );
+            // The map the pool averages: 64 halved five times.
+            assert_eq!(rows[n - 3].shape, vec![10, 2, 2], "{arch}");
+            assert_eq!(
+                rows[n - 1],
+                Row {
+                    layer: "Flatten",
+                    shape: vec![10],
+                    params: 0,
+                    trainable: false
+                },
+                "{arch}"
+            );
+            assert_eq!(rows.iter().map(|r| r.params).sum::<i64>(), params, "{arch}");
+            assert_eq!(params, m.num_params(), "{arch}");
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ mod step_clock;
 
 use std::path::PathBuf;
 
-use ringtrain_common::data::{DataError, LoadedDataset, PixelStats};
+use ringtrain_common::data::{Augment, DataError, Geometry, LoadedDataset, PixelStats};
 use ringtrain_common::report::ReportError;
 use ringtrain_common::schedule::SchedulePoint;
 use tch::nn::VarStore;
@@ -99,7 +99,10 @@ pub struct ReplicaSpec {
     pub seed: u64,
     pub rank: u32,
     pub adam: AdamConfig,
-    pub image_size: u32,
+    /// Channels and size of every image (the model's input).
+    pub geometry: Geometry,
+    /// Training augmentation.
+    pub augment: Augment,
     pub device: Device,
     /// Forward-pass arithmetic (bf16: autocast).
     pub precision: Precision,
@@ -140,8 +143,9 @@ pub struct EpochResult {
 
 /// Supplies what the replica must not decide alone, and receives its results.
 pub trait Driver {
-    /// Normalisation for this replica, given the pixel sums of its training images.
-    fn normalization(&mut self, local: PixelStats) -> Result<Normalize, TrainError>;
+    /// Normalisation for this replica, given the pixel sums of its training images (one per
+    /// channel).
+    fn normalization(&mut self, local: Vec<PixelStats>) -> Result<Normalize, TrainError>;
     /// Learning rate and beta1 of every step of `epoch`.
     fn epoch_plan(&mut self, epoch: u32) -> Result<Vec<SchedulePoint>, TrainError>;
     /// Called once training starts (after start-up).

@@ -86,18 +86,33 @@ impl<'a> Replica<'a> {
         driver: &mut dyn Driver,
     ) -> Result<Self, TrainError> {
         let device = spec.device;
-        let norm = driver.normalization(PixelStats::of(&ds.train.pixels))?;
-        let train_set = TrainSet::new(&ds.train, norm, device);
-        let valid_set = ValidSet::new(&ds.valid, norm, device);
-        let size = i64::from(spec.image_size);
+        let norm = driver.normalization(PixelStats::per_channel(&ds.train))?;
+        let g = spec.geometry;
+        if norm.channels() != g.channels as usize || ds.train.channels != g.channels {
+            return Err(TrainError::Coordinator(format!(
+                "normalisation for {} channels, images with {}, the run's {}",
+                norm.channels(),
+                ds.train.channels,
+                g.channels
+            )));
+        }
+        let valid_set = ValidSet::new(&ds.valid, &norm, device);
+        let train_set = TrainSet::new(&ds.train, norm, spec.augment, device);
+        let (channels, size) = (i64::from(g.channels), i64::from(g.size));
 
         // Same seed on every rank: identical initial parameters without a broadcast.
         tch::manual_seed(spec.seed as i64);
         let mut vs = VarStore::new(device);
-        let model = Model::new(&vs.root(), spec.model, ds.classes.len() as i64);
+        let model = Model::new(
+            &vs.root(),
+            spec.model,
+            channels,
+            ds.classes.len() as i64,
+            size,
+        );
         let flat = FlatParams::new(&vs, || {
             // Eval mode: allocates every gradient without touching BatchNorm running statistics.
-            let x = Tensor::zeros([2, 1, size, size], (Kind::Float, device));
+            let x = Tensor::zeros([2, channels, size, size], (Kind::Float, device));
             model.forward_t(&x, false).sum(Kind::Float).backward();
         })?;
         let bufs = buffers(&vs);

@@ -5,7 +5,9 @@
 
 use std::time::Instant;
 
-use ringtrain_common::data::{load_dataset, LoadOptions, PixelStats, Skipped};
+use ringtrain_common::data::{
+    load_dataset, memory, Geometry, LoadOptions, MemoryCheck, PixelStats, Skipped,
+};
 use ringtrain_common::plan::{plan_run, RunPlan};
 use ringtrain_common::report::{self, EpochRow, RunFiles, Smoothener};
 use ringtrain_common::schedule::SchedulePoint;
@@ -47,8 +49,11 @@ pub struct TrainSummary {
 struct RunRecord<'a> {
     model: String,
     classes: &'a [String],
-    normalize: Normalize,
+    normalize: RecordedNorm,
     image_size: u32,
+    /// Channels and size of the decoded images, and the augmentation (as in the
+    /// coordinator's `run.json`).
+    images: ImagesRecord,
     dataset: &'a std::path::Path,
     dataset_fingerprint: &'a str,
     train_images: usize,
@@ -61,6 +66,47 @@ struct RunRecord<'a> {
     /// The GPU's name and UUID when on CUDA.
     #[serde(skip_serializing_if = "Option::is_none")]
     gpu: Option<crate::device::GpuInfo>,
+}
+
+/// `normalize` in `run.json`: f64 scalars for one channel (the format before issue 18), f64
+/// lists marked `"float": "f64"` for more (the coordinator's lists are the f32 it sends).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum RecordedNorm {
+    Scalar {
+        mean: f64,
+        std: f64,
+    },
+    Lists {
+        mean: Vec<f64>,
+        std: Vec<f64>,
+        float: &'static str,
+    },
+}
+
+impl From<&Normalize> for RecordedNorm {
+    fn from(n: &Normalize) -> Self {
+        match (n.mean.as_slice(), n.std.as_slice()) {
+            ([mean], [std]) => RecordedNorm::Scalar {
+                mean: *mean,
+                std: *std,
+            },
+            _ => RecordedNorm::Lists {
+                mean: n.mean.clone(),
+                std: n.std.clone(),
+                float: "f64",
+            },
+        }
+    }
+}
+
+/// `images` in `run.json`.
+#[derive(Debug, Serialize)]
+struct ImagesRecord {
+    channels: u32,
+    size: u32,
+    resize: bool,
+    augment: String,
 }
 
 pub(crate) fn write_json(
@@ -90,6 +136,7 @@ fn unix_now() -> f64 {
 struct Standalone<'a> {
     cfg: &'a TrainConfig,
     device: Device,
+    geometry: Geometry,
     classes: &'a [String],
     skipped: &'a [Skipped],
     fingerprint: &'a str,
@@ -108,7 +155,7 @@ struct Standalone<'a> {
 }
 
 impl Driver for Standalone<'_> {
-    fn normalization(&mut self, local: PixelStats) -> Result<Normalize, TrainError> {
+    fn normalization(&mut self, local: Vec<PixelStats>) -> Result<Normalize, TrainError> {
         let norm = Normalize::from_stats(&local);
         std::fs::create_dir_all(&self.cfg.run_dir).map_err(|e| TrainError::Io {
             path: self.cfg.run_dir.clone(),
@@ -119,8 +166,14 @@ impl Driver for Standalone<'_> {
             &RunRecord {
                 model: self.cfg.recipe.model.to_string(),
                 classes: self.classes,
-                normalize: norm,
-                image_size: self.cfg.image_size,
+                normalize: RecordedNorm::from(&norm),
+                image_size: self.geometry.size,
+                images: ImagesRecord {
+                    channels: self.geometry.channels,
+                    size: self.geometry.size,
+                    resize: self.geometry.resize,
+                    augment: self.cfg.augment.to_string(),
+                },
                 dataset: &self.cfg.data,
                 dataset_fingerprint: self.fingerprint,
                 train_images: self.train_images,
@@ -216,14 +269,19 @@ pub fn train(
     if let Some(t) = cfg.threads {
         tch::set_num_threads(t as i32);
     }
-    let size = cfg.image_size;
     let ds = load_dataset(
         &cfg.data,
         &LoadOptions {
             scan: cfg.scan.clone(),
-            image_size: (size, size),
+            image: cfg.image_options(),
             cache_dir: cfg.cache_dir.clone(),
             progress: cfg.progress,
+            memory: Some(MemoryCheck {
+                limit: memory::process_limit(cfg.memory_limit),
+                pad: cfg.augment.pad,
+                tensors_on_host: !device.is_cuda(),
+                what: "the dataset".into(),
+            }),
         },
     )?;
     if !ds.skipped.is_empty() {
@@ -249,7 +307,8 @@ pub fn train(
         seed: cfg.recipe.seed,
         rank: 0,
         adam: cfg.recipe.adam(),
-        image_size: size,
+        geometry: ds.geometry,
+        augment: cfg.augment,
         device,
         precision: cfg.recipe.precision,
         progress: cfg.progress,
@@ -262,6 +321,7 @@ pub fn train(
     let mut driver = Standalone {
         cfg,
         device,
+        geometry: ds.geometry,
         classes: &ds.classes,
         skipped: &ds.skipped,
         fingerprint: &ds.fingerprint,
