@@ -15,7 +15,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(TORCH_VENV)/bin:$(PATH)
 
 BIN := target/release
-.PHONY: run run-single run-gpus test bench build setup setup-browser setup-netlab setup-promtool setup-slurm deploy-smoke deploy-smoke-binaries data clean-runs cycles gpu-bundle gpu-check
+.PHONY: run run-single run-gpus run-shapes shapes test bench build setup setup-browser setup-netlab setup-promtool setup-slurm deploy-smoke deploy-smoke-binaries data clean-runs cycles gpu-bundle gpu-check
 
 setup: $(TORCH_VENV)/.ringtrain-ok
 $(TORCH_VENV)/.ringtrain-ok: scripts/setup-torch.sh
@@ -49,6 +49,17 @@ build: setup
 run: build data
 	$(BIN)/ringtrain launch --data $(MNIST_DIR) --workers $(WORKERS) --model resnet --epochs 12 \
 		--max-lr 0.05 --batch-size 128 --run-dir $(RUN_DIR) $(if $(HTTP_LISTEN),--http-listen $(HTTP_LISTEN))
+
+# Your own images, shown on a generated set: 4 classes of coloured shapes on noise, RGB, 32x32
+# and 48x40 mixed, half PNG and half JPEG (synth-shapes), resized to 32x32, with flips.
+SHAPES_DIR ?= $(HOME)/.cache/ringtrain/data/shapes
+shapes: build
+	@if [ -d "$(SHAPES_DIR)/training" ]; then echo "shapes: already in $(SHAPES_DIR)"; \
+	else $(BIN)/synth-shapes $(SHAPES_DIR) --train-per-class 1000 --valid-per-class 200 --seed 7; fi
+
+run-shapes: build shapes
+	$(BIN)/ringtrain launch --data $(SHAPES_DIR) --workers $(WORKERS) --image-size 32 --augment pad,flip \
+		--epochs 15 --max-lr 0.05 --batch-size 64 --run-dir $(subst lesson7-resnet,shapes-resnet,$(RUN_DIR))
 
 # The same recipe in one standalone process (no coordinator).
 run-single: build data

@@ -719,4 +719,41 @@ mod tests {
         assert_eq!(recipe_keys().len(), 14, "{:?}", recipe_keys());
         assert!(load(Some(&dir.path().join("nope.toml")), &Flags::default()).is_err());
     }
+
+    #[test]
+    fn image_keys_from_a_file_as_numbers_or_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("job.toml");
+        std::fs::write(
+            &file,
+            "image_size = 64\nchannels = 3\naugment = \"pad,flip\"\n",
+        )
+        .unwrap();
+        let c = load(Some(&file), &Flags::default()).unwrap();
+        assert_eq!(
+            (c.image_size, c.channels, c.augment.to_string().as_str()),
+            (Some(64), Channels::Rgb, "pad=3,flip")
+        );
+        std::fs::write(&file, "image_size = \"32\"\nchannels = \"auto\"\n").unwrap();
+        let c = load(Some(&file), &Flags::default()).unwrap();
+        assert_eq!((c.image_size, c.channels), (Some(32), Channels::Auto));
+        for bad in ["channels = 2\n", "augment = \"rotate\"\n"] {
+            std::fs::write(&file, bad).unwrap();
+            assert!(load(Some(&file), &Flags::default()).is_err(), "{bad}");
+        }
+        let c = RunConfig {
+            data: "/d".into(),
+            image_size: Some(0),
+            ..RunConfig::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::BadImageSize(0)));
+        // Stored settings win on resume.
+        let stored = RunConfig {
+            image_size: Some(48),
+            channels: Channels::Gray,
+            ..RunConfig::default()
+        };
+        let c = RunConfig::default().continuing(&stored);
+        assert_eq!((c.image_size, c.channels), (Some(48), Channels::Gray));
+    }
 }

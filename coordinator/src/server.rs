@@ -238,6 +238,9 @@ impl Run {
         if let Some(line) = resume_notice {
             shared.emit(crate::artifacts::Output::Notice(line));
         }
+        if let Some(line) = images_notice(&prepared) {
+            shared.emit(crate::artifacts::Output::Notice(line));
+        }
         Ok(Self {
             shared,
             writer,
@@ -503,4 +506,30 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunOutcome, ServeError> {
     Run::prepare(config)?.serve(listener, shutdown).await
+}
+
+/// What the images became, when that is more than MNIST's native grayscale: the channels `auto`
+/// chose and the resizing, so a user sees how their folder is read.
+fn images_notice(p: &Prepared) -> Option<String> {
+    let g = p.dataset.geometry;
+    if g.channels == 1 && !g.resize {
+        return None;
+    }
+    let colour = if g.channels == 3 { "RGB" } else { "grayscale" };
+    let size = if g.resize {
+        format!(
+            "resized (shorter side) and centre-cropped to {0}x{0}",
+            g.size
+        )
+    } else {
+        format!("{0}x{0}, their own size", g.size)
+    };
+    Some(format!(
+        "ringtrain: {} training and {} validation images in {} classes, read as {colour} ({}), {size}; training augmentation {}",
+        p.dataset.train.len(),
+        p.dataset.valid.len(),
+        p.dataset.classes.len(),
+        if p.config.channels.fixed().is_some() { "--channels" } else { "auto" },
+        p.config.augment
+    ))
 }

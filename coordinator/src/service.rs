@@ -478,6 +478,7 @@ impl Coordinator for CoordinatorService {
             round_token: r.round_token,
             rank,
             stats,
+            skipped: r.skipped.into_iter().map(|s| (s.path, s.reason)).collect(),
         };
         let done = |s: &Snapshot| s.norm.is_some();
         match self

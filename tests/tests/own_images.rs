@@ -286,3 +286,32 @@ fn a_shard_that_cannot_fit_is_refused_before_decoding_with_the_numbers() {
         .unwrap_or(0);
     assert_eq!(cached, 0);
 }
+
+#[test]
+fn a_truncated_jpeg_fails_the_run_naming_it_or_is_skipped_and_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("shapes");
+    shapes(&data, 20, 8);
+    // Its header is intact, so the coordinator's probe accepts it; the worker's decoder
+    // (strict) finds the truncation.
+    let bad = ringtrain_tests::badimages::truncated_jpeg()
+        .write_in(&data.join("training/square"))
+        .unwrap();
+    let args = ["--image-size", "32", "--epochs", "1", "--batch-size", "16"];
+    let out = launch(&data, &tmp.path().join("r1"), &args, "own-images-truncated");
+    assert!(!out.success());
+    let all = format!("{}\n{}", out.stdout, out.stderr);
+    assert!(
+        all.contains(&format!("cannot decode {}", bad.display())),
+        "{all}"
+    );
+    let r2 = tmp.path().join("r2");
+    let mut skip = args.to_vec();
+    skip.push("--skip-bad");
+    let out = launch(&data, &r2, &skip, "own-images-truncated-skip");
+    assert!(out.success(), "{}", out.stderr);
+    assert_eq!(json(r2.join("summary.json"))["skipped"], 1);
+    let listed = json(r2.join("run.json"))["skipped"].clone();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["path"], bad.display().to_string());
+}

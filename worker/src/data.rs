@@ -153,15 +153,46 @@ impl TrainSet {
     /// Shuffle, crops and flips of `epoch` on `rank`; drops the last partial batch like
     /// fastai's train loader.
     pub fn plan_epoch(&self, seed: u64, epoch: u64, rank: u64, batch_size: usize) -> EpochPlan {
+        self.plan_epoch_min(seed, epoch, rank, batch_size, 0)
+    }
+
+    /// [`TrainSet::plan_epoch`] with at least `min_steps` batches: when the shard holds fewer
+    /// than `min_steps × batch_size` images (`--skip-bad` left some of a distributed shard
+    /// out, and every rank must take the plan's steps), further permutations of the shard fill
+    /// the epoch, drawn on from the same streams. A full shard draws exactly what it always
+    /// drew. An empty one gives 0 steps.
+    pub fn plan_epoch_min(
+        &self,
+        seed: u64,
+        epoch: u64,
+        rank: u64,
+        batch_size: usize,
+        min_steps: usize,
+    ) -> EpochPlan {
         let device = self.padded.device();
-        let perm: Vec<i64> = Stream::new(seed, &[Purpose::Shuffle as u64, epoch, rank])
+        let mut shuffle = Stream::new(seed, &[Purpose::Shuffle as u64, epoch, rank]);
+        let mut perm: Vec<i64> = shuffle
             .permutation(self.len)
             .into_iter()
             .map(|i| i as i64)
             .collect();
+        let want = min_steps.saturating_mul(batch_size);
+        while self.len > 0 && perm.len() < want {
+            perm.extend(shuffle.permutation(self.len).into_iter().map(|i| i as i64));
+        }
+        if perm.len() > self.len {
+            tracing::warn!(
+                images = self.len,
+                positions = perm.len(),
+                "shard smaller than the plan's steps (files skipped): repeating images this epoch"
+            );
+        }
+        let positions = perm.len();
         let mut crop = Stream::new(seed, &[Purpose::Crop as u64, epoch, rank]);
         let span = (2 * self.pad + 1) as u64;
-        let offsets: Vec<i64> = (0..2 * self.len).map(|_| crop.below(span) as i64).collect();
+        let offsets: Vec<i64> = (0..2 * positions)
+            .map(|_| crop.below(span) as i64)
+            .collect();
         let flips = self.flip.then(|| {
             let mut s = Stream::new(seed, &[Purpose::Flip as u64, epoch, rank]);
             let f: Vec<bool> = (0..self.len).map(|_| s.below(2) == 1).collect();
@@ -172,10 +203,10 @@ impl TrainSet {
         EpochPlan {
             perm: Tensor::from_slice(&perm).to_device(device),
             offsets: Tensor::from_slice(&offsets)
-                .view([self.len as i64, 2])
+                .view([positions as i64, 2])
                 .to_device(device),
             flips,
-            steps: self.len / batch_size,
+            steps: positions / batch_size,
             batch_size,
         }
     }
@@ -407,5 +438,35 @@ mod tests {
         assert_eq!(v, vec![2.0, 1.0, 0.0]);
         let stats = PixelStats::per_channel(&rgb_split(2, 2));
         assert_eq!(Normalize::from_stats(&stats).channels(), 3);
+    }
+
+    #[test]
+    fn a_short_shard_fills_the_plan_by_repeating_images() {
+        let s = split(10);
+        let ts = TrainSet::new(
+            &s,
+            Normalize {
+                mean: vec![0.0],
+                std: vec![1.0],
+            },
+            Augment::default(),
+            Device::Cpu,
+        );
+        let full = ts.plan_epoch(3, 1, 0, 4);
+        let same = ts.plan_epoch_min(3, 1, 0, 4, 2);
+        assert!(full.perm.equal(&same.perm) && full.offsets.equal(&same.offsets));
+        assert_eq!(full.steps, 2);
+        let long = ts.plan_epoch_min(3, 1, 0, 4, 7);
+        assert_eq!(long.steps, 7);
+        let perm = Vec::<i64>::try_from(&long.perm).unwrap();
+        assert_eq!(perm.len(), 30, "three permutations of 10");
+        assert_eq!(&perm[..10], &Vec::<i64>::try_from(&full.perm).unwrap()[..]);
+        for chunk in perm.chunks(10) {
+            let mut c = chunk.to_vec();
+            c.sort_unstable();
+            assert_eq!(c, (0..10).collect::<Vec<_>>());
+        }
+        let (x, _) = ts.batch(&long, 6);
+        assert_eq!(x.size(), vec![4, 1, 28, 28]);
     }
 }

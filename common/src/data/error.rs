@@ -67,6 +67,9 @@ pub enum DataError {
     /// Too many images for the label or index types.
     #[error("dataset too large: {what}")]
     TooLarge { what: String },
+    /// A file a worker left out while decoding (`skip_bad`), with the worker's message.
+    #[error("{reason}")]
+    Reported { path: PathBuf, reason: String },
     /// Without `--image-size`, the dataset's most common image size is not square.
     #[error("the images are {width}x{height} pixels (e.g. {example}), not square; pass --image-size N to resize them to NxN")]
     NotSquare {
@@ -100,6 +103,7 @@ impl DataError {
             DataError::NotImage { .. }
                 | DataError::CorruptImage { .. }
                 | DataError::WrongSize { .. }
+                | DataError::Reported { .. }
         )
     }
 }

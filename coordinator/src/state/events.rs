@@ -87,6 +87,9 @@ pub enum Event {
         rank: Rank,
         /// One per channel of the run.
         stats: Vec<PixelStats>,
+        /// Files of the rank's shard its decoding left out (`skip_bad`): (path relative to
+        /// the data root, the worker's message).
+        skipped: Vec<(String, String)>,
     },
     /// A rank's epoch report.
     Epoch {

@@ -186,6 +186,9 @@ pub struct RunState {
     ranks: Vec<Liveness>,
     pixel: BTreeMap<Rank, Vec<PixelStats>>,
     norm: Option<Vec<PixelStats>>,
+    /// Files workers left out while decoding (`skip_bad`), by path relative to the data root,
+    /// over every round: listed in `run.json`, counted in `summary.json`.
+    decode_skipped: BTreeMap<String, String>,
     reports: BTreeMap<Rank, EpochReport>,
     epoch_started: Instant,
     agg: EpochAggregator,
@@ -302,6 +305,7 @@ impl RunState {
             ranks: Vec::new(),
             pixel: BTreeMap::new(),
             norm: None,
+            decode_skipped: BTreeMap::new(),
             reports: BTreeMap::new(),
             epoch_started: now,
         }
@@ -454,7 +458,8 @@ impl RunState {
                 round_token,
                 rank,
                 stats,
-            } => self.pixel_stats(&run_id, round_token, rank, stats, now),
+                skipped,
+            } => self.pixel_stats(&run_id, round_token, rank, stats, skipped, now),
             Event::Epoch {
                 run_id,
                 round_token,

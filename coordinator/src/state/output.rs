@@ -107,7 +107,8 @@ pub struct RunInfo {
     pub collective_reason: Option<String>,
     /// Training files no rank trains on (the shard plan's trim), relative to the data root.
     pub dropped_train: Vec<String>,
-    /// Files the scan left out because of `skip_bad`, with reasons.
+    /// Files left out because of `skip_bad`, with reasons: by the scan and the header probe,
+    /// and by the workers' decoding (as they reported them).
     pub skipped: Vec<Skipped>,
     /// The effective configuration.
     pub config: RunConfig,
@@ -151,6 +152,10 @@ pub struct Summary {
     /// Times a rank was named a straggler.
     #[serde(default)]
     pub stragglers_named: u64,
+    /// Files left out by `--skip-bad` (the scan, the header probe and the workers' decoding;
+    /// listed with reasons in `run.json`).
+    #[serde(default)]
+    pub skipped: usize,
 }
 
 /// One round of the run's membership history.

@@ -58,7 +58,7 @@ impl RunState {
                     .map(|&i| d.train[i].0.clone())
                     .collect()
             }),
-            skipped: d.skipped.clone(),
+            skipped: self.all_skipped(),
             collective: self.collective.as_ref().map(|c| c.0.to_string()),
             collective_reason: self.collective.as_ref().map(|c| c.1.clone()),
             config: p.config.clone(),
@@ -107,6 +107,7 @@ impl RunState {
                 })
                 .collect(),
             stragglers_named: self.counters.stragglers_named,
+            skipped: self.all_skipped().len(),
         }
     }
 

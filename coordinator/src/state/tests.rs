@@ -325,6 +325,7 @@ fn pixel_barrier_merges_once_everyone_reported() {
         run_id: RUN.into(),
         round_token: T1,
         rank: Rank(rank),
+        skipped: vec![],
         stats: vec![PixelStats {
             sum: 255 * 784 * white,
             sum_sq: 255 * 255 * 784 * white,
@@ -348,6 +349,42 @@ fn pixel_barrier_merges_once_everyone_reported() {
 }
 
 #[test]
+fn files_a_rank_skipped_must_be_its_own_and_are_listed_and_counted() {
+    let t0 = Instant::now();
+    let mut s = running(t0);
+    let plan = s.plan.clone().unwrap();
+    let d = s.prepared.dataset.clone();
+    let own = d.train[plan.shard_of(Rank(0)).0[0]].0.clone();
+    let foreign = d.train[plan.shard_of(Rank(1)).0[0]].0.clone();
+    let px = |skipped: Vec<(String, String)>| Event::PixelStats {
+        run_id: RUN.into(),
+        round_token: T1,
+        rank: Rank(0),
+        stats: vec![PixelStats::of(&[9; 784])],
+        skipped,
+    };
+    let why = |p: &str| (p.to_string(), format!("cannot decode /w/{p}: truncated"));
+    for (skipped, want) in [
+        (vec![why(&foreign)], "is not a file of its shard"),
+        (vec![why("../../etc/passwd")], "is not a file of its shard"),
+        (vec![why(&own), why(&own)], "is listed twice"),
+        (
+            vec![(own.clone(), "x".repeat(5000))],
+            "has an over-long reason",
+        ),
+    ] {
+        let err = s.on_event(px(skipped), t0).unwrap_err();
+        assert!(err.to_string().contains(want), "{err}");
+    }
+    assert!(s.on_event(px(vec![why(&own)]), t0).unwrap().is_empty());
+    let listed = s.all_skipped();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].path, std::path::Path::new("/data").join(&own));
+    assert!(listed[0].reason.to_string().contains("truncated"));
+    assert_eq!(s.summary(t0).skipped, 1);
+}
+
+#[test]
 fn pixel_sums_that_no_shard_can_produce_are_refused() {
     let t0 = Instant::now();
     let mut s = running(t0);
@@ -356,6 +393,7 @@ fn pixel_sums_that_no_shard_can_produce_are_refused() {
         round_token: T1,
         rank: Rank(0),
         stats: vec![PixelStats { sum, sum_sq, count }],
+        skipped: vec![],
     };
     for (sum, sum_sq, count, why) in [
         (0, 0, 0, "count 0"),
@@ -377,6 +415,7 @@ fn pixel_sums_that_no_shard_can_produce_are_refused() {
         round_token: T1,
         rank: Rank(0),
         stats: vec![PixelStats::of(&[1; 784]); 3],
+        skipped: vec![],
     };
     let err = s.on_event(rgb, t0).unwrap_err();
     assert!(err.to_string().contains("3 channels"), "{err}");

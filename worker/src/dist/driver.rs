@@ -27,6 +27,8 @@ pub(super) struct Distributed<'a> {
     secret: Vec<u8>,
     /// The work counters the heartbeats report; the final Leave reports them once more.
     progress: Arc<Progress>,
+    /// Files of this shard the decoding left out (skip_bad), reported with the pixel sums.
+    pub(super) skipped: Vec<pb::SkippedFile>,
 }
 
 impl<'a> Distributed<'a> {
@@ -52,6 +54,7 @@ impl<'a> Distributed<'a> {
             steps_per_epoch,
             secret,
             progress,
+            skipped: Vec::new(),
         }
     }
 
@@ -101,6 +104,7 @@ impl Driver for Distributed<'_> {
                 })
                 .collect(),
             worker_secret: self.secret.clone(),
+            skipped: self.skipped.clone(),
         })?;
         let sane = merged.mean.len() == channels
             && merged.std.len() == channels

@@ -167,6 +167,20 @@ pub(super) fn train_round(
         r.secret.to_vec(),
         r.progress.clone(),
     );
+    // The coordinator lists them in run.json and counts them in summary.json.
+    driver.skipped = ds
+        .skipped
+        .iter()
+        .map(|s| pb::SkippedFile {
+            path: s
+                .path
+                .strip_prefix(&opts.data)
+                .unwrap_or(&s.path)
+                .to_string_lossy()
+                .into_owned(),
+            reason: s.reason.to_string(),
+        })
+        .collect();
     run_replica(&replica, &ds, collective.as_mut(), &mut driver)?;
     Ok(())
 }

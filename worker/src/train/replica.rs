@@ -179,11 +179,12 @@ impl<'a> Replica<'a> {
                 want: spec.steps_per_epoch,
             });
         }
-        let plan = self.train_set.plan_epoch(
+        let plan = self.train_set.plan_epoch_min(
             spec.seed,
             u64::from(epoch),
             u64::from(spec.rank),
             spec.batch_size,
+            spec.steps_per_epoch,
         );
         if plan.steps < spec.steps_per_epoch {
             return Err(TrainError::BadPlan {
