@@ -30,7 +30,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE", env = "RINGTRAIN_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// `--data`, `--skip-bad`, `--train-dir`, `--valid-dir`.
+    /// `--data`, `--skip-bad`, `--train-dir`, `--valid-dir`, `--image-size`, `--channels`,
+    /// `--augment`.
     #[command(flatten)]
     #[serde(flatten)]
     pub dataset: DatasetArgs,

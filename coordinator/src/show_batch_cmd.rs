@@ -17,7 +17,8 @@ use ringtrain_common::recipe::DEFAULT_SEED;
 #[derive(Debug, Clone, Args)]
 #[command(mut_arg("data", |a| a.required(true)))]
 pub struct ShowBatchArgs {
-    /// `--data` (required), `--skip-bad`, `--train-dir`, `--valid-dir`: as for a run.
+    /// `--data` (required), `--skip-bad`, `--train-dir`, `--valid-dir`, `--image-size`,
+    /// `--channels`, `--augment`: as for a run.
     #[command(flatten)]
     dataset: DatasetArgs,
     /// Output PNG.

@@ -145,6 +145,7 @@ async fn forged_reports_are_refused_and_never_become_checkpoints() {
         rank: r.rank,
         round_token: r.round_token,
         worker_secret: r.worker_secret.clone(),
+        skipped: vec![],
         channels: vec![pb::ChannelSums { sum, sum_sq, count }],
     };
     // Sums that wrap a u64 when merged, more pixels than the shard has, impossible moments.
@@ -161,8 +162,24 @@ async fn forged_reports_are_refused_and_never_become_checkpoints() {
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
         assert!(e.message().contains(why), "{}", e.message());
     }
-    // The honest sums go through the barrier.
+    // A skipped-files list naming a file of another rank's shard (or none at all).
     let (s, q, k) = common::fake_pixels(shard.train.len());
+    let other = b.shard.clone().unwrap().train[0].path.clone();
+    for path in [other, "../../etc/shadow".to_string()] {
+        let mut forged = px(&a, s, q, k);
+        forged.skipped = vec![pb::SkippedFile {
+            path: path.clone(),
+            reason: "cannot decode".into(),
+        }];
+        let e = c.report_pixel_stats(forged).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(
+            e.message().contains("is not a file of its shard"),
+            "{}",
+            e.message()
+        );
+    }
+    // The honest sums go through the barrier.
     let mut cb = client(&url).await;
     let (ra, rb) = tokio::join!(
         c.report_pixel_stats(px(&a, s, q, k)),

@@ -189,6 +189,7 @@ async fn barriers_wait_for_every_rank() {
         run_id: "test-run".into(),
         round_token: t,
         rank,
+        skipped: vec![],
         channels: vec![pb::ChannelSums {
             sum: if white { 255 * 784 } else { 0 },
             sum_sq: if white { 255 * 255 * 784 } else { 0 },
@@ -382,6 +383,7 @@ async fn leave_with_failure_fails_the_run() {
         run_id: "test-run".into(),
         round_token: t,
         rank: 0,
+        skipped: vec![],
         channels: vec![pb::ChannelSums {
             sum: 0,
             sum_sq: 0,

@@ -182,7 +182,8 @@ pub enum Command {
     /// Scan and decode a dataset into the decoded-image cache, so later starts skip decoding.
     #[command(mut_arg("data", |a| a.required(true)))]
     Cache {
-        /// `--data` (required), `--skip-bad`, `--train-dir`, `--valid-dir`.
+        /// `--data` (required), `--skip-bad`, `--train-dir`, `--valid-dir`, `--image-size`,
+        /// `--channels`.
         #[command(flatten)]
         dataset: DatasetArgs,
         /// Decoded-image cache folder [default: $RINGTRAIN_CACHE_DIR or ~/.cache/ringtrain/decoded].
@@ -240,7 +241,8 @@ pub enum Command {
 #[derive(Debug, Args)]
 #[command(mut_arg("data", |a| a.required(true)))]
 pub struct ShowBatchArgs {
-    /// `--data` (required), `--skip-bad`, `--train-dir`, `--valid-dir` (the validation split is
+    /// `--data` (required), `--skip-bad`, `--train-dir`, `--valid-dir`, `--image-size`,
+    /// `--channels`, `--augment` (the validation split is
     /// scanned, not shown).
     #[command(flatten)]
     pub dataset: DatasetArgs,

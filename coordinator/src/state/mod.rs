@@ -47,6 +47,7 @@ mod reports;
 #[cfg(test)]
 mod round_tests;
 mod rounds;
+mod skips;
 #[cfg(test)]
 mod stall_tests;
 mod stalls;

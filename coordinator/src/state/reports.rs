@@ -5,13 +5,12 @@
 use std::time::Instant;
 
 use ringtrain_common::checkpoint::digest::{is_digest, state_digest};
-use ringtrain_common::data::{PixelStats, Skipped};
+use ringtrain_common::data::PixelStats;
 
 use super::epoch::EpochReport;
 use super::rounds::Position;
 use super::{Action, Actions, Cause, RunError, RunState, Status};
 use crate::ids::Rank;
-use crate::plan::RunPlan;
 use crate::state::output::Output;
 
 /// What a Leave says besides who sent it.
@@ -301,65 +300,6 @@ impl RunState {
             out.push(Action::Publish);
         }
         Ok(out)
-    }
-}
-
-/// Longest skip reason kept from a worker (a decoder's message, with the path).
-const MAX_SKIP_REASON: usize = 2048;
-
-impl RunState {
-    /// Refuses skipped files that are not the rank's own shard's, repeated, or with absurd
-    /// reasons: a worker cannot make the run's record name arbitrary files.
-    fn check_skipped(
-        &self,
-        rank: Rank,
-        plan: &RunPlan,
-        skipped: &[(String, String)],
-    ) -> Result<(), RunError> {
-        if skipped.is_empty() {
-            return Ok(());
-        }
-        let d = &self.prepared.dataset;
-        let (train, valid) = plan.shard_of(rank);
-        let own: std::collections::HashSet<&str> = train
-            .iter()
-            .map(|&i| d.train[i].0.as_str())
-            .chain(valid.iter().map(|&i| d.valid[i].0.as_str()))
-            .collect();
-        let mut seen = std::collections::HashSet::new();
-        for (path, reason) in skipped {
-            let why = if !own.contains(path.as_str()) {
-                "is not a file of its shard"
-            } else if !seen.insert(path.as_str()) {
-                "is listed twice"
-            } else if reason.len() > MAX_SKIP_REASON {
-                "has an over-long reason"
-            } else {
-                continue;
-            };
-            return Err(RunError::BadRequest(format!(
-                "rank {rank} skipped file {path:?} {why}"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Every file left out: by the scan and the header probe, and by the workers' decoding.
-    pub(super) fn all_skipped(&self) -> Vec<Skipped> {
-        let d = &self.prepared.dataset;
-        let root = std::path::Path::new(&d.root);
-        let mut out = d.skipped.clone();
-        out.extend(self.decode_skipped.iter().map(|(rel, reason)| {
-            let path = root.join(rel);
-            Skipped {
-                path: path.clone(),
-                reason: ringtrain_common::data::DataError::Reported {
-                    path,
-                    reason: reason.clone(),
-                },
-            }
-        }));
-        out
     }
 }
 

@@ -196,6 +196,7 @@ pub async fn fake_worker(
     let px = pb::PixelStatsReport {
         run_id: run_id.clone(),
         rank,
+        skipped: vec![],
         channels: vec![pb::ChannelSums { sum, sum_sq, count }],
         round_token: token,
         worker_secret: secret.clone(),
