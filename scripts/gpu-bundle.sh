@@ -2,6 +2,7 @@
 # Builds what scripts/gpu-check.sh needs on a GPU machine that has python3 + torch 2.11.0 but no
 # Rust, into one folder (default target/gpu-check, about 35 MB, small enough to carry):
 #   release/ringtrain, release/ringtrain-worker   stripped release binaries
+#   release/synth-shapes                          the RGB shapes generator (your-own-images run)
 #   release/gpu-tests                             the `cuda-tests` test binary (tests/tests/gpu.rs)
 #   mnist/*.gz                                    the four MNIST idx files (../shared/data/mnist)
 #   bench/torch_ref.py                            the PyTorch reference
@@ -27,7 +28,7 @@ for line in sys.stdin:
 [ -n "$tests_bin" ] || { echo "gpu-bundle: could not build the cuda-tests test binary" >&2; exit 1; }
 rm -rf "$DEST"
 mkdir -p "$DEST/release" "$DEST/mnist" "$DEST/bench"
-cp target/release/ringtrain target/release/ringtrain-worker "$DEST/release/"
+cp target/release/ringtrain target/release/ringtrain-worker target/release/synth-shapes "$DEST/release/"
 cp "$tests_bin" "$DEST/release/gpu-tests"
 strip "$DEST"/release/*
 cp "$IDX"/*.gz "$DEST/mnist/"

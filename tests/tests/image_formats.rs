@@ -127,3 +127,31 @@ fn a_jpeg_named_png_is_read_by_its_bytes() {
     d.check_rgb(&raw.data).unwrap();
     assert!(Path::new(&path).exists());
 }
+
+#[test]
+fn a_progressive_jpeg_decodes_like_a_baseline_one() {
+    let (w, h) = (40u16, 24u16);
+    let ink = [30u8, 160, 220];
+    let mut bytes = Vec::new();
+    let mut enc = jpeg_encoder::Encoder::new(&mut bytes, 90);
+    enc.set_progressive(true);
+    enc.encode(
+        &ink.repeat(usize::from(w) * usize::from(h)),
+        w,
+        h,
+        jpeg_encoder::ColorType::Rgb,
+    )
+    .unwrap();
+    let path = Path::new("progressive.jpg");
+    let raw = ringtrain_common::data::decode::read_image(&bytes, path).unwrap();
+    assert_eq!((raw.width, raw.height, raw.channels), (40, 24, 3));
+    for px in raw.data.chunks(3) {
+        for (got, want) in px.iter().zip(ink) {
+            assert!(got.abs_diff(want) <= 4, "{px:?} vs {ink:?}");
+        }
+    }
+    // Cut short, it is refused like a baseline one.
+    let err = ringtrain_common::data::decode::read_image(&bytes[..bytes.len() * 2 / 3], path)
+        .unwrap_err();
+    assert!(matches!(err, DataError::CorruptImage { .. }), "{err:?}");
+}
