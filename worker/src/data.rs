@@ -48,11 +48,14 @@ impl Normalize {
     /// u8 pixels `[.., C, H, W]` → normalised f32, in place on a fresh float tensor. One
     /// channel uses scalar arithmetic (the lesson's MNIST arithmetic, bit for bit).
     pub fn apply(&self, pixels_u8: &Tensor) -> Tensor {
-        let mut x = pixels_u8.to_kind(Kind::Float);
-        if let ([mean], [std]) = (self.mean.as_slice(), self.std.as_slice()) {
-            let _ = x.g_mul_scalar_(1.0 / (255.0 * std));
-            let _ = x.g_add_scalar_(-mean / std);
-            return x;
+        self.apply_with(pixels_u8, self.per_channel(pixels_u8.device()).as_ref())
+    }
+
+    /// For more than one channel, the `[C, 1, 1]` scale `1/(255·std)` and shift `−mean/std`
+    /// on `device`: made once by whoever normalises every batch (no upload per step).
+    pub fn per_channel(&self, device: Device) -> Option<(Tensor, Tensor)> {
+        if self.mean.len() == 1 {
+            return None;
         }
         let c = self.mean.len() as i64;
         let per = |f: &dyn Fn(f64, f64) -> f64| -> Tensor {
@@ -62,12 +65,25 @@ impl Normalize {
                 .zip(&self.std)
                 .map(|(&m, &s)| f(m, s) as f32)
                 .collect();
-            Tensor::from_slice(&v)
-                .view([c, 1, 1])
-                .to_device(pixels_u8.device())
+            Tensor::from_slice(&v).view([c, 1, 1]).to_device(device)
         };
-        let _ = x.g_mul_(&per(&|_, s| 1.0 / (255.0 * s)));
-        let _ = x.g_add_(&per(&|m, s| -m / s));
+        Some((per(&|_, s| 1.0 / (255.0 * s)), per(&|m, s| -m / s)))
+    }
+
+    /// [`Normalize::apply`] with the tensors of [`Normalize::per_channel`] made beforehand.
+    pub fn apply_with(&self, pixels_u8: &Tensor, per_channel: Option<&(Tensor, Tensor)>) -> Tensor {
+        let mut x = pixels_u8.to_kind(Kind::Float);
+        match (per_channel, self.mean.as_slice(), self.std.as_slice()) {
+            (Some((scale, shift)), _, _) => {
+                let _ = x.g_mul_(scale);
+                let _ = x.g_add_(shift);
+            }
+            (None, [mean, ..], [std, ..]) => {
+                let _ = x.g_mul_scalar_(1.0 / (255.0 * std));
+                let _ = x.g_add_scalar_(-mean / std);
+            }
+            (None, _, _) => {}
+        }
         x
     }
 }
@@ -101,6 +117,8 @@ pub struct TrainSet {
     flip: bool,
     arange_h: Tensor,
     arange_w: Tensor,
+    /// `norm`'s per-channel scale and shift on the device (RGB), made once.
+    norm_tensors: Option<(Tensor, Tensor)>,
     pub norm: Normalize,
 }
 
@@ -136,6 +154,7 @@ impl TrainSet {
             flip: augment.flip,
             arange_h: Tensor::arange(h, (Kind::Int64, device)),
             arange_w: Tensor::arange(w, (Kind::Int64, device)),
+            norm_tensors: norm.per_channel(device),
             norm,
         }
     }
@@ -232,7 +251,10 @@ impl TrainSet {
             let mask = flips.index_select(0, &idx);
             imgs = imgs.flip([3]).where_self(&mask, &imgs);
         }
-        (self.norm.apply(&imgs), self.labels.index_select(0, &idx))
+        (
+            self.norm.apply_with(&imgs, self.norm_tensors.as_ref()),
+            self.labels.index_select(0, &idx),
+        )
     }
 }
 

@@ -97,7 +97,8 @@ pub struct RawImage {
     pub data: Vec<u8>,
 }
 
-fn corrupt(path: &Path, e: &dyn std::fmt::Display) -> DataError {
+/// [`DataError::CorruptImage`] for `path` with `e` as the reason.
+pub(crate) fn corrupt(path: &Path, e: &dyn std::fmt::Display) -> DataError {
     DataError::CorruptImage {
         path: path.to_path_buf(),
         reason: e.to_string(),

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use super::decode::Format;
+use super::decode::{corrupt, Format};
 use super::{Channels, DataError, DatasetIndex, Geometry, ImageEntry, ImageOptions, Skipped};
 
 /// What an image's header says.
@@ -24,13 +24,6 @@ pub struct ImageInfo {
     pub height: u32,
     /// False for gray, gray+alpha and palettes of grays; true for everything else.
     pub color: bool,
-}
-
-fn corrupt(path: &Path, e: &dyn std::fmt::Display) -> DataError {
-    DataError::CorruptImage {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    }
 }
 
 fn probe_png(bytes: &[u8], path: &Path) -> Result<ImageInfo, DataError> {
