@@ -141,6 +141,9 @@ for image in coordinator worker; do
   size=$("${P[@]}" image inspect --format '{{.Size}}' "localhost/ringtrain/$image:0.1.0")
   say "image: localhost/ringtrain/$image:0.1.0 ($BUILD) built in $(($(date +%s) - t0)) s, $((size / 1000000)) MB"
 done
+# A rebuilt tag leaves the previous image dangling; the worker's carries libtorch (GBs), so a
+# machine that runs this often would fill its disk with them.
+"${P[@]}" image prune -f >/dev/null 2>&1 || true
 
 # --- 3. the manifests' settings -----------------------------------------------------------------
 deploy/check.sh >"$work/check.txt" 2>&1 || { tail -20 "$work/check.txt"; die "deploy/check.sh"; }
