@@ -22,22 +22,30 @@
 //! `on_event`, never across `.await`. Tests: `coordinator/tests/service.rs` calls these trait
 //! methods directly.
 
+mod barrier;
+mod reply;
+mod status;
+
 use std::sync::Arc;
 
 use ringtrain_common::data::PixelStats;
 use ringtrain_common::pb::{self, coordinator_server::Coordinator};
-// Metadata marking a status as "the run failed" (the worker exits with code 3).
-use ringtrain_common::wire::{RUN_FAILED, RUN_STATUS_KEY};
 use tonic::{Request, Response, Status};
 
+use barrier::{Barrier, PendingJoin};
+use reply::join_reply;
+pub(crate) use status::peer;
+use status::{
+    failed_verdict, failure_reason, refuse, run_failed, stale, to_status, wire_status, REFUSALS,
+};
+
 use crate::ids::{Rank, WorkerId};
-use crate::plan::RunPlan;
-use crate::rendezvous::{Candidate, Membership, RendezvousError};
+use crate::rendezvous::Candidate;
 use crate::shared::Shared;
 use crate::state::epoch::EpochReport;
 use crate::state::midepoch::MidReport;
 use crate::state::straggler::Timing;
-use crate::state::{self, Event, JoinArgs, Prepared, RunError, Secret, Snapshot, Work};
+use crate::state::{self, Event, JoinArgs, RunError, Secret, Snapshot, Work};
 
 /// The tonic service; cheap to clone.
 #[derive(Clone)]
@@ -48,286 +56,6 @@ pub struct CoordinatorService {
 impl std::fmt::Debug for CoordinatorService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CoordinatorService").finish_non_exhaustive()
-    }
-}
-
-/// The one translation from domain errors to gRPC.
-fn to_status(e: RunError) -> Status {
-    let msg = e.to_string();
-    match e {
-        RunError::VersionMismatch { .. }
-        | RunError::RunIdMismatch { .. }
-        | RunError::ModelMismatch { .. }
-        | RunError::DatasetMismatch { .. }
-        | RunError::NotRunning { .. } => Status::failed_precondition(msg),
-        RunError::Rendezvous(RendezvousError::Closed { .. } | RendezvousError::Duplicate(_)) => {
-            Status::already_exists(msg)
-        }
-        RunError::Rendezvous(RendezvousError::Timeout { .. }) => Status::deadline_exceeded(msg),
-        RunError::Rendezvous(RendezvousError::EmptyWorkerId) | RunError::BadRequest(_) => {
-            Status::invalid_argument(msg)
-        }
-        RunError::UnknownRank { .. } | RunError::WrongWorker { .. } => Status::not_found(msg),
-        RunError::Failed { .. } => run_failed(msg),
-        RunError::StaleRound { .. } => Status::aborted(msg),
-        RunError::Stopping => Status::unavailable(msg),
-        // Not an error: come back, the run grows at its next epoch end or checkpoint step.
-        RunError::Queued { .. } => Status::resource_exhausted(msg),
-        // Retryable: the id frees up once its holder is declared lost.
-        RunError::IdentityHeld { .. } => Status::already_exists(msg),
-        RunError::NotAuthenticated { .. } => Status::permission_denied(msg),
-    }
-}
-
-/// Who sent `req`: the TCP peer address, or "unknown" (service tests call without a socket).
-pub(crate) fn peer<T>(req: &Request<T>) -> String {
-    crate::guard::peer_addr(req).map_or_else(|| "unknown".into(), |a| a.to_string())
-}
-
-/// Refusals a stranger can cause at will are logged at most this often.
-static REFUSALS: std::sync::LazyLock<ringtrain_common::logging::RateLimit> =
-    std::sync::LazyLock::new(|| {
-        ringtrain_common::logging::RateLimit::new(20, std::time::Duration::from_secs(10))
-    });
-
-/// Logs a refused call with the caller's address and the reason (rate-limited), and turns it
-/// into its status.
-fn refuse(call: &str, peer: &str, e: RunError) -> Status {
-    let log = !matches!(
-        e,
-        RunError::Stopping | RunError::StaleRound { .. } | RunError::Failed { .. }
-    );
-    if log {
-        if let Some(left_out) = REFUSALS.allow() {
-            tracing::warn!(%peer, call, reason = %e, left_out, "call refused");
-        }
-    }
-    to_status(e)
-}
-
-fn run_failed(msg: String) -> Status {
-    let mut md = tonic::metadata::MetadataMap::new();
-    md.insert(
-        RUN_STATUS_KEY,
-        tonic::metadata::MetadataValue::from_static(RUN_FAILED),
-    );
-    Status::with_metadata(tonic::Code::FailedPrecondition, msg, md)
-}
-
-fn stale(snap: &Snapshot) -> Status {
-    to_status(RunError::StaleRound { round: snap.round })
-}
-
-fn wire_status(s: state::Status) -> pb::RunStatus {
-    match s {
-        state::Status::Rendezvous => pb::RunStatus::Rendezvous,
-        state::Status::Running => pb::RunStatus::Running,
-        state::Status::Finished => pb::RunStatus::Finished,
-        state::Status::Failed => pb::RunStatus::Failed,
-    }
-}
-
-fn failed_verdict(reason: String) -> pb::Verdict {
-    pb::Verdict {
-        status: pb::RunStatus::Failed as i32,
-        reason,
-    }
-}
-
-/// How a barrier call ended (see [`CoordinatorService::barrier`]).
-enum Barrier {
-    /// The barrier completed: the snapshot that showed it.
-    Done(Snapshot),
-    /// The run failed (before or while waiting), with its reason.
-    Failed(String),
-}
-
-impl Barrier {
-    /// The verdict a call with a status field answers.
-    fn verdict(self) -> pb::Verdict {
-        match self {
-            Barrier::Done(_) => pb::Verdict {
-                status: pb::RunStatus::Running as i32,
-                reason: String::new(),
-            },
-            Barrier::Failed(reason) => failed_verdict(reason),
-        }
-    }
-}
-
-/// Counts `rank` as alive while a barrier call waits; ends the wait on drop (reply or disconnect).
-struct Waiting {
-    shared: Arc<Shared>,
-    rank: Rank,
-}
-
-impl Waiting {
-    fn start(shared: &Arc<Shared>, rank: Rank) -> Self {
-        let _ = shared.apply(Event::WaitStart(rank), |_| ());
-        Self {
-            shared: shared.clone(),
-            rank,
-        }
-    }
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        let _ = self.shared.apply(Event::WaitEnd(self.rank), |_| ());
-    }
-}
-
-/// Withdraws a Join from the open round when its call is dropped before the round closes.
-struct PendingJoin {
-    shared: Arc<Shared>,
-    worker_id: Option<WorkerId>,
-}
-
-impl Drop for PendingJoin {
-    fn drop(&mut self) {
-        if let Some(id) = self.worker_id.take() {
-            let _ = self.shared.apply(Event::AbandonJoin(id), |_| ());
-        }
-    }
-}
-
-impl CoordinatorService {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
-    }
-
-    /// Refuses a round-scoped call that does not carry the secret of the worker at `rank`.
-    fn authenticate(
-        &self,
-        call: &str,
-        peer: &str,
-        round_token: u64,
-        rank: Rank,
-        secret: &[u8],
-    ) -> Result<(), Status> {
-        self.shared
-            .read(|s| s.authenticate(round_token, rank, secret))
-            .map_err(|e| refuse(call, peer, e))
-    }
-
-    /// The shape every barrier call shares: applies `ev` (the rank's report), then waits,
-    /// counting `rank` as alive, until `done` holds, the round `token` ends (`ABORTED`) or the
-    /// run fails. A refusal is logged with `peer` and returned as its status.
-    async fn barrier(
-        &self,
-        call: &str,
-        peer: &str,
-        rank: Rank,
-        token: u64,
-        ev: Event,
-        done: impl Fn(&Snapshot) -> bool,
-    ) -> Result<Barrier, Status> {
-        match self.shared.apply(ev, |_| ()) {
-            Ok(()) => {}
-            Err(RunError::Failed { reason }) => return Ok(Barrier::Failed(reason)),
-            Err(e) => return Err(refuse(call, peer, e)),
-        }
-        let _alive = Waiting::start(&self.shared, rank);
-        let snap = self.wait(token, done).await?;
-        if snap.status == state::Status::Failed {
-            return Ok(Barrier::Failed(failure_reason(&snap)));
-        }
-        Ok(Barrier::Done(snap))
-    }
-
-    /// Waits until `done` holds, the round `token` ended (then `ABORTED`; 0: any round) or the
-    /// run failed; returns the snapshot that ended the wait.
-    async fn wait(&self, token: u64, done: impl Fn(&Snapshot) -> bool) -> Result<Snapshot, Status> {
-        let mut rx = self.shared.subscribe();
-        let snap = rx
-            .wait_for(|s| {
-                done(s)
-                    || s.status == state::Status::Failed
-                    || (token != 0 && s.round_token != token)
-            })
-            .await
-            .map_err(|_| Status::unavailable("the coordinator is shutting down"))?
-            .clone();
-        if token != 0 && snap.round_token != token && snap.status != state::Status::Failed {
-            return Err(stale(&snap));
-        }
-        Ok(snap)
-    }
-}
-
-fn failure_reason(s: &Snapshot) -> String {
-    s.failure
-        .as_ref()
-        .map(|f| f.reason.clone())
-        .unwrap_or_default()
-}
-
-fn join_reply(
-    p: &Prepared,
-    snap: &Snapshot,
-    m: &Membership,
-    plan: &RunPlan,
-    rank: Rank,
-) -> pb::JoinReply {
-    let c = &p.config;
-    let d = &p.dataset;
-    let refs = |positions: &[usize], files: &[(String, u32)]| -> Vec<pb::ImageRef> {
-        positions
-            .iter()
-            .map(|&i| pb::ImageRef {
-                path: files[i].0.clone(),
-                label: files[i].1,
-            })
-            .collect()
-    };
-    let (train, valid) = plan.shard_of(rank);
-    pb::JoinReply {
-        run_id: p.run_id.clone(),
-        round: m.round,
-        rank: rank.0,
-        world_size: m.world_size(),
-        peers: m.peers(),
-        spec: Some(pb::RunSpec {
-            model: c.recipe.model.as_str().into(),
-            epochs: plan.epochs,
-            global_batch: plan.batch_size,
-            batch_per_worker: plan.batch_per_worker,
-            steps_per_epoch: plan.steps_per_epoch,
-            seed: c.recipe.seed,
-            image_size: d.geometry.size,
-            channels: d.geometry.channels,
-            resize: d.geometry.resize,
-            augment: c.augment.to_string(),
-            valid_batch_size: c.recipe.valid_batch_size,
-            classes: d.classes.clone(),
-            adam_beta2: c.recipe.beta2,
-            adam_eps: c.recipe.eps,
-            weight_decay: c.recipe.wd,
-            collective_timeout_s: c.collective_timeout_s,
-            heartbeat_interval_s: c.heartbeat_interval_s,
-            skip_bad: c.skip_bad,
-            data_root: d.root.clone(),
-            run_dir: p.run_dir.display().to_string(),
-            checkpoint_every_steps: c.checkpoint_every_steps,
-            precision: c.recipe.precision.to_string(),
-            lr_find_stop_div: c.lr_find.map_or(0.0, |r| r.stop_div),
-        }),
-        shard: Some(pb::Shard {
-            train: refs(train, &d.train),
-            valid: refs(valid, &d.valid),
-        }),
-        round_token: snap.round_token,
-        resume: snap.resume.as_ref().map(|r| pb::Resume {
-            epoch: r.epoch,
-            global_step: r.global_step,
-            model_safetensors: r.model.to_vec(),
-            optimizer_safetensors: r.optimizer.to_vec(),
-            checkpoint: r.checkpoint.clone(),
-            step_in_epoch: r.step_in_epoch,
-            epoch_losses: r.epoch_losses.to_vec(),
-        }),
-        collective: snap.collective.map(|k| k.to_string()).unwrap_or_default(),
-        worker_secret: Vec::new(),
     }
 }
 
@@ -371,10 +99,7 @@ impl Coordinator for CoordinatorService {
                 }
                 to_status(e)
             })?;
-        let mut pending = PendingJoin {
-            shared: self.shared.clone(),
-            worker_id: Some(worker_id.clone()),
-        };
+        let pending = PendingJoin::new(&self.shared, worker_id.clone());
         let snap = self
             .wait(0, |s| {
                 s.round != joined_round
@@ -384,7 +109,7 @@ impl Coordinator for CoordinatorService {
                             .is_some_and(|m| m.rank_of(&worker_id).is_some()))
             })
             .await?;
-        pending.worker_id = None;
+        pending.settled();
         if snap.status == state::Status::Failed {
             let timed_out = snap.failure.as_ref().is_some_and(|f| f.rendezvous_timeout);
             let reason = failure_reason(&snap);
