@@ -28,17 +28,23 @@
 //!   exit code (3, 1, 143). No `process::exit` here; `main` keeps one backstop
 //!   ([`exit_deadline`]) for a training thread that cannot be interrupted.
 
+mod channel;
+mod retry;
+mod stop;
+
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use ringtrain_common::auth::{Token, AUTH_HEADER};
 use ringtrain_common::pb::coordinator_client::CoordinatorClient;
 use ringtrain_common::pb::{self, RunStatus};
-use ringtrain_common::wire::{RUN_FAILED, RUN_STATUS_KEY};
 use tokio::runtime::Runtime;
-use tonic::metadata::MetadataValue;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use channel::{endpoint, Rpc};
+pub use channel::{keepalive_for, Authorize, Security, MAX_MESSAGE_BYTES};
+use retry::{attempt, rpc_error, run_failed, transient};
+pub(super) use retry::{classify, Backoff};
+pub use stop::{exit_deadline, Fatal};
+use stop::{Stop, EXIT_DEADLINE, STOP_BACKSTOP};
 
 use crate::collective::AbortHandle;
 use crate::train::progress::Progress;
@@ -57,129 +63,6 @@ pub struct RoundCtl {
     pub stop: bool,
 }
 
-/// Why the client stopped for good.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Fatal {
-    /// The coordinator declared the run failed (exit 3).
-    RunFailed(String),
-    /// The coordinator did not answer for `patience` (exit 1).
-    Unreachable(String),
-    /// SIGTERM: outside a round at once, in a round after the grace (exit 143).
-    Terminated,
-}
-
-impl Fatal {
-    fn into_error(self) -> TrainError {
-        match self {
-            Fatal::RunFailed(m) => TrainError::RunFailed(m),
-            Fatal::Unreachable(m) => TrainError::Coordinator(m),
-            Fatal::Terminated => TrainError::Terminated,
-        }
-    }
-
-    fn exit_code(&self) -> i32 {
-        match self {
-            Fatal::RunFailed(_) => crate::EXIT_ABORTED,
-            Fatal::Unreachable(_) => 1,
-            Fatal::Terminated => crate::EXIT_TERMINATED,
-        }
-    }
-}
-
-/// The client's stop switch, shared with its tasks.
-struct Stop {
-    fatal: Mutex<Option<Fatal>>,
-    tx: tokio::sync::watch::Sender<bool>,
-}
-
-/// How long the training thread gets to notice a stop before `main`'s backstop exits.
-const STOP_BACKSTOP: Duration = Duration::from_secs(10);
-
-/// When the process must be gone at the latest, and with which exit code: set once the client
-/// stopped (or SIGTERM arrived); `main` exits when it passes and the worker has not returned.
-static EXIT_DEADLINE: std::sync::OnceLock<(Instant, i32)> = std::sync::OnceLock::new();
-
-/// See [`EXIT_DEADLINE`]; `None` while the worker runs normally.
-pub fn exit_deadline() -> Option<(Instant, i32)> {
-    EXIT_DEADLINE.get().copied()
-}
-
-impl Stop {
-    /// Stops the client (the first reason wins): aborts the round's collective, cancels calls.
-    fn stop(&self, why: Fatal, ctl: &Mutex<RoundCtl>) {
-        {
-            let mut f = self.fatal.lock().unwrap_or_else(PoisonError::into_inner);
-            if f.is_some() {
-                return;
-            }
-            let _ = EXIT_DEADLINE.set((Instant::now() + STOP_BACKSTOP, why.exit_code()));
-            *f = Some(why);
-        }
-        let mut g = ctl.lock().unwrap_or_else(PoisonError::into_inner);
-        g.ended = true;
-        g.heartbeat = None;
-        if let Some(a) = g.abort.take() {
-            a();
-        }
-        drop(g);
-        self.tx.send_replace(true);
-    }
-
-    fn fatal(&self) -> Option<Fatal> {
-        self.fatal
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
-
-/// Retry pacing while the coordinator cannot be reached: 0.1 s doubling to 2 s, each wait
-/// drawn from its upper half at random (so workers do not retry in lockstep after a
-/// coordinator restart), for up to `patience` in all.
-pub(super) struct Backoff {
-    started: Instant,
-    next: Duration,
-    patience: Duration,
-    jitter: u64,
-}
-
-impl Backoff {
-    pub(super) fn new(patience: Duration) -> Self {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.subsec_nanos() as u64)
-            ^ u64::from(std::process::id()).rotate_left(32);
-        Self {
-            started: Instant::now(),
-            next: Duration::from_millis(100),
-            patience,
-            jitter: seed | 1,
-        }
-    }
-
-    /// Time left of the patience.
-    pub(super) fn left(&self) -> Duration {
-        self.patience.saturating_sub(self.started.elapsed())
-    }
-
-    /// Sleeps before the next attempt and returns true, or returns false once `patience` is
-    /// spent.
-    pub(super) fn wait(&mut self) -> bool {
-        let left = self.left();
-        if left.is_zero() {
-            return false;
-        }
-        // xorshift: a fraction in [0.5, 1) of the current step.
-        self.jitter ^= self.jitter << 13;
-        self.jitter ^= self.jitter >> 7;
-        self.jitter ^= self.jitter << 17;
-        let frac = 0.5 + (self.jitter % 1000) as f64 / 2000.0;
-        std::thread::sleep(self.next.mul_f64(frac).min(left));
-        self.next = (self.next * 2).min(Duration::from_secs(2));
-        true
-    }
-}
-
 /// Deadline of one attempt of a call the coordinator answers at once.
 pub const SHORT_CALL: Duration = Duration::from_secs(30);
 /// Deadline of one attempt of a call that waits for other workers (Join, barriers); liveness
@@ -187,89 +70,6 @@ pub const SHORT_CALL: Duration = Duration::from_secs(30);
 pub const WAIT_CALL: Duration = Duration::from_secs(15 * 60);
 /// Deadline of [`Client::leave_once`].
 pub const LEAVE_ONCE_CALL: Duration = Duration::from_secs(5);
-
-/// HTTP/2 keepalive period (and answer timeout) for a given patience.
-pub fn keepalive_for(patience: Duration) -> Duration {
-    (patience / 4).clamp(Duration::from_secs(1), Duration::from_secs(10))
-}
-
-/// Runs one attempt of a call with its deadline; a missed deadline reads as UNAVAILABLE (the
-/// coordinator did not answer), which the callers retry.
-async fn attempt<T>(
-    deadline: Duration,
-    mut stopped: tokio::sync::watch::Receiver<bool>,
-    fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<tonic::Response<T>, tonic::Status> {
-    tokio::select! {
-        r = tokio::time::timeout(deadline, fut) => match r {
-            Ok(r) => r,
-            Err(_) => Err(tonic::Status::unavailable(format!(
-                "no answer within {:.0} s",
-                deadline.as_secs_f64()
-            ))),
-        },
-        // The caller looks at why (Client::stopped) before anything else.
-        _ = stopped.wait_for(|s| *s) => Err(tonic::Status::cancelled("the worker is stopping")),
-    }
-}
-
-/// Puts the run's token on every call (nothing when no token is configured).
-#[derive(Clone)]
-pub struct Authorize {
-    header: Option<MetadataValue<tonic::metadata::Ascii>>,
-}
-
-impl tonic::service::Interceptor for Authorize {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(h) = &self.header {
-            req.metadata_mut().insert(AUTH_HEADER, h.clone());
-        }
-        Ok(req)
-    }
-}
-
-type Rpc = CoordinatorClient<InterceptedService<Channel, Authorize>>;
-
-/// How to reach the coordinator: its token, and TLS when the URL is https.
-#[derive(Debug, Clone, Default)]
-pub struct Security {
-    pub token: Option<Token>,
-    /// PEM file of the CA that signed the coordinator's certificate (https URLs).
-    pub tls_ca: Option<std::path::PathBuf>,
-    /// Name to check the certificate against (default: the URL's host).
-    pub tls_domain: Option<String>,
-}
-
-/// Largest message either way (the coordinator's server uses the same limit).
-pub use ringtrain_common::wire::MAX_MESSAGE_BYTES;
-
-fn endpoint(url: &str, sec: &Security, patience: Duration) -> Result<Endpoint, TrainError> {
-    let bad = |e: String| TrainError::Coordinator(format!("coordinator URL {url}: {e}"));
-    let keepalive = keepalive_for(patience);
-    let ep = Channel::from_shared(url.to_string())
-        .map_err(|e| bad(e.to_string()))?
-        .connect_timeout(keepalive)
-        .http2_keep_alive_interval(keepalive)
-        .keep_alive_timeout(keepalive)
-        .keep_alive_while_idle(true)
-        .tcp_keepalive(Some(keepalive));
-    let Some(ca) = &sec.tls_ca else {
-        if url.starts_with("https://") {
-            return Err(bad(
-                "an https URL needs --tls-ca (the CA of its certificate)".into(),
-            ));
-        }
-        return Ok(ep);
-    };
-    let pem = std::fs::read(ca).map_err(|e| {
-        TrainError::Coordinator(format!("cannot read the TLS CA {}: {e}", ca.display()))
-    })?;
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
-    if let Some(d) = &sec.tls_domain {
-        tls = tls.domain_name(d.clone());
-    }
-    ep.tls_config(tls).map_err(|e| bad(format!("TLS: {e}")))
-}
 
 /// A connected coordinator client.
 pub struct Client {
@@ -280,40 +80,6 @@ pub struct Client {
     stop: Arc<Stop>,
     /// The round the heartbeats follow; shared with the worker's loop.
     ctl: Arc<Mutex<RoundCtl>>,
-}
-
-/// Errors worth retrying: the coordinator is (re)starting or the connection broke.
-fn transient(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-    )
-}
-
-fn run_failed(status: &tonic::Status) -> bool {
-    status
-        .metadata()
-        .get(RUN_STATUS_KEY)
-        .is_some_and(|v| v == RUN_FAILED)
-}
-
-/// The error a failed call stands for (see the module contract).
-pub(super) fn classify(what: &str, url: &str, status: tonic::Status) -> TrainError {
-    rpc_error(url, what, status)
-}
-
-fn rpc_error(url: &str, what: &str, status: tonic::Status) -> TrainError {
-    if status.code() == tonic::Code::Aborted {
-        return TrainError::RoundEnded(status.message().to_string());
-    }
-    if run_failed(&status) {
-        return TrainError::RunFailed(status.message().to_string());
-    }
-    TrainError::Coordinator(format!(
-        "{what} at {url}: {} ({:?})",
-        status.message(),
-        status.code()
-    ))
 }
 
 impl Client {
@@ -332,12 +98,7 @@ impl Client {
             .build()
             .map_err(|e| TrainError::Coordinator(format!("cannot start the RPC runtime: {e}")))?;
         let ep = endpoint(url, sec, patience)?;
-        let header = match &sec.token {
-            Some(t) => Some(t.bearer().parse().map_err(|_| {
-                TrainError::Coordinator("the auth token cannot go into a header".into())
-            })?),
-            None => None,
-        };
+        let authorize = Authorize::new(sec.token.as_ref())?;
         let mut backoff = Backoff::new(patience);
         // TCP, TLS and the HTTP/2 handshake: one bound per attempt, so a coordinator that
         // accepts but never answers is retried like one that refuses.
@@ -364,7 +125,7 @@ impl Client {
             tracing::debug!(%url, error = %err, "coordinator not reachable yet; retrying");
         };
         // Large replies (shards of 60,000 paths, weights) exceed tonic's 4 MB default.
-        let inner = CoordinatorClient::with_interceptor(channel, Authorize { header })
+        let inner = CoordinatorClient::with_interceptor(channel, authorize)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let (tx, _) = tokio::sync::watch::channel(false);
