@@ -11,7 +11,14 @@
 //! Log lines inside an epoch carry an `epoch` span (inside the caller's `run` and `round`
 //! spans in a distributed worker).
 //!
+//! Files: `checkpoint.rs` (checkpoints inside an epoch), `buffers.rs` (BatchNorm buffers:
+//! averaged, hashed), `validation.rs`.
+//!
 //! Tests: `tests/tests/train.rs` and `tests/tests/distributed.rs` (real binaries).
+
+mod buffers;
+mod checkpoint;
+mod validation;
 
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -24,13 +31,15 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 use super::step_clock::StepClock;
-use super::{state, Driver, EpochResult, MidCheckpoint, ReplicaSpec, TrainError};
-use crate::amp::{autocast, Precision};
-use crate::collective::{Collective, CollectiveError};
+use super::{state, Driver, EpochResult, ReplicaSpec, TrainError};
+use crate::amp::autocast;
+use crate::collective::Collective;
 use crate::data::{EpochPlan, TrainSet, ValidSet};
 use crate::flat::FlatParams;
 use crate::model::Model;
 use crate::optim::Adam;
+use buffers::{average_buffers, buffers, replica_hash};
+pub(crate) use validation::validate;
 
 /// On CUDA, steps between host reads of device values (loss check, progress, stop element).
 const HOST_SYNC_EVERY: usize = 20;
@@ -349,55 +358,6 @@ impl<'a> Replica<'a> {
         Ok(AfterStep::Continue)
     }
 
-    /// A checkpoint after the epoch's first `steps` steps.
-    fn mid_checkpoint(
-        &mut self,
-        run: &EpochRun,
-        steps: usize,
-        stop: bool,
-        collective: &mut dyn Collective,
-        driver: &mut dyn Driver,
-    ) -> Result<(), TrainError> {
-        let started = Instant::now();
-        let taken = self.mid_checkpoint_at(run, steps, stop, collective, driver);
-        run.checkpointing
-            .set(run.checkpointing.get() + started.elapsed());
-        taken
-    }
-
-    /// [`Self::mid_checkpoint`]'s work: buffers averaged, state saved, the driver's barrier.
-    fn mid_checkpoint_at(
-        &mut self,
-        run: &EpochRun,
-        steps: usize,
-        stop: bool,
-        collective: &mut dyn Collective,
-        driver: &mut dyn Driver,
-    ) -> Result<(), TrainError> {
-        average_buffers(&self.bufs, collective)?;
-        let n = steps as i64;
-        let c = MidCheckpoint {
-            epoch: run.epoch,
-            step_in_epoch: n as u32,
-            global_step: self.step,
-            step_losses: Vec::<f32>::try_from(&run.losses.narrow(0, 0, n).to_device(Device::Cpu))
-                .unwrap_or_default(),
-            params_hash: replica_hash(&self.flat, &self.bufs),
-            state: self.saved_state()?,
-            stop,
-        };
-        driver.checkpoint(&c)
-    }
-
-    /// With `save_state`: the model and optimizer as safetensors bytes.
-    fn saved_state(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>, TrainError> {
-        if self.spec.save_state {
-            Ok(Some(state::save(&self.vs, &self.adam)?))
-        } else {
-            Ok(None)
-        }
-    }
-
     /// Checks the parameter layout, hands the final weights to the driver, returns their hash.
     pub(super) fn finish(self, driver: &mut dyn Driver) -> Result<u64, TrainError> {
         self.flat.check_aliasing()?;
@@ -419,90 +379,4 @@ fn progress_bar(steps: usize, epoch: u32, enabled: bool) -> ProgressBar {
     }
     pb.set_prefix(epoch.to_string());
     pb
-}
-
-/// Loss sum, correct count and count over the validation split, in eval mode, in batches of
-/// `batch` (results do not depend on it).
-pub(crate) fn validate(
-    model: &Model,
-    valid: &ValidSet,
-    batch: usize,
-    precision: Precision,
-) -> (f64, u64, u64) {
-    tch::no_grad(|| {
-        let n = valid.len() as i64;
-        let device = valid.images.device();
-        let mut loss_sum = Tensor::zeros([], (Kind::Double, device));
-        let mut correct = Tensor::zeros([], (Kind::Int64, device));
-        let mut start = 0;
-        while start < n {
-            let len = (batch as i64).min(n - start);
-            let x = valid.images.narrow(0, start, len);
-            let y = valid.labels.narrow(0, start, len);
-            let logits =
-                autocast(precision, device, || model.forward_t(&x, false)).to_kind(Kind::Float);
-            let loss =
-                logits.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Sum, -100, 0.0);
-            loss_sum += loss.to_kind(Kind::Double);
-            correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64);
-            start += len;
-        }
-        (
-            loss_sum.double_value(&[]),
-            correct.int64_value(&[]) as u64,
-            n as u64,
-        )
-    })
-}
-
-/// BatchNorm running statistics, sorted by name.
-fn buffers(vs: &VarStore) -> Vec<Tensor> {
-    let mut named: Vec<(String, Tensor)> = vs
-        .variables()
-        .into_iter()
-        .filter(|(_, t)| !t.requires_grad())
-        .collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    named.into_iter().map(|(_, t)| t).collect()
-}
-
-/// Averages BatchNorm running statistics across replicas (before validation and at the end), so
-/// every replica validates and saves the same model.
-fn average_buffers(
-    bufs: &[Tensor],
-    collective: &mut dyn Collective,
-) -> Result<(), CollectiveError> {
-    if collective.world_size() == 1 || bufs.is_empty() {
-        return Ok(());
-    }
-    let flat: Vec<Tensor> = bufs.iter().map(|b| b.reshape([-1])).collect();
-    let mut flat = Tensor::cat(&flat, 0);
-    collective.all_reduce_mean(&mut flat)?;
-    let mut offset = 0;
-    tch::no_grad(|| {
-        for b in bufs {
-            let n = b.numel() as i64;
-            let mut b = b.shallow_clone();
-            b.copy_(&flat.narrow(0, offset, n).view(b.size().as_slice()));
-            offset += n;
-        }
-    });
-    Ok(())
-}
-
-/// Parameters and buffers, hashed together.
-fn replica_hash(flat: &FlatParams, bufs: &[Tensor]) -> u64 {
-    let mut h = flat.hash();
-    for b in bufs {
-        let host = b
-            .to_kind(Kind::Float)
-            .to_device(Device::Cpu)
-            .contiguous()
-            .view([-1]);
-        let v: Vec<f32> = Vec::<f32>::try_from(&host).unwrap_or_default();
-        for x in v {
-            h = (h ^ u64::from(x.to_bits())).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
 }
